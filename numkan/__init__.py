@@ -1,0 +1,11 @@
+"""numkan: Kolmogorov-Arnold Networks in NumPy and Numba, with hand-written gradients.
+
+B-spline edges evaluated on their local support (k+1 non-zero bases per input),
+so a layer costs the same at any grid size.
+"""
+from .kernels import get_backend
+from .layer import KANLayer
+from .model import KAN
+
+__version__ = "0.1.0"
+__all__ = ["KAN", "KANLayer", "get_backend", "__version__"]

@@ -1,0 +1,103 @@
+"""Checks at the public boundary. Kernels assume what these guarantee.
+
+Every error names the argument, the value it got and what was expected.
+"""
+import numbers
+
+import numpy as np
+
+
+def check_int(name, value, minimum=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_float(name, value, minimum=None, positive=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def check_width(width):
+    """width: a list of at least two layer sizes, each an integer >= 1."""
+    if isinstance(width, (str, bytes)) or not hasattr(width, "__len__"):
+        raise ValueError(f"width must be a list of layer sizes such as [2, 5, 1], got {width!r}")
+    width = list(width)
+    if len(width) < 2:
+        raise ValueError(f"width must have at least 2 entries (inputs and outputs), got {width!r}")
+    out = []
+    for n, w in enumerate(width):
+        if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Integral) or w < 1:
+            raise ValueError(f"width[{n}] must be an integer >= 1, got {w!r} in width={width!r}")
+        out.append(int(w))
+    return out
+
+
+def check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def check_grid_range(grid_range):
+    try:
+        lo, hi = (float(v) for v in grid_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid_range must be a pair (lo, hi) of numbers, got {grid_range!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"grid_range must be finite with lo < hi, got {grid_range!r}")
+    return lo, hi
+
+
+def check_base_fun(base_fun):
+    from .kernels._scalar import BASE_CODES
+    if not isinstance(base_fun, str) or base_fun not in BASE_CODES:
+        raise ValueError(f"base_fun must be one of {tuple(BASE_CODES)}, got {base_fun!r}")
+    return base_fun
+
+
+def check_array(name, a, n_cols, dtype, n_rows=None):
+    """A finite 2-D host array of shape (rows, n_cols), converted to ``dtype``.
+
+    Accepts anything ``np.asarray`` accepts. Returns a new C-contiguous array
+    (never a view of the caller's data, so later writes cannot alias it).
+    """
+    if hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray):
+        a = a.copy_to_host() if hasattr(a, "copy_to_host") else a.get()
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{name} must be a 2-D numeric array, got {type(a).__name__}: {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D with shape (batch, {n_cols}), got shape {arr.shape}")
+    if arr.shape[1] != n_cols:
+        raise ValueError(f"{name} must have shape (batch, {n_cols}), got {arr.shape}")
+    if arr.shape[0] < 1:
+        raise ValueError(f"{name} must have at least one row, got shape {arr.shape}")
+    if n_rows is not None and arr.shape[0] != n_rows:
+        raise ValueError(f"{name} must have shape ({n_rows}, {n_cols}), got {arr.shape}")
+    out = np.array(arr, dtype=dtype, order="C", copy=True)
+    if not np.all(np.isfinite(out)):
+        bad = np.argwhere(~np.isfinite(out))[0]
+        raise ValueError(f"{name} must be finite, got {out[tuple(bad)]} at index {tuple(int(v) for v in bad)}"
+                         + (" after conversion to " + str(np.dtype(dtype)) if np.all(np.isfinite(arr)) else ""))
+    return out

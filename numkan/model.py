@@ -1,0 +1,155 @@
+"""KAN: a stack of KANLayers with a forward pass, a hand-written backward pass,
+and parameters and gradients exposed as live arrays."""
+import numpy as np
+
+from . import _validate as v
+from .kernels import get_backend
+from .layer import PARAM_NAMES, KANLayer
+
+
+class KAN:
+    """A Kolmogorov-Arnold Network of B-spline edges.
+
+    Parameters
+    ----------
+    width : list of int
+        Layer sizes, e.g. ``[2, 5, 1]``: 2 inputs, a hidden layer of 5 nodes, 1 output.
+    grid : int
+        Number of grid intervals G inside ``grid_range`` (>= 1).
+    k : int
+        Spline order (>= 1; 3 is cubic).
+    seed : int
+        Seed of the model's ``numpy.random.Generator``: the same seed gives the
+        same initial parameters on every device.
+    grid_range : (float, float)
+        Initial interior grid of every input; outside the knots an edge is its
+        base function only.
+    base_fun : {"silu", "identity", "zero"}
+    noise_scale, scale_base_mu, scale_base_sigma : float
+        Initialisation as in pykan: coefficients fit noise of size
+        ``noise_scale / G``; ``scale_base = (mu + sigma * U(-1, 1)) / sqrt(I)``.
+    grid_eps : float
+        Blend between a uniform (1) and a sample-quantile (0) grid when the
+        grid is updated from data.
+    dtype : float32 or float64
+    device : {"cpu", "numpy", "cuda"}
+        "cpu" runs the Numba kernels (the NumPy reference if Numba is missing),
+        "numpy" the reference kernels.
+
+    Example
+    -------
+    >>> model = KAN([2, 5, 1], grid=5, k=3, seed=0)
+    >>> y = model.forward(x)           # (B, 1); keeps what backward needs
+    >>> dx = model.backward(dy)        # adds into model.grads, returns dL/dx
+    """
+
+    def __init__(self, width, grid=5, k=3, seed=0, grid_range=(-1, 1), base_fun="silu",
+                 noise_scale=0.3, scale_base_mu=0.0, scale_base_sigma=1.0, grid_eps=0.02,
+                 dtype=np.float64, device="cpu"):
+        self.width = v.check_width(width)
+        self.grid = v.check_int("grid", grid, 1)
+        self.k = v.check_int("k", k, 1)
+        self.seed = v.check_int("seed", seed, 0)
+        self.grid_range = v.check_grid_range(grid_range)
+        self.base_fun = v.check_base_fun(base_fun)
+        noise_scale = v.check_float("noise_scale", noise_scale, minimum=0)
+        scale_base_mu = v.check_float("scale_base_mu", scale_base_mu)
+        scale_base_sigma = v.check_float("scale_base_sigma", scale_base_sigma, minimum=0)
+        self.grid_eps = v.check_float("grid_eps", grid_eps, minimum=0)
+        if self.grid_eps > 1:
+            raise ValueError(f"grid_eps must be in [0, 1], got {self.grid_eps}")
+        self.dtype = v.check_dtype(dtype)
+        self.backend = get_backend(device)
+        self.device = device
+
+        rng = np.random.default_rng(self.seed)
+        self.layers = [
+            KANLayer(self.width[l], self.width[l + 1], self.grid, self.k, self.backend, self.dtype,
+                     rng, grid_range=self.grid_range, base_fun=self.base_fun,
+                     noise_scale=noise_scale, scale_base_mu=scale_base_mu,
+                     scale_base_sigma=scale_base_sigma, grid_eps=self.grid_eps)
+            for l in range(len(self.width) - 1)
+        ]
+        self._batch = None  # batch size of the last forward() that backward() may use
+
+    # -- parameters -------------------------------------------------------------
+    @property
+    def params(self):
+        """dict name -> array, live: writing into an array changes the model.
+
+        Names are ``"layers.{l}.coef"``, ``"layers.{l}.scale_base"``, ``"layers.{l}.scale_sp"``.
+        """
+        return {f"layers.{l}.{n}": getattr(layer, n)
+                for l, layer in enumerate(self.layers) for n in PARAM_NAMES}
+
+    @property
+    def grads(self):
+        """dict with the keys and shapes of ``params``: the accumulated gradients."""
+        return {f"layers.{l}.{n}": getattr(layer, "d" + n)
+                for l, layer in enumerate(self.layers) for n in PARAM_NAMES}
+
+    def zero_grad(self):
+        for layer in self.layers:
+            layer.zero_grad()
+
+    # -- forward and backward ----------------------------------------------------
+    def _input(self, x):
+        return self.backend.asarray(v.check_array("x", x, self.width[0], self.dtype), self.dtype)
+
+    def _run(self, x, keep):
+        for layer in self.layers:
+            x = layer.forward(x, keep=keep)
+        return x
+
+    def __call__(self, x):
+        """Outputs (B, width[-1]) for inputs x (B, width[0]); keeps nothing for backward."""
+        return self.backend.to_host(self._run(self._input(x), keep=False))
+
+    def forward(self, x):
+        """Like ``model(x)``, and keeps each layer's input for ``backward``."""
+        x = self._input(x)
+        y = self._run(x, keep=True)
+        self._batch = x.shape[0]
+        return self.backend.to_host(y)
+
+    def backward(self, dy):
+        """dL/dx (B, width[0]) from dy = dL/dy (B, width[-1]) of the last ``forward``.
+
+        Adds the parameter gradients into ``model.grads`` (call ``zero_grad`` first).
+        """
+        if self._batch is None:
+            raise RuntimeError("backward() needs a forward() first (model(x) keeps nothing)")
+        g = self.backend.asarray(v.check_array("dy", dy, self.width[-1], self.dtype,
+                                               n_rows=self._batch), self.dtype)
+        for layer in reversed(self.layers):
+            g = layer.backward(g)
+        return self.backend.to_host(g)
+
+    def _target(self, y_true, n_rows):
+        """y_true as (B, width[-1]); a 1-D (B,) is accepted when there is one output."""
+        arr = np.asarray(y_true) if not hasattr(y_true, "__cuda_array_interface__") else y_true
+        if getattr(arr, "ndim", None) == 1 and self.width[-1] == 1:
+            arr = np.asarray(arr).reshape(-1, 1)
+        return v.check_array("y_true", arr, self.width[-1], self.dtype, n_rows=n_rows)
+
+    def loss_and_grad(self, x, y_true):
+        """loss = mean((model(x) - y_true)**2) and its gradient for every parameter.
+
+        Returns ``(loss, grads)``: a float and a dict of new arrays keyed like
+        ``params``. ``model.grads`` holds the same values afterwards.
+        """
+        x = self._input(x)
+        target = self._target(y_true, x.shape[0])
+        self.zero_grad()
+        y = self.backend.to_host(self._run(x, keep=True))
+        self._batch = x.shape[0]
+        diff = y - target
+        loss = float(np.mean(diff * diff))
+        g = self.backend.asarray(2.0 * diff / diff.size, self.dtype)
+        for layer in reversed(self.layers):
+            g = layer.backward(g)
+        return loss, {n: self.backend.to_host(a) for n, a in self.grads.items()}
+
+    def __repr__(self):
+        return (f"KAN(width={self.width}, grid={self.grid}, k={self.k}, base_fun={self.base_fun!r}, "
+                f"dtype={self.dtype.name}, device={self.device!r})")
