@@ -13,7 +13,8 @@ def uniform_grid(grid_range, G, k, n_inputs, dtype=np.float64):
     lo, hi = grid_range
     h = (hi - lo) / G
     row = lo + (np.arange(G + 2 * k + 1) - k) * h
-    return np.ascontiguousarray(np.broadcast_to(row, (n_inputs, row.size)), dtype=dtype)
+    # a real copy: for n_inputs == 1 the broadcast view is already contiguous and read-only
+    return np.array(np.broadcast_to(row, (n_inputs, row.size)), dtype=dtype, order="C")
 
 
 def basis_matrix(x, t, k):
