@@ -205,3 +205,104 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
         dscale_base[i] += mask[i] * (bx[:, i] @ g)
         dscale_sp[i] += mask[i] * np.sum(g * s_io, axis=0)
         dx[:, i] += np.sum(g * mask[i] * (scale_base[i] * dbx[:, i, None] + scale_sp[i] * ds_io), axis=1)
+
+
+# ===========================================================================
+# Training ops (used by numkan.train): loss, optimiser step, regulariser moments
+# ---------------------------------------------------------------------------
+def mse_loss_grad(dy, y, target):
+    """Mean squared error of y (B, O) against target (B, O); writes its gradient.
+
+    Returns loss = mean((y - target)**2) as a Python float (summed in float64)
+    and overwrites dy (B, O) with dloss/dy = 2 * (y - target) / y.size.
+    """
+    diff = y - target
+    dy[...] = (2.0 / diff.size) * diff
+    d64 = diff.astype(np.float64)
+    return float(np.mean(d64 * d64))
+
+
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
+    """One Adam update (Kingma & Ba 2015) of p in place; m, v are its moment buffers.
+
+        m = beta1 m + (1 - beta1) g            v = beta2 v + (1 - beta2) g^2
+        p -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    t is the 1-based step count (bias correction).
+    """
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    p -= (lr / (1 - beta1 ** t)) * m / (np.sqrt(v / (1 - beta2 ** t)) + eps)
+
+
+# ---------------------------------------------------------------------------
+# regulariser moments: the batch sums the sparsity regulariser needs
+def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
+    """Per-edge batch sums of phi and phi^2, and per-input sums of x and x^2.
+
+        s1[i,o] = sum_b phi[i,o](x[b,i])        s2[i,o] = sum_b phi[i,o](x[b,i])^2
+        xs1[i]  = sum_b x[b,i]                  xs2[i]  = sum_b x[b,i]^2
+
+    s1, s2 (I, O) and xs1, xs2 (I,) are float64 whatever the model's dtype and
+    are overwritten. From them the regulariser gets batch standard deviations
+    without a (B, I, O) array: var = (s2 - s1^2 / B) / (B - 1). Here phi is
+    built one input at a time as a (B, O) temporary, exactly as in
+    ``spline_forward``.
+    """
+    B, I = x.shape
+    K = coef.shape[1]
+    span, N, _ = local_basis(x, grid, k)
+    idx = _basis_index(span, k, K)
+    bx = base_value(x, base_fun)
+    for i in range(I):
+        s_io = np.zeros((B, coef.shape[2]), dtype=x.dtype)
+        for s in range(k + 1):
+            s_io += N[:, i, s, None] * coef[i, idx[:, i, s], :]
+        phi = (mask[i] * (scale_base[i] * bx[:, i, None] + scale_sp[i] * s_io)).astype(np.float64)
+        s1[i] = phi.sum(axis=0)
+        s2[i] = (phi * phi).sum(axis=0)
+    x64 = x.astype(np.float64)
+    xs1[...] = x64.sum(axis=0)
+    xs2[...] = (x64 * x64).sum(axis=0)
+
+
+def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs2, x, grid,
+                          coef, scale_base, scale_sp, mask, k, base_fun):
+    """Vector-Jacobian products of edge_moments_forward, added (+=) into dx and the d* buffers.
+
+    With upstream gradients ds1, ds2 (I, O) and dxs1, dxs2 (I,), the gradient
+    reaching each edge value is
+
+        gphi[b,i,o] = ds1[i,o] + 2 * ds2[i,o] * phi[i,o](x[b,i])
+
+    and it flows through phi exactly as dy flows through spline_backward:
+
+        dcoef[i,m,o]      += sum_b gphi * mask * scale_sp * B[m,k](x[b,i])
+        dscale_base[i,o]  += sum_b gphi * mask * b(x[b,i])
+        dscale_sp[i,o]    += sum_b gphi * mask * s[i,o](x[b,i])
+        dx[b,i]           += sum_o gphi * mask * (scale_base * b'(x) + scale_sp * s'(x))
+                             + dxs1[i] + 2 * x[b,i] * dxs2[i]
+    """
+    B, I = x.shape
+    K = coef.shape[1]
+    span, N, dN = local_basis(x, grid, k, deriv=True)
+    idx = _basis_index(span, k, K)
+    bx = base_value(x, base_fun)
+    dbx = base_deriv(x, base_fun)
+    for i in range(I):
+        s_io = np.zeros((B, coef.shape[2]), dtype=x.dtype)
+        ds_io = np.zeros_like(s_io)
+        for s in range(k + 1):
+            rows = coef[i, idx[:, i, s], :]
+            s_io += N[:, i, s, None] * rows
+            ds_io += dN[:, i, s, None] * rows
+        phi = mask[i] * (scale_base[i] * bx[:, i, None] + scale_sp[i] * s_io)
+        g = (ds1[i] + 2.0 * ds2[i] * phi).astype(x.dtype)  # (B, O): dL/dphi for this input
+        for s in range(k + 1):
+            np.add.at(dcoef[i], idx[:, i, s], (mask[i] * scale_sp[i]) * N[:, i, s, None] * g)
+        dscale_base[i] += mask[i] * (bx[:, i] @ g)
+        dscale_sp[i] += mask[i] * np.sum(g * s_io, axis=0)
+        dx[:, i] += (np.sum(g * mask[i] * (scale_base[i] * dbx[:, i, None] + scale_sp[i] * ds_io), axis=1)
+                     + dxs1[i] + 2.0 * x[:, i] * dxs2[i]).astype(dx.dtype)
