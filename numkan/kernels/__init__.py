@@ -9,6 +9,17 @@ A backend is a module with the same functions and signatures:
     spline_backward(dx, dcoef, dscale_base, dscale_sp,
                     dy, x, grid, coef, scale_base, scale_sp, mask, k, base_fun)
 
+training ops (numkan.train calls these; see reference.py for the maths):
+
+    mse_loss_grad(dy, y, target) -> float   loss = mean((y-target)^2); dy = 2(y-target)/y.size
+    adam_step(p, g, m, v, lr, beta1, beta2, eps, t)      one Adam update of p in place
+    edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, mask, k, base_fun)
+        s1/s2 (I, O) = batch sums of phi and phi^2 per edge, xs1/xs2 (I,) of x and x^2
+        (float64 outputs): what the sparsity regulariser's standard deviations need
+    edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs2,
+                          x, grid, coef, scale_base, scale_sp, mask, k, base_fun)
+        adds their vector-Jacobian products into dx and the parameter gradients
+
 ``reference`` (name "numpy") is pure NumPy and is the definition of correct;
 ``cpu`` compiles the same maths with Numba. Layers, models and training code
 call ``backend.<op>`` and never branch on the device.
