@@ -52,70 +52,120 @@ def base_deriv(x, code):
     return 0.0 * x
 
 
-def find_span(t, x):
-    """The span j with t[j] <= x < t[j+1], by binary search; -1 outside [t[0], t[-1]).
+def find_span(grid, i, x):
+    """The span j with grid[i, j] <= x < grid[i, j+1]; -1 outside [grid[i, 0], grid[i, -1]).
 
-    NaN compares false everywhere and lands outside too.
+    NaN compares false everywhere and lands outside too. The search starts
+    from the guess a uniform grid would give (exact for uniform knots), checks
+    it against the knots themselves, and falls back to a binary search on the
+    bracket that the guess leaves, so the result is always that of a binary
+    search, in O(1) steps for uniform knots and O(log n) at worst.
     """
-    n = t.shape[0]
-    if not (x >= t[0] and x < t[n - 1]):
+    n = grid.shape[1]
+    t0 = grid[i, 0]
+    tn = grid[i, n - 1]
+    if not (x >= t0 and x < tn):
         return -1
+    # (n-1)/(tn-t0) does not depend on x: compiled loops over samples hoist it
+    j = int((x - t0) * ((n - 1) / (tn - t0)))
+    if j > n - 2:
+        j = n - 2
     lo = 0
-    hi = n - 1  # invariant: t[lo] <= x < t[hi]
+    hi = n - 1  # invariant: grid[i, lo] <= x < grid[i, hi]
+    if grid[i, j] <= x:
+        if x < grid[i, j + 1]:
+            return j
+        lo = j + 1
+    else:
+        hi = j
     while hi - lo > 1:
         mid = (lo + hi) >> 1
-        if t[mid] <= x:
+        if grid[i, mid] <= x:
             lo = mid
         else:
             hi = mid
     return lo
 
 
-def local_basis(t, j, x, k, N, dN, deriv):
+def knot_reciprocals(inv, grid, k):
+    """inv[i, r, m] = 1 / (t[m+r] - t[m]) for r = 1..k (0 where the knots coincide).
+
+    inv (I, k+1, n) with n knots per input; row r = 0 and the last r entries
+    of row r are unused. Filled once per kernel call (O(I k n) work), it turns
+    every division of the local recursion into a multiplication.
+    """
+    I = grid.shape[0]
+    n = grid.shape[1]
+    for i in range(I):
+        for r in range(1, k + 1):
+            for m in range(n - r):
+                d = grid[i, m + r] - grid[i, m]
+                inv[i, r, m] = 1.0 / d if d > 0 else 0.0
+
+
+def local_basis(grid, inv, i, j, x, k, N, dN, work, deriv):
     """The k+1 bases that can be non-zero on span j, and optionally their derivatives.
 
-    On return ``N[s] = B[j-k+s, k](x)`` for s = 0..k (0 where the basis index
-    j-k+s is outside 0..K-1, i.e. the basis does not exist), and when ``deriv``
-    is true ``dN[s] = d/dx B[j-k+s, k](x)``.
+    On return ``N[s] = B[j-k+s, k](x)`` for s = 0..k on input i's knots
+    ``t = grid[i]`` (0 where the basis index j-k+s is outside 0..K-1, i.e.
+    the basis does not exist), and when ``deriv`` is true
+    ``dN[s] = d/dx B[j-k+s, k](x)``. ``work`` is scratch of length 2(k+1);
+    ``inv`` holds the knot reciprocals of ``knot_reciprocals``.
 
-    The triangle is built in place, order r = 1..k, from the Cox-de Boor rule
+    The triangle of bases touching span j is built order by order from the
+    Cox-de Boor rule (a = j - r + s at order r)
 
         B[a,r] = (x - t[a]) / (t[a+r] - t[a]) * B[a,r-1]
                + (t[a+r+1] - x) / (t[a+r+1] - t[a+1]) * B[a+1,r-1]
 
-    with a = j - r + s. A term whose denominator is 0 counts as 0, and a basis
-    index outside 0..(len(t) - 2 - r) does not exist at order r. Going down in
-    s lets slot s be overwritten only after slot s+1 has read it.
+    where a zero denominator makes its term 0. The right term of B[a,r] and
+    the left term of B[a+1,r] share the quotient B[a+1,r-1] / (t[a+r+1] - t[a+1]),
+    so each order costs r multiplications by a reciprocal from ``inv`` (de
+    Boor's form, with the differences x - t[..] and t[..] - x kept in
+    ``work``). On the k outermost spans at either end some bases of the
+    triangle do not exist; there the rule is applied term by term with the
+    existence checks.
     """
-    nk = t.shape[0]
+    nk = grid.shape[1]
+    if j >= k and j <= nk - 2 - k:
+        # left[r] = x - t[j+1-r] in work[r], right[r] = t[j+r] - x in work[k+1+r]
+        # (indices, not slices: a slice is an array view, which compiled code pays for)
+        R = k + 1
+        N[0] = 1.0
+        for r in range(1, k + 1):
+            work[r] = x - grid[i, j + 1 - r]
+            work[R + r] = grid[i, j + r] - x
+            saved = 0.0
+            for s in range(r):
+                # 1 / (t[j+s+1] - t[j+1-r+s]), 0 for coinciding knots
+                q = N[s] * inv[i, r, j + 1 - r + s]
+                if deriv and r == k:
+                    # dB[a,k] = k * (B[a,k-1]/(t[a+k]-t[a]) - B[a+1,k-1]/(t[a+k+1]-t[a+1]))
+                    # and these quotients are exactly the q of the last order
+                    dN[s] = -k * q if s == 0 else dN[s] - k * q
+                    dN[s + 1] = k * q
+                N[s] = saved + work[R + s + 1] * q
+                saved = work[r - s] * q
+            N[r] = saved
+        return
     N[0] = 1.0
     for r in range(1, k + 1):
         if deriv and r == k:
-            # the derivative needs the order k-1 values, which N holds right now:
-            # dB[a,k] = k/(t[a+k]-t[a]) B[a,k-1] - k/(t[a+k+1]-t[a+1]) B[a+1,k-1]
             for s in range(k + 1):
                 a = j - k + s
                 v = 0.0
                 if a >= 0 and a <= nk - 2 - k:
                     if s >= 1:
-                        d = t[a + k] - t[a]
-                        if d > 0:
-                            v += N[s - 1] / d
+                        v += N[s - 1] * inv[i, k, a]
                     if s <= k - 1:
-                        d = t[a + k + 1] - t[a + 1]
-                        if d > 0:
-                            v -= N[s] / d
+                        v -= N[s] * inv[i, k, a + 1]
                 dN[s] = k * v
         for s in range(r, -1, -1):
             a = j - r + s
             v = 0.0
             if a >= 0 and a <= nk - 2 - r:
                 if s >= 1:
-                    d = t[a + r] - t[a]
-                    if d > 0:
-                        v += (x - t[a]) / d * N[s - 1]
+                    v += (x - grid[i, a]) * inv[i, r, a] * N[s - 1]
                 if s <= r - 1:
-                    d = t[a + r + 1] - t[a + 1]
-                    if d > 0:
-                        v += (t[a + r + 1] - x) / d * N[s]
+                    v += (grid[i, a + r + 1] - x) * inv[i, r, a + 1] * N[s]
             N[s] = v
