@@ -101,3 +101,51 @@ def check_array(name, a, n_cols, dtype, n_rows=None):
         raise ValueError(f"{name} must be finite, got {out[tuple(bad)]} at index {tuple(int(v) for v in bad)}"
                          + (" after conversion to " + str(np.dtype(dtype)) if np.all(np.isfinite(arr)) else ""))
     return out
+
+
+def is_device_array(a):
+    """True for an accelerator array (``__cuda_array_interface__``, or numba's simulator array)."""
+    return not isinstance(a, np.ndarray) and (
+        hasattr(a, "__cuda_array_interface__") or bool(getattr(a, "__cuda_ndarray__", False)))
+
+
+def _device_shape_dtype(a):
+    cai = getattr(a, "__cuda_array_interface__", None)
+    if cai is not None:
+        return tuple(cai["shape"]), np.dtype(cai["typestr"])
+    return tuple(a.shape), np.dtype(a.dtype)
+
+
+def check_device_array(name, a, n_cols, dtype, backend, n_rows=None, allow_1d=False):
+    """``check_array`` for a device array: the same checks, made without copying it to the host.
+
+    Shape and dtype come from the array's interface; the data are copied (and
+    cast) into a new ``backend`` array, whose finiteness the backend checks
+    (``backend.all_finite``: one flag comes back, not the data). With
+    ``allow_1d`` a (B,) array is taken as (B, 1). Returns the backend array.
+    """
+    try:
+        shape, src = _device_shape_dtype(a)
+    except Exception as exc:
+        raise ValueError(f"{name} must be a 2-D numeric array, got {type(a).__name__}: {exc}") from None
+    if src.kind not in "fiub":
+        raise ValueError(f"{name} must be a real numeric array, got dtype {src}")
+    if allow_1d and len(shape) == 1:
+        shape2 = (shape[0], 1)
+    else:
+        shape2 = shape
+    if len(shape2) != 2:
+        raise ValueError(f"{name} must be 2-D with shape (batch, {n_cols}), got shape {shape}")
+    if shape2[1] != n_cols:
+        raise ValueError(f"{name} must have shape (batch, {n_cols}), got {shape}")
+    if shape2[0] < 1:
+        raise ValueError(f"{name} must have at least one row, got shape {shape}")
+    if n_rows is not None and shape2[0] != n_rows:
+        raise ValueError(f"{name} must have shape ({n_rows}, {n_cols}), got {shape}")
+    arr = backend.asarray(a, dtype)
+    if shape2 != shape:
+        arr = arr.reshape(shape2)
+    if not backend.all_finite(arr):
+        raise ValueError(f"{name} must be finite, got NaN or inf in the device array of shape {shape}"
+                         + ("" if src == np.dtype(dtype) else f" (after conversion from {src} to {np.dtype(dtype)})"))
+    return arr

@@ -23,8 +23,21 @@ name = "numpy"
 # ---------------------------------------------------------------------------
 # storage: the reference keeps everything in host ndarrays
 def asarray(a, dtype):
-    """Host array -> this backend's storage (a C-contiguous ndarray of ``dtype``)."""
+    """Host or device array -> this backend's storage (a C-contiguous ndarray of ``dtype``).
+
+    A device array (numba's, or CuPy's with ``.get()``) is copied to the host.
+    """
+    if not isinstance(a, np.ndarray):
+        if hasattr(a, "copy_to_host"):
+            a = a.copy_to_host()
+        elif hasattr(a, "__cuda_array_interface__"):
+            a = a.get() if hasattr(a, "get") else _device_to_host(a)
     return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _device_to_host(a):
+    from numba import cuda  # only reached with a device array, so numba-cuda is there
+    return cuda.as_cuda_array(a).copy_to_host()
 
 
 def to_host(a):
@@ -38,6 +51,11 @@ def zeros(shape, dtype):
 
 def fill(a, value):
     a[...] = value
+
+
+def all_finite(a):
+    """True when no entry of ``a`` is NaN or inf (the boundary check for backend arrays)."""
+    return bool(np.isfinite(a).all())
 
 
 # ---------------------------------------------------------------------------

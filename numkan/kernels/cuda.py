@@ -1,0 +1,647 @@
+"""CUDA kernels (numba-cuda): the reference's maths on an NVIDIA GPU.
+
+Same functions and signatures as ``reference.py`` (the definition every kernel
+here is tested against, under ``NUMBA_ENABLE_CUDASIM=1`` in CI). The scalar
+maths (span search, Cox-de Boor on the local triangle, silu) is ``_scalar.py``
+compiled with ``cuda.jit(device=True)``; nothing here repeats the recursion.
+Arrays live on the device as numba ``DeviceNDArray``; ``asarray`` and
+``to_host`` are the only transfers.
+
+Why the kernels look the way they do
+------------------------------------
+A layer does about (k+1) multiply-adds per edge and sample on data that is
+small (coef is I*K*O values) while the batch is large, so the work is bound by
+on-chip traffic, not by DRAM, as long as nothing of size B*I*O or B*I*K ever
+touches global memory. Each kernel therefore fuses the basis evaluation with
+the contraction, and the (B, I, k+1) bases exist only in shared memory, a tile
+at a time.
+
+``spline_forward`` (one launch). A block owns a tile of TB samples and TO
+outputs; its threads form TX lanes along the outputs (consecutive outputs, so
+every coefficient row read by a warp is one coalesced segment) by TY rows along
+the samples, and each thread keeps an RB x RO register tile of y. The block
+walks the inputs TI at a time: first its threads evaluate the TB*TI local
+bases cooperatively (span search and Cox-de Boor once per sample and input, not
+once per edge) into shared memory, then every thread gathers the k+1
+coefficient rows each of its samples needs. Bases, their first index and b(x)
+are read from shared memory once per sample and reused for RO outputs; the
+coefficient tile of the TI inputs is small enough to stay in L1/L2.
+
+``spline_backward`` (two launches). The coefficient gradient is a reduction
+over the batch, R[i,m,o] = sum_b g[b,o] B[m](x[b,i]), and dx[b,i] is a
+reduction over the outputs. Launch 1 gives each block one input i and one
+chunk of the batch: it stages the bases and derivatives of TS samples at a
+time in shared memory, accumulates R for its (i, chunk) in a shared-memory
+tile (K x TO, shared-memory atomics only, since two warps may hit the same
+knot interval), sums b(x) g for the base gradient in registers, and reduces
+each sample's dx over the outputs through a padded shared tile, so that dx[b,i]
+has exactly one writer and no global atomic appears anywhere. It writes its raw
+partial sums P[c,i,m,o] once. Launch 2 sums the partials of the chunks
+(deterministic order) and finishes all three parameter gradients:
+dcoef += R*scale_sp*mask, dscale_base += Rb*mask and
+dscale_sp += mask*sum_m coef*R (because s = sum_m coef B[m]). The number of
+chunks is chosen to fill the GPU while keeping the partial buffer small
+(at most a few hundred MB, usually far less).
+
+When K x TO does not fit in shared memory (very fine grids) the block walks the
+basis index in tiles of MT rows, visiting its samples once per tile; for the
+usual grids there is one tile.
+
+Tile shapes are compile-time constants (shared and local arrays need them), so
+kernels are built by a cached factory per (order k, dtype, tile shape); the
+launchers pick the shape from the layer's sizes. Only the launchers choose grid
+and block sizes.
+"""
+import math
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda, from_dtype
+
+from . import _scalar
+from ._scalar import BASE_CODES
+
+name = "cuda"
+
+# the scalar maths, compiled for the device (compiled lazily on first use)
+_base_value = cuda.jit(device=True)(_scalar.base_value)
+_base_deriv = cuda.jit(device=True)(_scalar.base_deriv)
+_find_span = cuda.jit(device=True)(_scalar.find_span)
+_local_basis = cuda.jit(device=True)(_scalar.local_basis)
+
+_NT = 256                 # threads per block of the layer kernels
+_SHARED_BUDGET = 44 * 1024  # bytes of shared memory per block we allow ourselves (48 KiB limit)
+_EW = 256                 # threads per block of the elementwise kernels
+
+
+def check_available():
+    """Raise RuntimeError unless a CUDA GPU (or the CUDA simulator) is usable."""
+    try:
+        ok = cuda.is_available()
+    except Exception as exc:  # a broken driver raises instead of returning False
+        raise RuntimeError(f"device='cuda' needs an NVIDIA GPU with a working driver: {exc}") from exc
+    if not ok:
+        raise RuntimeError(
+            "device='cuda' needs an NVIDIA GPU with a working CUDA driver, and none was found "
+            "(numba.cuda.is_available() is False). Use device='cpu', or set "
+            "NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in numba's simulator.")
+
+
+# ---------------------------------------------------------------------------
+# storage: numba device arrays
+def _is_device(a):
+    return (not isinstance(a, np.ndarray)
+            and (hasattr(a, "__cuda_array_interface__") or getattr(a, "__cuda_ndarray__", False)))
+
+
+def _as_device(a):
+    """A numba device-array view of any __cuda_array_interface__ object (no copy)."""
+    if getattr(a, "__cuda_ndarray__", False):
+        return a
+    return cuda.as_cuda_array(a)
+
+
+def asarray(a, dtype):
+    """Host array or device array -> a new C-contiguous device array of ``dtype``.
+
+    A device input is copied on the device (cast if its dtype differs), so the
+    result never aliases the caller's memory; a host input is copied over once.
+    """
+    dtype = np.dtype(dtype)
+    if not _is_device(a):
+        return cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+    src = _as_device(a)
+    out = cuda.device_array(src.shape, dtype=dtype)
+    if out.size == 0:
+        return out
+    if src.ndim == 2:
+        _cast2d[_grid2(src.shape), (16, 16)](out, src)
+    elif src.is_c_contiguous():
+        flat = src.reshape(src.size)
+        _cast1d[_blocks(src.size), _EW](out.reshape(out.size), flat)
+    else:  # rare: non-contiguous and not 2-D; go through the host
+        out.copy_to_device(np.ascontiguousarray(src.copy_to_host(), dtype=dtype))
+    return out
+
+
+def to_host(a):
+    """Device array -> host ndarray (a copy)."""
+    return a.copy_to_host()
+
+
+def zeros(shape, dtype):
+    out = cuda.device_array(shape, dtype=np.dtype(dtype))
+    fill(out, 0)
+    return out
+
+
+def fill(a, value):
+    """Set every entry of the C-contiguous device array ``a`` to ``value``."""
+    if a.size:
+        _fill1d[_blocks(a.size), _EW](a.reshape(a.size), a.dtype.type(value))
+
+
+def _blocks(n):
+    return min(max(1, -(-n // _EW)), 65535)
+
+
+def _grid2(shape):
+    return (max(1, -(-shape[0] // 16)), max(1, -(-shape[1] // 16)))
+
+
+@cuda.jit
+def _fill1d(a, value):
+    for p in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        a[p] = value
+
+
+@cuda.jit
+def _cast1d(out, src):
+    for p in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
+        out[p] = src[p]
+
+
+@cuda.jit
+def _cast2d(out, src):
+    r, c = cuda.grid(2)
+    if r < src.shape[0] and c < src.shape[1]:
+        out[r, c] = src[r, c]
+
+
+# ---------------------------------------------------------------------------
+# the layer: kernel factories
+@lru_cache(maxsize=None)
+def _stage_fn(k, dtype):
+    """Device function: the k+1 bases (and derivatives) of x on input i, shifted
+    so that entry s belongs to basis a0 + s with 0 <= a0 <= K-1-k.
+
+    Bases whose index lies outside 0..K-1 are zero, so moving the window inside
+    0..K-1 changes no sum and lets the kernels index coef without a branch.
+    Outside the knots every entry is zero and a0 = 0.
+    """
+    KP1 = k + 1
+    nbt = from_dtype(np.dtype(dtype))
+
+    @cuda.jit(device=True)
+    def stage(grid, inv, i, xv, K, N, dN, deriv):
+        work = cuda.local.array(2 * KP1, nbt)
+        j = _find_span(grid, i, xv)
+        if j < 0:
+            for s in range(KP1):
+                N[s] = 0
+                dN[s] = 0
+            return 0
+        _local_basis(grid, inv, i, j, xv, k, N, dN, work, deriv)
+        a = j - k
+        a0 = min(max(a, 0), K - KP1)
+        sh = a0 - a  # N[s] must become B[a0 + s] = old N[s + sh]
+        if sh > 0:
+            for s in range(KP1):
+                src = s + sh
+                N[s] = N[src] if src < KP1 else 0
+                if deriv:
+                    dN[s] = dN[src] if src < KP1 else 0
+        elif sh < 0:
+            for s in range(KP1 - 1, -1, -1):
+                src = s + sh
+                N[s] = N[src] if src >= 0 else 0
+                if deriv:
+                    dN[s] = dN[src] if src >= 0 else 0
+        return a0
+
+    return stage
+
+
+@lru_cache(maxsize=None)
+def _forward_kernel(k, dtype, TX, TY, RB, RO, TI):
+    """spline_forward for order k: block (TX, TY) owns TB = TY*RB samples x TO = TX*RO outputs."""
+    KP1 = k + 1
+    TB, TO = TY * RB, TX * RO
+    NT = TX * TY
+    nbt = from_dtype(np.dtype(dtype))
+    stage = _stage_fn(k, dtype)
+
+    @cuda.jit
+    def kernel(y, x, grid, inv, coef, scale_base, scale_sp, mask, code):
+        # y (B, O) out; x (B, I); grid (I, G+2k+1); inv (I, k+1, G+2k+1) knot
+        # reciprocals; coef (I, K, O); scale_*, mask (I, O)
+        Nsh = cuda.shared.array((TB, TI, KP1), nbt)   # bases of the tile's samples
+        Ash = cuda.shared.array((TB, TI), np.int32)   # their first basis index a0
+        BXsh = cuda.shared.array((TB, TI), nbt)       # b(x)
+        N = cuda.local.array(KP1, nbt)
+        dN = cuda.local.array(KP1, nbt)
+        acc = cuda.local.array((RB, RO), nbt)
+        wb = cuda.local.array(RO, nbt)
+        sp = cuda.local.array(RO, nbt)
+        B, I = x.shape
+        O = y.shape[1]
+        K = coef.shape[1]
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * TX + tx
+        o0 = cuda.blockIdx.x * TO
+        b0 = cuda.blockIdx.y * TB
+        for q in range(RB):
+            for r in range(RO):
+                acc[q, r] = 0
+        for i0 in range(0, I, TI):
+            # 1. the bases of TB samples x TI inputs, once each, into shared memory
+            for p in range(tid, TB * TI, NT):
+                bl = p // TI
+                il = p - bl * TI
+                b = b0 + bl
+                i = i0 + il
+                if b < B and i < I:
+                    xv = x[b, i]
+                    Ash[bl, il] = stage(grid, inv, i, xv, K, N, dN, False)
+                    BXsh[bl, il] = _base_value(xv, code)
+                    for s in range(KP1):
+                        Nsh[bl, il, s] = N[s]
+                else:
+                    Ash[bl, il] = 0
+                    BXsh[bl, il] = 0
+                    for s in range(KP1):
+                        Nsh[bl, il, s] = 0
+            cuda.syncthreads()
+            # 2. every thread adds its samples' k+1 coefficient rows and base term
+            for il in range(min(TI, I - i0)):
+                i = i0 + il
+                for r in range(RO):
+                    o = min(o0 + tx + r * TX, O - 1)
+                    wb[r] = scale_base[i, o] * mask[i, o]
+                    sp[r] = scale_sp[i, o] * mask[i, o]
+                for q in range(RB):
+                    bl = ty + q * TY
+                    a0 = Ash[bl, il]
+                    bxv = BXsh[bl, il]
+                    for s in range(KP1):
+                        N[s] = Nsh[bl, il, s]
+                    for r in range(RO):
+                        o = o0 + tx + r * TX
+                        if o < O:
+                            v = nbt(0)
+                            for s in range(KP1):
+                                v += N[s] * coef[i, a0 + s, o]
+                            acc[q, r] += wb[r] * bxv + sp[r] * v
+            cuda.syncthreads()
+        for q in range(RB):
+            b = b0 + ty + q * TY
+            if b < B:
+                for r in range(RO):
+                    o = o0 + tx + r * TX
+                    if o < O:
+                        y[b, o] = acc[q, r]
+
+    return kernel
+
+
+@lru_cache(maxsize=None)
+def _backward_kernel(k, dtype, TX, TY, RB, RO):
+    """Launch 1 of spline_backward: block (TX, TY) owns input blockIdx.x and batch chunk blockIdx.y."""
+    KP1 = k + 1
+    TS, TO = TY * RB, TX * RO
+    NT = TX * TY
+    nbt = from_dtype(np.dtype(dtype))
+    stage = _stage_fn(k, dtype)
+
+    @cuda.jit
+    def kernel(dx, P, PB, INV, dy, x, grid, coef, scale_base, scale_sp, mask, code, MT):
+        # dx (B, I) +=; P (C, I, K, O) and PB (C, I, O) raw partial sums of chunk c:
+        #   P[c,i,m,o] = sum_b g[b,o] B[m](x[b,i]),  PB[c,i,o] = sum_b g[b,o] b(x[b,i]);
+        # INV (C, I, k+1, n) scratch: block (i, c) fills and reads only INV[c, i]
+        R = cuda.shared.array(0, nbt)                  # (MT, TO) tile of P, dynamic
+        Nsh = cuda.shared.array((TS, KP1), nbt)
+        dNsh = cuda.shared.array((TS, KP1), nbt)
+        Ash = cuda.shared.array(TS, np.int32)
+        BXsh = cuda.shared.array(TS, nbt)
+        DBXsh = cuda.shared.array(TS, nbt)
+        DXsh = cuda.shared.array((TS, TX + 1), nbt)    # dx partials, padded against bank conflicts
+        RBsh = cuda.shared.array(TO, nbt)
+        N = cuda.local.array(KP1, nbt)
+        dN = cuda.local.array(KP1, nbt)
+        rb = cuda.local.array(RO, nbt)
+        wb = cuda.local.array(RO, nbt)
+        sp = cuda.local.array(RO, nbt)
+        B, I = x.shape
+        O = dy.shape[1]
+        K = coef.shape[1]
+        i = cuda.blockIdx.x
+        c = cuda.blockIdx.y
+        C = cuda.gridDim.y
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * TX + tx
+        b_lo = c * B // C
+        b_hi = (c + 1) * B // C
+        # the knot reciprocals of input i, as _scalar.knot_reciprocals computes them
+        inv = INV[c]
+        n = grid.shape[1]
+        for p in range(tid, k * n, NT):
+            r = 1 + p // n
+            m = p - (r - 1) * n
+            if m < n - r:
+                d = grid[i, m + r] - grid[i, m]
+                inv[i, r, m] = 1.0 / d if d > 0 else 0.0
+        cuda.syncthreads()
+        for o0 in range(0, O, TO):
+            for r in range(RO):
+                o = min(o0 + tx + r * TX, O - 1)
+                wb[r] = scale_base[i, o] * mask[i, o]
+                sp[r] = scale_sp[i, o] * mask[i, o]
+            for m0 in range(0, K, MT):
+                first = m0 == 0  # the base and dx-base terms are added once
+                for p in range(tid, MT * TO, NT):
+                    R[p] = 0
+                for p in range(tid, TO, NT):
+                    RBsh[p] = 0
+                for r in range(RO):
+                    rb[r] = 0
+                for s0 in range(b_lo, b_hi, TS):
+                    # 1. stage the bases of TS samples of input i
+                    for p in range(tid, TS, NT):
+                        b = s0 + p
+                        if b < b_hi:
+                            xv = x[b, i]
+                            Ash[p] = stage(grid, inv, i, xv, K, N, dN, True)
+                            BXsh[p] = _base_value(xv, code)
+                            DBXsh[p] = _base_deriv(xv, code)
+                            for s in range(KP1):
+                                Nsh[p, s] = N[s]
+                                dNsh[p, s] = dN[s]
+                    cuda.syncthreads()
+                    # 2. accumulate R, rb and the dx partials of this thread's outputs
+                    for q in range(RB):
+                        ql = ty + q * TY
+                        b = s0 + ql
+                        dxp = nbt(0)
+                        if b < b_hi:
+                            a0 = Ash[ql]
+                            bxv = BXsh[ql]
+                            dbxv = DBXsh[ql]
+                            for s in range(KP1):
+                                N[s] = Nsh[ql, s]
+                                dN[s] = dNsh[ql, s]
+                            for r in range(RO):
+                                ol = tx + r * TX
+                                o = o0 + ol
+                                if o < O:
+                                    g = dy[b, o]
+                                    if first:
+                                        rb[r] += bxv * g
+                                        dxp += g * wb[r] * dbxv
+                                    ds = nbt(0)
+                                    for s in range(KP1):
+                                        a = a0 + s - m0
+                                        if a >= 0 and a < MT:
+                                            cuda.atomic.add(R, a * TO + ol, N[s] * g)
+                                            ds += dN[s] * coef[i, a0 + s, o]
+                                    dxp += g * sp[r] * ds
+                        DXsh[ql, tx] = dxp
+                    cuda.syncthreads()
+                    # 3. one writer per dx[b, i]: sum the TX lane partials of each sample
+                    for p in range(tid, TS, NT):
+                        b = s0 + p
+                        if b < b_hi:
+                            tot = nbt(0)
+                            for l in range(TX):
+                                tot += DXsh[p, l]
+                            dx[b, i] += tot
+                    cuda.syncthreads()
+                # 4. write this chunk's raw partial sums once
+                if first:
+                    for r in range(RO):
+                        cuda.atomic.add(RBsh, tx + r * TX, rb[r])
+                cuda.syncthreads()
+                for p in range(tid, MT * TO, NT):
+                    m = m0 + p // TO
+                    o = o0 + p % TO
+                    if m < K and o < O:
+                        P[c, i, m, o] = R[p]
+                if first:
+                    for p in range(tid, TO, NT):
+                        o = o0 + p
+                        if o < O:
+                            PB[c, i, o] = RBsh[p]
+                cuda.syncthreads()
+
+    return kernel
+
+
+@cuda.jit
+def _backward_finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask):
+    """Launch 2 of spline_backward: sum the chunks' partials and finish the gradients.
+
+    dcoef[i,m,o] += R * scale_sp * mask, dscale_base[i,o] += Rb * mask,
+    dscale_sp[i,o] += mask * sum_m coef * R, with R = sum_c P[c], Rb = sum_c PB[c].
+    """
+    o, i = cuda.grid(2)
+    C = P.shape[0]
+    K = coef.shape[1]
+    if i < coef.shape[0] and o < coef.shape[2]:
+        msk = mask[i, o]
+        spm = scale_sp[i, o] * msk
+        dsp = 0.0  # float64 accumulator for both dtypes
+        for m in range(K):
+            r = P[0, i, m, o]
+            for c in range(1, C):
+                r += P[c, i, m, o]
+            dcoef[i, m, o] += r * spm
+            dsp += coef[i, m, o] * r
+        rb = PB[0, i, o]
+        for c in range(1, C):
+            rb += PB[c, i, o]
+        dscale_base[i, o] += rb * msk
+        dscale_sp[i, o] += msk * dsp
+
+
+@cuda.jit
+def _inv_kernel(inv, grid, k):
+    # inv (I, k+1, n) = 1 / (t[m+r] - t[m]), 0 for coinciding knots (_scalar.knot_reciprocals)
+    p, i = cuda.grid(2)
+    n = grid.shape[1]
+    if i < grid.shape[0] and p < k * n:
+        r = 1 + p // n
+        m = p - (r - 1) * n
+        if m < n - r:
+            d = grid[i, m + r] - grid[i, m]
+            inv[i, r, m] = 1.0 / d if d > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------
+# the layer: launchers (the only code that picks tile, block and grid sizes)
+def _knot_reciprocals(grid, k):
+    I, n = grid.shape
+    inv = cuda.device_array((I, k + 1, n), dtype=grid.dtype)
+    _inv_kernel[(-(-k * n // 64), I), (64, 1)](inv, grid, k)
+    return inv
+
+
+def _lanes(O):
+    """Lanes along the outputs (TX) and outputs per lane (RO) for O outputs."""
+    TX = 32 if O >= 32 else 1 << max(0, (O - 1).bit_length())
+    RO = 4 if O >= 96 else (2 if O >= 48 else 1)
+    return TX, RO
+
+
+@lru_cache(maxsize=None)
+def _sm_count():
+    try:
+        return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+    except Exception:  # the simulator has no such attribute
+        return 16
+
+
+def _forward_config(B, O, k, itemsize):
+    TX, RO = _lanes(O)
+    TY = _NT // TX
+    RB = 4 if TX == 32 else 1
+    per = (k + 2) * itemsize + 4  # shared bytes per (sample, input)
+    while RB > 1 and TY * RB * per * 1 > _SHARED_BUDGET // 2:
+        RB //= 2
+    TI = max(1, min(16, (_SHARED_BUDGET // 2) // (TY * RB * per)))
+    TI = 1 << (TI.bit_length() - 1)  # a power of two: fewer compiled variants
+    if TY * RB * per > _SHARED_BUDGET:
+        raise ValueError(f"k={k} is too large for the CUDA kernels' shared-memory tiles")
+    return TX, TY, RB, RO, TI
+
+
+def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
+    """CUDA ``reference.spline_forward``: y (B, O) overwritten; one launch."""
+    B, I = x.shape
+    O = y.shape[1]
+    dtype = np.dtype(y.dtype)
+    TX, TY, RB, RO, TI = _forward_config(B, O, k, dtype.itemsize)
+    kern = _forward_kernel(k, dtype.str, TX, TY, RB, RO, TI)
+    blocks = (-(-O // (TX * RO)), -(-B // (TY * RB)))
+    inv = _knot_reciprocals(grid, k)
+    kern[blocks, (TX, TY)](y, x, grid, inv, coef, scale_base, scale_sp, mask, BASE_CODES[base_fun])
+    return y
+
+
+def _backward_config(B, I, O, K, k, itemsize):
+    TX, RO = _lanes(O)
+    TY = _NT // TX
+    RB = 4 if TX == 32 else 1
+    TS = TY * RB
+    static = (TS * (2 * (k + 1) + 2 + TX + 1) + TX * RO) * itemsize + 4 * TS
+    room = _SHARED_BUDGET - static
+    if room < TX * itemsize:
+        raise ValueError(f"k={k} is too large for the CUDA kernels' shared-memory tiles")
+    # prefer one basis tile (MT = K); give up output width before that
+    while RO > 1 and K * TX * RO * itemsize > room:
+        RO //= 2
+    MT = max(1, min(K, room // (TX * RO * itemsize)))
+    # chunks of the batch: enough blocks to fill the GPU, chunks of at least TS
+    # samples, and a partial buffer of at most ~256 MB
+    want = -(-8 * _sm_count() // I)
+    cap_mem = max(1, (256 << 20) // max(1, I * K * O * itemsize))
+    C = max(1, min(want, -(-B // TS), cap_mem))
+    return TX, TY, RB, RO, MT, C
+
+
+def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
+                    scale_base, scale_sp, mask, k, base_fun):
+    """CUDA ``reference.spline_backward``: adds into dx, dcoef, dscale_base, dscale_sp.
+
+    Two launches: per-(input, batch chunk) partial sums with dx finished in
+    place, then the sum over chunks that finishes the parameter gradients.
+    """
+    B, I = x.shape
+    K, O = coef.shape[1], coef.shape[2]
+    dtype = np.dtype(dy.dtype)
+    TX, TY, RB, RO, MT, C = _backward_config(B, I, O, K, k, dtype.itemsize)
+    P = cuda.device_array((C, I, K, O), dtype=dtype)
+    PB = cuda.device_array((C, I, O), dtype=dtype)
+    INV = cuda.device_array((C, I, k + 1, grid.shape[1]), dtype=dtype)
+    kern = _backward_kernel(k, dtype.str, TX, TY, RB, RO)
+    shared = MT * TX * RO * dtype.itemsize
+    kern[(I, C), (TX, TY), 0, shared](dx, P, PB, INV, dy, x, grid, coef, scale_base, scale_sp,
+                                      mask, BASE_CODES[base_fun], MT)
+    _backward_finish[(-(-O // 32), -(-I // 8)), (32, 8)](dcoef, dscale_base, dscale_sp, P, PB,
+                                                        coef, scale_sp, mask)
+
+
+# ===========================================================================
+# Training ops: loss, optimiser step, input check (same maths as the reference)
+# ---------------------------------------------------------------------------
+_RED = 256  # threads per block of the reductions (a power of two)
+
+
+@cuda.jit
+def _mse_kernel(dy, y, target, scale, partial):
+    # flat views; partial[blockIdx] = sum over the block's entries of (y - target)^2 in float64
+    acc = cuda.shared.array(_RED, np.float64)
+    tid = cuda.threadIdx.x
+    s = 0.0
+    for p in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        d = y[p] - target[p]
+        dy[p] = scale * d
+        s += d * d
+    acc[tid] = s
+    cuda.syncthreads()
+    step = _RED // 2
+    while step > 0:
+        if tid < step:
+            acc[tid] += acc[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    if tid == 0:
+        partial[cuda.blockIdx.x] = acc[0]
+
+
+def mse_loss_grad(dy, y, target):
+    """CUDA ``reference.mse_loss_grad``: dy = 2 (y - target) / y.size, returns the float loss.
+
+    The squared errors are summed in float64, per block on the device; only the
+    block sums (at most a few hundred numbers) come back to the host.
+    """
+    n = y.size
+    nblock = min(-(-n // _RED), 512)
+    partial = cuda.device_array(nblock, dtype=np.float64)
+    _mse_kernel[nblock, _RED](dy.reshape(n), y.reshape(n), target.reshape(n),
+                              y.dtype.type(2.0 / n), partial)
+    return float(partial.copy_to_host().sum() / n)
+
+
+@cuda.jit
+def _adam_kernel(p, g, m, v, beta1, omb1, beta2, omb2, step, c2, eps):
+    for q in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        gq = g[q]
+        mq = m[q] * beta1 + omb1 * gq
+        vq = v[q] * beta2 + omb2 * gq * gq
+        m[q] = mq
+        v[q] = vq
+        p[q] -= step * mq / (math.sqrt(vq / c2) + eps)
+
+
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
+    """CUDA ``reference.adam_step``: one bias-corrected Adam update of p, m, v in place.
+
+        m = beta1 m + (1 - beta1) g            v = beta2 v + (1 - beta2) g^2
+        p -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    The scalars are rounded to p's dtype on the host, as NumPy does for the reference.
+    """
+    n = p.size
+    if n == 0:
+        return
+    f = p.dtype.type
+    _adam_kernel[_blocks(n), _EW](p.reshape(n), g.reshape(n), m.reshape(n), v.reshape(n),
+                                  f(beta1), f(1 - beta1), f(beta2), f(1 - beta2),
+                                  f(lr / (1 - beta1 ** t)), f(1 - beta2 ** t), f(eps))
+
+
+@cuda.jit
+def _nonfinite_kernel(a, flag):
+    for p in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        if not math.isfinite(a[p]):
+            flag[0] = 1  # any writer will do: every one writes 1
+
+
+def all_finite(a):
+    """True when no entry of the device array ``a`` is NaN or inf (one flag comes back)."""
+    if a.size == 0:
+        return True
+    flag = cuda.to_device(np.zeros(1, dtype=np.int32))
+    _nonfinite_kernel[_blocks(a.size), _EW](a.reshape(a.size), flag)
+    return bool(flag.copy_to_host()[0] == 0)

@@ -1,0 +1,224 @@
+"""CUDA backend checks, run by ``test_cuda.py`` in a subprocess.
+
+Not collected by a plain ``pytest`` run (the name does not start with
+``test_``): numba decides at its first import of ``numba.cuda`` whether to use
+the simulator, so these run in a fresh process with ``NUMBA_ENABLE_CUDASIM=1``
+(CI, no GPU) or without it on a GPU machine. Every CUDA kernel is compared
+with the NumPy reference on the same inputs; errors are measured as
+max |cuda - reference| / max |reference| per array, float64 against 1e-10 and
+float32 against 1e-5.
+"""
+import numpy as np
+import pytest
+
+import numkan as nk
+from numkan.kernels import cuda as C
+from numkan.kernels import reference as R
+
+RTOL = {np.float64: 1e-10, np.float32: 1e-5}
+SIM = C.cuda.is_available() and getattr(C.cuda, "simulator", None) is not None
+
+
+def rel_err(actual, expected):
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape
+    err = np.abs(actual - expected)
+    idx = np.unravel_index(int(np.argmax(err)), err.shape)
+    return float(err[idx] / max(np.max(np.abs(expected)), 1e-300)), idx
+
+
+def check(name, actual, expected, dtype):
+    e, idx = rel_err(actual, expected)
+    assert e <= RTOL[dtype], (f"{name}: relative error {e:.3g} > {RTOL[dtype]:g} at {idx}: "
+                              f"{np.asarray(actual)[idx]!r} vs {np.asarray(expected)[idx]!r}")
+
+
+def make_layer(rng, B, I, O, G, k, dtype, knots):
+    """Random inputs and parameters; x hits knots, the ends and the outside of the grid."""
+    n = G + 2 * k + 1
+    if knots == "uniform":
+        grid = np.tile(np.linspace(-1, 1, n), (I, 1))
+    else:  # non-uniform, different per input, with one repeated knot
+        grid = np.sort(rng.uniform(-1.2, 1.2, (I, n)), axis=1)
+        grid[:, n // 2] = grid[:, n // 2 - 1]
+    x = rng.uniform(-1.5, 1.5, (B, I))
+    x[0] = grid[:, 0]                    # the first knot (inside)
+    x[1] = grid[:, n - 1]                # the last knot (outside: half-open)
+    x[2] = grid[:, k + 1]                # an interior knot
+    x[3] = grid[:, n // 2]               # the repeated knot
+    x[4] = grid[:, 0] - 0.25             # left of every knot
+    coef = rng.normal(size=(I, G + k, O))
+    sb, sp = rng.normal(size=(I, O)), rng.normal(size=(I, O))
+    mask = (rng.random((I, O)) > 0.2).astype(float)
+    dy = rng.normal(size=(B, O))
+    return [a.astype(dtype) for a in (x, grid, coef, sb, sp, mask)], dy.astype(dtype)
+
+
+def run_both(arrays, dy, k, base_fun, dtype):
+    x, grid, coef, sb, sp, mask = arrays
+    B, I = x.shape
+    O = coef.shape[2]
+    y = np.zeros((B, O), dtype)
+    R.spline_forward(y, *arrays, k, base_fun)
+    # the gradients are added into buffers that already hold values
+    start = [np.full((B, I), 0.5, dtype), np.full(coef.shape, -0.25, dtype),
+             np.full((I, O), 0.125, dtype), np.full((I, O), 1.0, dtype)]
+    ref = [a.copy() for a in start]
+    R.spline_backward(*ref, dy, *arrays, k, base_fun)
+
+    dev = [C.asarray(a, dtype) for a in arrays]
+    yd = C.zeros((B, O), dtype)
+    C.fill(yd, 7.0)  # forward overwrites
+    C.spline_forward(yd, *dev, k, base_fun)
+    gd = [C.asarray(a, dtype) for a in start]
+    C.spline_backward(*gd, C.asarray(dy, dtype), *dev, k, base_fun)
+    return (y, ref), (C.to_host(yd), [C.to_host(a) for a in gd])
+
+
+CASES = [  # B, I, O, G, k, dtype, base_fun, knots
+    (9, 3, 5, 4, 1, np.float64, "silu", "random"),
+    (9, 2, 3, 3, 2, np.float64, "identity", "random"),
+    (9, 3, 5, 5, 3, np.float64, "silu", "uniform"),
+    (9, 2, 4, 2, 4, np.float64, "silu", "random"),
+    (70, 2, 1, 4, 3, np.float64, "silu", "random"),     # several batch chunks, one output
+    (9, 2, 40, 3, 3, np.float64, "zero", "random"),     # 32 lanes along the outputs
+    (9, 3, 5, 4, 3, np.float32, "silu", "random"),
+    (9, 2, 3, 3, 1, np.float32, "silu", "uniform"),
+    (40, 2, 50, 3, 2, np.float32, "silu", "random"),    # two outputs per lane, several chunks
+]
+
+
+@pytest.mark.parametrize("B,I,O,G,k,dtype,base_fun,knots", CASES)
+def test_layer_kernels_match_reference(B, I, O, G, k, dtype, base_fun, knots):
+    rng = np.random.default_rng(B * 1000 + O * 10 + k)
+    arrays, dy = make_layer(rng, B, I, O, G, k, dtype, knots)
+    (y, ref), (yd, got) = run_both(arrays, dy, k, base_fun, dtype)
+    check("y", yd, y, dtype)
+    for name, a, b in zip(("dx", "dcoef", "dscale_base", "dscale_sp"), got, ref):
+        check(name, a, b, dtype)
+
+
+def test_backward_with_basis_tiles(monkeypatch):
+    """A fine grid whose coefficient-gradient tile does not fit: several basis tiles."""
+    monkeypatch.setattr(C, "_SHARED_BUDGET", 8100)
+    B, I, O, G, k = 9, 2, 3, 12, 3
+    TX, TY, RB, RO, MT, nchunk = C._backward_config(B, I, O, G + k, k, 8)
+    assert MT < G + k, "the test must exercise more than one basis tile"
+    rng = np.random.default_rng(5)
+    arrays, dy = make_layer(rng, B, I, O, G, k, np.float64, "random")
+    (y, ref), (yd, got) = run_both(arrays, dy, k, "silu", np.float64)
+    check("y", yd, y, np.float64)
+    for name, a, b in zip(("dx", "dcoef", "dscale_base", "dscale_sp"), got, ref):
+        check(name, a, b, np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_training_ops_match_reference(dtype):
+    rng = np.random.default_rng(1)
+    y, t = rng.normal(size=(13, 3)).astype(dtype), rng.normal(size=(13, 3)).astype(dtype)
+    dy = np.zeros_like(y)
+    loss = R.mse_loss_grad(dy, y, t)
+    dyd = C.zeros(y.shape, dtype)
+    lossd = C.mse_loss_grad(dyd, C.asarray(y, dtype), C.asarray(t, dtype))
+    assert abs(lossd - loss) <= RTOL[dtype] * loss
+    check("dy", C.to_host(dyd), dy, dtype)
+
+    p, g = rng.normal(size=(4, 5, 3)).astype(dtype), rng.normal(size=(4, 5, 3)).astype(dtype)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    pd, gd, md, vd = (C.asarray(a, dtype) for a in (p, g, m, v))
+    for t_ in (1, 2, 3):
+        R.adam_step(p, g, m, v, 0.01, 0.9, 0.999, 1e-8, t_)
+        C.adam_step(pd, gd, md, vd, 0.01, 0.9, 0.999, 1e-8, t_)
+    for name, a, b in (("p", pd, p), ("m", md, m), ("v", vd, v)):
+        check(name, C.to_host(a), b, dtype)
+
+    assert C.all_finite(C.asarray(y, dtype))
+    bad = y.copy()
+    bad[7, 2] = np.inf
+    assert not C.all_finite(C.asarray(bad, dtype))
+
+
+def test_device_arrays_cast_and_copy():
+    a = np.arange(12.0).reshape(3, 4)
+    d = C.asarray(a, np.float64)
+    e = C.asarray(d, np.float32)           # device -> device, cast
+    assert e.dtype == np.float32 and np.array_equal(C.to_host(e), a.astype(np.float32))
+    f = C.asarray(d, np.float64)           # a copy, never the caller's memory
+    C.fill(f, 0)
+    assert np.array_equal(C.to_host(d), a)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_same_seed_same_model_on_cuda_and_cpu(dtype):
+    a = nk.KAN([3, 4, 2], grid=5, k=3, seed=11, dtype=dtype, device="cpu")
+    b = nk.KAN([3, 4, 2], grid=5, k=3, seed=11, dtype=dtype, device="cuda")
+    for name, p in a.params.items():
+        q = b.params[name]
+        assert not isinstance(q, np.ndarray), f"{name} is not on the device"
+        assert np.array_equal(C.to_host(q), p), name
+
+
+def adam_run(model, x, y, steps):
+    """Plain Adam through the backend ops only (what numkan.train does on every device)."""
+    be, dt = model.backend, model.dtype
+    xb, yb = be.asarray(x, dt), be.asarray(y, dt)
+    state = {n: (be.zeros(p.shape, dt), be.zeros(p.shape, dt)) for n, p in model.params.items()}
+    losses = []
+    for t in range(1, steps + 1):
+        model.zero_grad()
+        out = model.forward(xb, return_device=True)
+        dy = be.zeros(out.shape, dt)
+        losses.append(be.mse_loss_grad(dy, out, yb))
+        model.backward(dy)
+        for n, p in model.params.items():
+            m, v = state[n]
+            be.adam_step(p, model.grads[n], m, v, 0.02, 0.9, 0.999, 1e-8, t)
+    return losses
+
+
+@pytest.mark.parametrize("dtype", [np.float64])  # float32 Adam is checked op by op above
+def test_adam_steps_on_cuda_match_cpu(dtype):
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, (8, 2))
+    y = np.sin(np.pi * x[:, :1]) * x[:, 1:]
+    cpu = nk.KAN([2, 2, 1], grid=4, k=3, seed=3, dtype=dtype, device="cpu")
+    gpu = nk.KAN([2, 2, 1], grid=4, k=3, seed=3, dtype=dtype, device="cuda")
+    lc, lg = adam_run(cpu, x, y, 3), adam_run(gpu, x, y, 3)
+    # float32 Adam divides by sqrt(v) + eps, which amplifies the last-bit
+    # differences of the gradients; compare the float32 run a little looser
+    tol = RTOL[dtype] if dtype == np.float64 else 1e-4
+    assert np.allclose(lg, lc, rtol=tol, atol=0), (lg, lc)
+    assert lc[-1] < lc[0]
+    for name, p in cpu.params.items():
+        e, idx = rel_err(C.to_host(gpu.params[name]), p)
+        assert e <= tol, f"{name}: {e:.3g} at {idx}"
+
+
+def test_model_device_io_and_to():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (6, 3))
+    model = nk.KAN([3, 2], grid=3, k=2, seed=1, device="cuda")
+    host = model(x)
+    assert isinstance(host, np.ndarray) and host.shape == (6, 2)
+    from_dev = model(C.asarray(x, np.float32))          # a device array of another dtype
+    assert isinstance(from_dev, np.ndarray)
+    assert np.allclose(from_dev, model(x.astype(np.float32)), rtol=0, atol=0)
+    kept = model.forward(C.asarray(x, np.float64), return_device=True)
+    assert not isinstance(kept, np.ndarray) and np.array_equal(C.to_host(kept), host)
+
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="x must be finite"):
+        model(C.asarray(bad, np.float64))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 3\)"):
+        model(C.asarray(x[:, :2], np.float64))
+
+    before = {n: C.to_host(p) for n, p in model.params.items()}
+    assert model.to("cpu") is model and model.device == "cpu"
+    for n, p in model.params.items():
+        assert isinstance(p, np.ndarray) and np.array_equal(p, before[n])
+    check("model(x) after to('cpu')", model(x), host, np.float64)  # the CPU kernels' rounding
+    model.to("cuda")
+    assert not isinstance(model.params["layers.0.coef"], np.ndarray)
+    assert np.array_equal(model(x), host)
