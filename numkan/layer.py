@@ -14,6 +14,8 @@ import numpy as np
 from . import spline
 
 PARAM_NAMES = ("coef", "scale_base", "scale_sp")
+# every backend array a layer holds: what ``to`` moves between devices
+ARRAY_NAMES = ("grid", "mask") + PARAM_NAMES + tuple("d" + n for n in PARAM_NAMES)
 
 
 class KANLayer:
@@ -78,6 +80,24 @@ class KANLayer:
                                      self.grid, self.coef, self.scale_base, self.scale_sp,
                                      self.mask, self.k, self.base_fun)
         return dx
+
+    def to(self, backend):
+        """Move every array to ``backend`` (through host memory); returns the layer.
+
+        All copies are made before any is installed, so a failure leaves the
+        layer as it was. The kept forward input is dropped.
+        """
+        return self._install(backend, self._copies(backend))
+
+    def _copies(self, backend):
+        return {n: backend.asarray(self.backend.to_host(getattr(self, n)), self.dtype)
+                for n in ARRAY_NAMES}
+
+    def _install(self, backend, arrays):
+        for n, a in arrays.items():
+            setattr(self, n, a)
+        self.backend, self._x = backend, None
+        return self
 
     def zero_grad(self):
         for n in PARAM_NAMES:

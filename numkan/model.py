@@ -92,8 +92,26 @@ class KAN:
         for layer in self.layers:
             layer.zero_grad()
 
+    def to(self, device):
+        """Move the model's parameters and gradients to ``device`` in place; returns the model.
+
+        Goes through host memory with the backends' ``to_host``/``asarray``.
+        Every array is copied before any is installed, so a failure (an unknown
+        device, no GPU) leaves the model as it was. Optimiser state kept
+        outside the model is not moved, and the input kept for ``backward`` is
+        dropped.
+        """
+        backend = get_backend(device)
+        copies = [layer._copies(backend) for layer in self.layers]
+        for layer, arrays in zip(self.layers, copies):
+            layer._install(backend, arrays)
+        self.backend, self.device, self._batch = backend, device, None
+        return self
+
     # -- forward and backward ----------------------------------------------------
     def _input(self, x):
+        if v.is_device_array(x):  # checked and converted on the device, no host copy
+            return v.check_device_array("x", x, self.width[0], self.dtype, self.backend)
         return self.backend.asarray(v.check_array("x", x, self.width[0], self.dtype), self.dtype)
 
     def _run(self, x, keep):
@@ -101,16 +119,22 @@ class KAN:
             x = layer.forward(x, keep=keep)
         return x
 
-    def __call__(self, x):
-        """Outputs (B, width[-1]) for inputs x (B, width[0]); keeps nothing for backward."""
-        return self.backend.to_host(self._run(self._input(x), keep=False))
+    def __call__(self, x, return_device=False):
+        """Outputs (B, width[-1]) for inputs x (B, width[0]); keeps nothing for backward.
 
-    def forward(self, x):
+        x may be a host array or a device array (``__cuda_array_interface__``).
+        The result is a host ndarray, or the backend's own array when
+        ``return_device`` is true.
+        """
+        y = self._run(self._input(x), keep=False)
+        return y if return_device else self.backend.to_host(y)
+
+    def forward(self, x, return_device=False):
         """Like ``model(x)``, and keeps each layer's input for ``backward``."""
         x = self._input(x)
         y = self._run(x, keep=True)
         self._batch = x.shape[0]
-        return self.backend.to_host(y)
+        return y if return_device else self.backend.to_host(y)
 
     def backward(self, dy):
         """dL/dx (B, width[0]) from dy = dL/dy (B, width[-1]) of the last ``forward``.
@@ -119,8 +143,12 @@ class KAN:
         """
         if self._batch is None:
             raise RuntimeError("backward() needs a forward() first (model(x) keeps nothing)")
-        g = self.backend.asarray(v.check_array("dy", dy, self.width[-1], self.dtype,
-                                               n_rows=self._batch), self.dtype)
+        if v.is_device_array(dy):
+            g = v.check_device_array("dy", dy, self.width[-1], self.dtype, self.backend,
+                                     n_rows=self._batch)
+        else:
+            g = self.backend.asarray(v.check_array("dy", dy, self.width[-1], self.dtype,
+                                                   n_rows=self._batch), self.dtype)
         for layer in reversed(self.layers):
             g = layer.backward(g)
         return self.backend.to_host(g)
