@@ -16,7 +16,11 @@ touches global memory. Each kernel therefore fuses the basis evaluation with
 the contraction, and the (B, I, k+1) bases exist only in shared memory, a tile
 at a time.
 
-``spline_forward`` (one launch). A block owns a tile of TB samples and TO
+The scalar recursion multiplies by knot reciprocals ``inv[i, r, m]``
+(``_scalar.knot_reciprocals``): the forward fills them with one tiny launch
+(O(I k n) work); each backward block fills the row of its own input.
+
+``spline_forward`` (two launches: reciprocals, then the layer). A block owns a tile of TB samples and TO
 outputs; its threads form TX lanes along the outputs (consecutive outputs, so
 every coefficient row read by a warp is one coalesced segment) by TY rows along
 the samples, and each thread keeps an RB x RO register tile of y. The block
@@ -506,7 +510,7 @@ def _forward_config(B, O, k, itemsize):
 
 
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
-    """CUDA ``reference.spline_forward``: y (B, O) overwritten; one launch."""
+    """CUDA ``reference.spline_forward``: y (B, O) overwritten; two launches."""
     B, I = x.shape
     O = y.shape[1]
     dtype = np.dtype(y.dtype)
