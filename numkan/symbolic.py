@@ -36,6 +36,7 @@ from . import _validate as v
 Y_MAX = 1e4          # singular functions are cut off where |f| would exceed this
 _F_MAX = 1e30        # last-resort cap on any library value (finite in float32 too)
 LOW_R2 = 0.9         # fix_symbolic warns below this r^2 (as pykan prints)
+_POLISH_TOP = 8      # suggest_symbolic polishes this many leading candidates
 _INF = float("inf")
 
 
@@ -279,9 +280,9 @@ def fit_params(x, y, fun, a_range=(-10, 10), b_range=(-10, 10), grid_number=41, 
 
     1. Coarse-to-fine search over (a, b): a ``grid_number``^2 grid on
        ``a_range`` x ``b_range``, scored by r^2 = corr(f(a x + b), y)^2 (the
-       best r^2 a linear map c, d can reach), then ``iteration - 1`` zooms
-       around the best cell; vectorised over the grid, on at most
-       ``max_search_points`` samples spread over the range of x.
+       best r^2 a linear map c, d can reach), then ``iteration - 1`` zooms,
+       11 x 11 each, on the cells around the best point; vectorised over the
+       grid, on at most ``max_search_points`` samples spread over the range of x.
     2. c, d by linear least squares on all samples.
     3. ``polish``: Levenberg-Marquardt on (a, b, c, d) from there
        (``scipy.optimize.least_squares``, analytic Jacobian), kept only if it
@@ -310,9 +311,10 @@ def fit_params(x, y, fun, a_range=(-10, 10), b_range=(-10, 10), grid_number=41, 
     yc = ys - ys.mean()
     (alo, ahi), (blo, bhi) = (float(a_range[0]), float(a_range[1])), (float(b_range[0]), float(b_range[1]))
     best = (1.0, 0.0)
-    for _ in range(iteration):
-        A = np.linspace(alo, ahi, grid_number)
-        Bv = np.linspace(blo, bhi, grid_number)
+    for it in range(iteration):
+        n_grid = grid_number if it == 0 else 11  # zooms are local: a small grid suffices
+        A = np.linspace(alo, ahi, n_grid)
+        Bv = np.linspace(blo, bhi, n_grid)
         U = A[:, None, None] * xs[None, None, :] + Bv[None, :, None]   # (n_a, n_b, m)
         F = fun(U)
         Fc = F - F.mean(axis=2, keepdims=True)
@@ -321,7 +323,7 @@ def fit_params(x, y, fun, a_range=(-10, 10), b_range=(-10, 10), grid_number=41, 
         r2 = np.where(var > 1e-300, cov * cov / np.maximum(var, 1e-300), 0.0) / max(float(yc @ yc), 1e-300)
         ia, ib = np.unravel_index(int(np.argmax(r2)), r2.shape)
         best = (A[ia], Bv[ib])
-        da, db = (ahi - alo) / (grid_number - 1), (bhi - blo) / (grid_number - 1)
+        da, db = (ahi - alo) / (n_grid - 1), (bhi - blo) / (n_grid - 1)
         alo, ahi = best[0] - da, best[0] + da
         blo, bhi = best[1] - db, best[1] + db
 
@@ -615,8 +617,14 @@ def _suggest(model, l, i, j, names, weight_simple, a_range, b_range, x):
             # the zero function leaves only d: never a fit for a varying edge (pykan agrees)
             rows.append((n, 0.0, fun.complexity, _INF, None))
             continue
-        params, r2 = fit_params(xi, yi, fun, a_range, b_range)
+        params, r2 = fit_params(xi, yi, fun, a_range, b_range, polish=False)
         rows.append((n, r2, fun.complexity, _score(r2, fun.complexity, weight_simple), params))
+    rows.sort(key=lambda r: r[3])
+    # polishing only raises r^2 a little: refine the leading candidates, then rank again
+    for k, (n, r2, c, score, params) in enumerate(rows[:_POLISH_TOP]):
+        if params is not None:
+            params, r2 = fit_params(xi, yi, SYMBOLIC_LIB[n], a_range, b_range)
+            rows[k] = (n, r2, c, _score(r2, c, weight_simple), params)
     rows.sort(key=lambda r: r[3])
     return rows
 

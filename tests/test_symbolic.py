@@ -1,0 +1,360 @@
+"""Symbolic edges: library derivatives, the symbolic branch's hand-written
+gradients, fitting (a, b, c, d), suggestions, and formulas against the model."""
+import warnings
+
+import numpy as np
+import pytest
+import sympy
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import numkan as nk
+from numkan import spline
+from numkan.symbolic import SYMBOLIC_LIB, fit_params
+
+from conftest import HOST_DEVICES, assert_close, worst
+
+# smooth on all of R: safe for finite differences and for formulas anywhere
+SMOOTH = ("x", "x^2", "x^3", "sin", "cos", "tanh", "exp", "gaussian", "arctan", "0")
+
+
+def _central(f, u, h):
+    return (f(u + h) - f(u - h)) / (2 * h)
+
+
+def _interior_points(fun, rng, n=64):
+    """Points inside the function's domain, away from clips, holes and kinks."""
+    lo, hi = fun.domain
+    lo, hi = max(lo, -3.0), min(hi, 3.0)
+    u = rng.uniform(lo, hi, n)
+    margin = 1e-3
+    keep = (u > fun.domain[0] + margin) & (u < fun.domain[1] - margin)
+    keep &= np.abs(u) > max(fun.hole * 1.5, 0.05)  # away from holes and from kinks at 0 (abs, sgn)
+    if fun.y_clip is not None:
+        keep &= np.abs(fun(u)) < 0.5 * fun.y_clip
+        keep &= np.abs(np.cos(u)) > 0.05  # tan: away from its poles
+    return u[keep]
+
+
+# ---------------------------------------------------------------------------
+# the library
+@pytest.mark.parametrize("name", list(SYMBOLIC_LIB))
+def test_library_derivative_matches_finite_differences(name):
+    fun = SYMBOLIC_LIB[name]
+    u = _interior_points(fun, np.random.default_rng(abs(hash(name)) % 2**32))
+    assert u.size > 10
+    h = 1e-6 * np.maximum(1.0, np.abs(u))
+    numeric = _central(fun, u, h)
+    f, df = fun.value_and_deriv(u)
+    assert_close(f"d/du {name}", df, numeric, rtol=1e-6, floor=1e-3)
+    # the NumPy value is the sympy expression's value
+    exact = np.array([float(fun.expr.subs(fun.expr.free_symbols.pop(), t)) if fun.expr.free_symbols
+                      else 0.0 for t in u[:5]])
+    np.testing.assert_allclose(f[:5], exact, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("name", list(SYMBOLIC_LIB))
+def test_library_is_finite_everywhere(name):
+    fun = SYMBOLIC_LIB[name]
+    u = np.array([0.0, -0.0, 1e-300, -1e-300, 1e-8, -1e-8, 1.0, -1.0, np.pi / 2, -np.pi / 2,
+                  1e3, -1e3, 1e300, -1e300, np.finfo(np.float64).max, -np.finfo(np.float64).max])
+    f, df = fun.value_and_deriv(u)
+    assert np.all(np.isfinite(f)) and np.all(np.isfinite(df)), (name, f, df)
+    assert np.all(np.isfinite(f.astype(np.float32))), (name, f)
+
+
+def test_required_functions_are_present():
+    required = ["x", "x^2", "x^3", "x^4", "x^5", "1/x", "1/x^2", "1/x^3", "1/x^4", "1/x^5", "sqrt",
+                "x^1.5", "1/sqrt(x)", "exp", "log", "abs", "sin", "cos", "tan", "tanh", "sgn",
+                "arcsin", "arccos", "arctan", "arctanh", "0", "gaussian"]
+    assert [n for n in required if n not in SYMBOLIC_LIB] == []
+    for n in required:
+        assert SYMBOLIC_LIB[n].complexity >= 0
+
+
+def test_add_symbolic_derives_function_and_derivative_from_sympy():
+    t = sympy.Symbol("t")
+    fun = nk.add_symbolic("softplus_test", sympy.log(1 + sympy.exp(t)), complexity=3)
+    try:
+        u = np.linspace(-4, 4, 41)
+        np.testing.assert_allclose(fun(u), np.log1p(np.exp(u)), rtol=1e-13)
+        np.testing.assert_allclose(fun.deriv(u), 1 / (1 + np.exp(-u)), rtol=1e-12)
+        assert SYMBOLIC_LIB["softplus_test"] is fun
+        with pytest.raises(ValueError, match="one free symbol"):
+            nk.add_symbolic("bad", sympy.Symbol("a") * sympy.Symbol("b"))
+        with pytest.raises(ValueError, match="name"):
+            nk.add_symbolic("", t)
+        with pytest.raises(ValueError, match="domain"):
+            nk.add_symbolic("bad", t, domain=(1, 0))
+    finally:
+        del SYMBOLIC_LIB["softplus_test"]
+
+
+# ---------------------------------------------------------------------------
+# a model with symbolic edges: gradients against finite differences
+def random_symbolic_model(draw, device, all_symbolic=False, depth=None):
+    depth = depth or draw(st.integers(1, 3))
+    width = [draw(st.integers(1, 3)) for _ in range(depth + 1)]
+    seed = draw(st.integers(0, 2**16))
+    model = nk.KAN(width, grid=draw(st.integers(2, 5)), k=3, seed=seed, device=device)
+    rng = np.random.default_rng(seed)
+    for l, layer in enumerate(model.layers):
+        for i in range(layer.in_dim):
+            for o in range(layer.out_dim):
+                kind = rng.integers(3) if not all_symbolic else 1 + rng.integers(2)
+                if kind == 0:
+                    continue  # spline edge
+                if kind == 2 and rng.random() < 0.3:  # pruned edge
+                    model.layers[l].mask[i, o] = 0
+                    continue
+                name = SMOOTH[rng.integers(len(SMOOTH))]
+                model.fix_symbolic(l, i, o, name, fit_params=False)
+                model.layers[l].symbolic_affine[i, o] = [rng.uniform(-1.5, 1.5), rng.uniform(-1, 1),
+                                                         rng.uniform(-1.5, 1.5), rng.uniform(-1, 1)]
+    return model, rng
+
+
+@given(data=st.data())
+@settings(max_examples=15)
+def test_symbolic_gradients_match_finite_differences(data):
+    check_gradients("numpy", data)
+
+
+@given(data=st.data())
+@settings(max_examples=3)
+def test_symbolic_gradients_match_finite_differences_cpu(data):
+    # the symbolic branch is the same host code on every backend; a few cases check the
+    # composition with the Numba spline kernels (each small call costs milliseconds there)
+    check_gradients("cpu", data)
+
+
+def check_gradients(device, data):
+    model, rng = random_symbolic_model(data.draw, device)
+    B = data.draw(st.integers(1, 6))
+    x = rng.uniform(-0.95, 0.95, (B, model.width[0]))
+    target = rng.normal(size=(B, model.width[-1]))
+    loss, grads = model.loss_and_grad(x, target)
+    # every layer with a symbolic edge exposes its affine parameters
+    for l, layer in enumerate(model.layers):
+        assert (f"layers.{l}.symbolic_affine" in grads) == bool(np.any(layer.symbolic_mask))
+
+    def L(xx):
+        return float(np.mean((model(xx) - target) ** 2))
+
+    numeric, analytic = {}, {}
+    for name, p in model.params.items():
+        # every symbolic affine entry; a random sample of the spline parameters (the core
+        # tests check those in full), which still exercises their path through symbolic layers
+        entries = list(np.ndindex(p.shape))
+        if not name.endswith("symbolic_affine") and len(entries) > 8:
+            entries = [entries[t] for t in rng.choice(len(entries), 8, replace=False)]
+        num = np.array([0.0] * len(entries))
+        for n_e, idx in enumerate(entries):
+            old = p[idx]
+            h = 1e-6 * max(1.0, abs(old))
+            p[idx] = old + h
+            lp = L(x)
+            p[idx] = old - h
+            lm = L(x)
+            p[idx] = old
+            num[n_e] = (lp - lm) / (2 * h)
+        numeric[name] = num
+        analytic[name] = np.array([grads[name][idx] for idx in entries])
+    model.zero_grad()
+    y = model.forward(x)
+    analytic["dx"] = model.backward(2 * (y - target) / y.size)
+    num = np.zeros(x.shape)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += 1e-6
+        xm[idx] -= 1e-6
+        num[idx] = (L(xp) - L(xm)) / 2e-6
+    numeric["dx"] = num
+    scale = max(max(float(np.max(np.abs(a), initial=0)) for a in numeric.values()), 1e-3)
+    for name in numeric:
+        err, idx, a, e = worst(analytic[name], numeric[name], 1e-4 * scale)
+        assert err <= 1e-4, f"{device}: d loss/d {name}{idx}: hand-written {a}, finite difference {e}"
+
+
+def test_singular_symbolic_edges_stay_finite(host_device):
+    model = nk.KAN([1, 2, 1], grid=3, seed=0, device=host_device)
+    for o, name in enumerate(["1/x", "log"]):
+        model.fix_symbolic(0, 0, o, name, fit_params=False)
+    model.fix_symbolic(1, 0, 0, "1/x^3", fit_params=False)
+    model.fix_symbolic(1, 1, 0, "tan", fit_params=False)
+    x = np.array([[0.0], [-0.0], [1e-12], [-1e-12], [np.pi / 2], [-3.0], [3.0]])
+    loss, grads = model.loss_and_grad(x, np.zeros((7, 1)))
+    assert np.isfinite(loss)
+    for n, g in grads.items():
+        assert np.all(np.isfinite(g)), n
+    model.zero_grad()
+    model.forward(x)
+    assert np.all(np.isfinite(model.backward(np.ones((7, 1)))))
+
+
+# ---------------------------------------------------------------------------
+# fitting a, b, c, d
+@given(a=st.floats(0.5, 4.0), b=st.floats(-1.5, 1.5), c=st.floats(0.3, 3.0), d=st.floats(-2, 2),
+       sign_c=st.sampled_from([-1, 1]))
+def test_fit_params_recovers_known_sine(a, b, c, d, sign_c):
+    x = np.linspace(-1, 1, 301)
+    c = sign_c * c
+    y = c * np.sin(a * x + b) + d
+    (fa, fb, fc, fd), r2 = fit_params(x, y, "sin")
+    assert r2 > 1 - 1e-10
+    # sin has symmetries (a, b) -> (-a, pi - b), (a, b + pi, -c): compare invariants and the function
+    assert abs(abs(fa) - a) < 1e-6 and abs(abs(fc) - abs(c)) < 1e-6 and abs(fd - d) < 1e-6
+    wide = np.linspace(-5, 5, 101)
+    np.testing.assert_allclose(fc * np.sin(fa * wide + fb) + fd, c * np.sin(a * wide + b) + d, atol=1e-5)
+
+
+def test_fix_symbolic_recovers_sine_from_a_spline_edge(host_device):
+    """An edge whose spline is c*sin(a*x + b) + d (fitted on a fine grid) is recognised and recovered."""
+    a, b, c, d = 2.0, 0.5, 1.5, -0.3
+    model = nk.KAN([1, 1], grid=60, k=3, seed=0, device=host_device)
+    layer = model.layers[0]
+    t = np.asarray(layer.grid)[0]
+    xs = np.linspace(-1, 1, 400)
+    layer.coef[0] = spline.fit_coef(xs, (c * np.sin(a * xs + b) + d)[:, None], t, 3)
+    layer.scale_base[...] = 0
+    layer.scale_sp[...] = 1
+    x = np.random.default_rng(1).uniform(-1, 1, (500, 1))
+    model.forward(x)
+    rows = model.suggest_symbolic(0, 0, 0, topk=3, verbose=False)
+    assert rows[0][0] == "sin" and rows[0][1] > 1 - 1e-8
+    r2 = model.fix_symbolic(0, 0, 0, "sin")
+    assert r2 > 1 - 1e-8
+    fa, fb, fc, fd = np.asarray(layer.symbolic_affine[0, 0])
+    assert abs(abs(fa) - a) < 1e-3 and abs(abs(fc) - c) < 1e-3 and abs(fd - d) < 1e-3
+    assert float(layer.mask[0, 0]) == 0 and layer.symbolic_mask[0, 0] == 1
+    y = model(x)
+    np.testing.assert_allclose(y[:, 0], c * np.sin(a * x[:, 0] + b) + d, atol=1e-4)
+
+
+def test_unfix_restores_the_spline_and_suggest_changes_nothing(host_device):
+    model = nk.KAN([2, 3, 1], grid=5, seed=3, device=host_device)
+    x = np.random.default_rng(0).uniform(-1, 1, (100, 2))
+    y0 = model.forward(x)
+    before = {n: np.array(a) for n, a in model.params.items()}
+    model.suggest_symbolic(0, 1, 2, verbose=False)
+    np.testing.assert_array_equal(model(x), y0)
+    for n, a in model.params.items():
+        np.testing.assert_array_equal(np.asarray(a), before[n])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fix_symbolic(0, 1, 2, "x^2")
+    assert not np.array_equal(model(x), y0)
+    model.unfix_symbolic(0, 1, 2)
+    np.testing.assert_array_equal(model(x), y0)
+
+
+def test_low_r2_fit_warns_and_stays_finite(host_device):
+    model = nk.KAN([1, 1], grid=40, seed=0, device=host_device)
+    layer = model.layers[0]
+    xs = np.linspace(-1, 1, 300)
+    layer.coef[0] = spline.fit_coef(xs, np.sin(9 * xs)[:, None], np.asarray(layer.grid)[0], 3)
+    layer.scale_base[...] = 0
+    x = np.linspace(-1, 1, 200)[:, None]
+    model.forward(x)
+    with pytest.warns(RuntimeWarning, match="r\\^2"):
+        r2 = model.fix_symbolic(0, 0, 0, "1/x")
+    assert 0 <= r2 < 0.9
+    assert np.all(np.isfinite(model(x)))
+    loss, grads = model.loss_and_grad(x, np.zeros((200, 1)))
+    assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values())
+
+    # auto_symbolic with a demanding threshold keeps the spline and says so
+    model.unfix_symbolic(0, 0, 0)
+    with pytest.warns(RuntimeWarning, match="kept its spline"):
+        fixed = model.auto_symbolic(lib=["x", "x^2", "exp"], r2_threshold=0.99, verbose=0)
+    assert fixed == [] and float(layer.mask[0, 0]) == 1 and layer.symbolic_mask[0, 0] == 0
+
+
+def test_auto_symbolic_finds_the_functions_of_a_known_network():
+    """A [2,1,1] network built from splines of sin(pi x1), x2^2 and exp is read back exactly."""
+    model = nk.KAN([2, 1, 1], grid=50, seed=0)
+    xs = np.linspace(-1, 1, 400)
+    l0, l1 = model.layers
+    t0 = np.asarray(l0.grid)
+    l0.coef[0] = spline.fit_coef(xs, np.sin(np.pi * xs)[:, None], t0[0], 3)
+    l0.coef[1] = spline.fit_coef(xs, (xs ** 2)[:, None], t0[1], 3)
+    l0.scale_base[...] = 0
+    l0.scale_sp[...] = 1
+    h = np.linspace(-1.2, 2.2, 400)
+    # the hidden node takes values in [-1, 2]: give layer 1 a grid that covers them
+    l1.grid[...] = spline.uniform_grid((-1.2, 2.2), 50, 3, 1)
+    l1.coef[0] = spline.fit_coef(h, np.exp(h)[:, None], np.asarray(l1.grid)[0], 3)
+    l1.scale_base[...] = 0
+    l1.scale_sp[...] = 1
+    x = np.random.default_rng(0).uniform(-1, 1, (400, 2))
+    model.forward(x)
+    fixed = model.auto_symbolic(verbose=0)
+    assert sorted(r[3] for r in fixed) == ["exp", "sin", "x^2"]
+    assert all(r[4] > 1 - 1e-6 for r in fixed)
+    (f,) = model.symbolic_formula(floating_digits=None)
+    x1, x2 = sympy.symbols("x_1 x_2", real=True)
+    fn = sympy.lambdify((x1, x2), f, "numpy")
+    truth = np.exp(np.sin(np.pi * x[:, 0]) + x[:, 1] ** 2)
+    assert np.sqrt(np.mean((fn(x[:, 0], x[:, 1]) - truth) ** 2)) < 1e-3
+
+
+# ---------------------------------------------------------------------------
+# formulas
+@given(data=st.data())
+def test_formula_matches_model_for_random_symbolic_networks(data):
+    model, rng = random_symbolic_model(data.draw, "cpu", all_symbolic=True)
+    x = rng.uniform(-1, 1, (50, model.width[0]))
+    formulas = model.symbolic_formula(floating_digits=None)
+    assert len(formulas) == model.width[-1]
+    syms = sympy.symbols(" ".join(f"x_{i + 1}" for i in range(model.width[0])) + " _", real=True)[:-1]
+    y = model(x)
+    for o, f in enumerate(formulas):
+        assume(not f.has(sympy.zoo, sympy.nan))
+        fn = sympy.lambdify(syms, f, "numpy")
+        got = np.broadcast_to(np.asarray(fn(*x.T), dtype=np.float64), (x.shape[0],))
+        assert_close(f"formula {o} vs model", got, y[:, o], rtol=1e-9, floor=1e-9 * max(1.0, np.max(np.abs(y))))
+
+
+def test_formula_names_rounding_and_errors():
+    model = nk.KAN([2, 2, 1], grid=3, seed=0)
+    with pytest.raises(ValueError, match="live spline"):
+        model.symbolic_formula()
+    for l, layer in enumerate(model.layers):
+        for i in range(layer.in_dim):
+            for o in range(layer.out_dim):
+                model.fix_symbolic(l, i, o, "sin" if l == 0 else "x", fit_params=False)
+    model.layers[0].symbolic_affine[0, 0] = [1.23456789, 0.0, 2.0, 0.0]
+    (f,) = model.symbolic_formula(var=["p", "q"], floating_digits=2)
+    assert {s.name for s in f.free_symbols} == {"p", "q"}
+    assert sympy.Float(1.23) in f.atoms(sympy.Float)
+    with pytest.raises(ValueError, match="var"):
+        model.symbolic_formula(var=["p"])
+
+
+def test_bad_arguments_leave_the_model_unchanged():
+    model = nk.KAN([2, 2, 1], grid=3, seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (20, 2))
+    model.forward(x)
+    before = {n: np.array(a) for n, a in model.params.items()}
+    with pytest.raises(ValueError, match="l must"):
+        model.fix_symbolic(2, 0, 0, "sin")
+    with pytest.raises(ValueError, match="i must"):
+        model.fix_symbolic(0, 5, 0, "sin")
+    with pytest.raises(ValueError, match="j must"):
+        model.fix_symbolic(0, 0, -1, "sin")
+    with pytest.raises(ValueError, match="SYMBOLIC_LIB"):
+        model.fix_symbolic(0, 0, 0, "sinh_unknown")
+    with pytest.raises(ValueError, match="a_range"):
+        model.fix_symbolic(0, 0, 0, "sin", a_range=(3, 1))
+    with pytest.raises(ValueError, match="weight_simple"):
+        model.suggest_symbolic(0, 0, 0, weight_simple=2, verbose=False)
+    with pytest.raises(ValueError, match="lib"):
+        model.auto_symbolic(lib=["nope"], verbose=0)
+    with pytest.raises(ValueError, match="x must"):
+        model.fix_symbolic(0, 0, 0, "sin", x=np.zeros((5, 3)))
+    for n, a in model.params.items():
+        np.testing.assert_array_equal(np.asarray(a), before[n])
+    assert not any(np.any(layer.symbolic_mask) for layer in model.layers)
+    fresh = nk.KAN([2, 1], grid=3, seed=0)
+    with pytest.raises(ValueError, match="forward"):
+        fresh.fix_symbolic(0, 0, 0, "sin")
