@@ -8,14 +8,21 @@ arrays, remembers its input for the backward pass and owns its gradients.
     scale_base  (I, O)       weight of the base function b(x)
     scale_sp    (I, O)       weight of the spline
     mask        (I, O)       1 for a live edge, 0 for a pruned one (not trained)
+
+and the symbolic branch (``numkan.symbolic``), phi_s = c * f(a*x + b) + d per edge:
+
+    symbolic_affine  (I, O, 4)  (a, b, c, d), trained (backend array)
+    symbolic_mask    (I, O)     1 where the edge's symbolic part is live (host, not trained)
+    symbolic_names   I lists of O names from ``SYMBOLIC_LIB`` (host)
 """
 import numpy as np
 
-from . import spline
+from . import spline, symbolic
 
 PARAM_NAMES = ("coef", "scale_base", "scale_sp")
 # every backend array a layer holds: what ``to`` moves between devices
 ARRAY_NAMES = ("grid", "mask") + PARAM_NAMES + tuple("d" + n for n in PARAM_NAMES)
+ARRAY_NAMES += ("symbolic_affine", "dsymbolic_affine")
 
 
 class KANLayer:
@@ -52,6 +59,11 @@ class KANLayer:
         self.dcoef = backend.zeros(self.coef.shape, self.dtype)
         self.dscale_base = backend.zeros((I, O), self.dtype)
         self.dscale_sp = backend.zeros((I, O), self.dtype)
+        # symbolic branch: off (symbolic_mask 0) until fix_symbolic; no random draws
+        self.symbolic_affine = put(np.tile([1.0, 0.0, 1.0, 0.0], (I, O, 1)))
+        self.dsymbolic_affine = backend.zeros((I, O, 4), self.dtype)
+        self.symbolic_mask = np.zeros((I, O))
+        self.symbolic_names = [["0"] * O for _ in range(I)]
         self._x = None
 
     # -- the pass -------------------------------------------------------------
@@ -63,6 +75,8 @@ class KANLayer:
         y = self.backend.zeros((x.shape[0], self.out_dim), self.dtype)
         self.backend.spline_forward(y, x, self.grid, self.coef, self.scale_base, self.scale_sp,
                                     self.mask, self.k, self.base_fun)
+        if symbolic.is_active(self):  # evaluated on the host, only when some edge is symbolic
+            y = symbolic.branch_forward(self, x, y)
         if keep:
             self._x = x
         return y
@@ -79,6 +93,8 @@ class KANLayer:
         self.backend.spline_backward(dx, self.dcoef, self.dscale_base, self.dscale_sp, dy, x,
                                      self.grid, self.coef, self.scale_base, self.scale_sp,
                                      self.mask, self.k, self.base_fun)
+        if symbolic.is_active(self):
+            dx = symbolic.branch_backward(self, x, dy, dx)
         return dx
 
     def to(self, backend):
@@ -99,9 +115,14 @@ class KANLayer:
         self.backend, self._x = backend, None
         return self
 
+    def param_names(self):
+        """Names of the trained arrays: PARAM_NAMES, plus "symbolic_affine" when some edge is symbolic."""
+        return PARAM_NAMES + (("symbolic_affine",) if symbolic.is_active(self) else ())
+
     def zero_grad(self):
         for n in PARAM_NAMES:
             self.backend.fill(getattr(self, "d" + n), 0)
+        self.backend.fill(self.dsymbolic_affine, 0)
 
     def __repr__(self):
         return (f"KANLayer(in_dim={self.in_dim}, out_dim={self.out_dim}, grid={self.num}, "

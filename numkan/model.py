@@ -5,6 +5,7 @@ import numpy as np
 from . import _validate as v
 from .kernels import get_backend
 from .layer import PARAM_NAMES, KANLayer
+from . import prune as _prune, symbolic
 
 
 class KAN:
@@ -77,16 +78,17 @@ class KAN:
     def params(self):
         """dict name -> array, live: writing into an array changes the model.
 
-        Names are ``"layers.{l}.coef"``, ``"layers.{l}.scale_base"``, ``"layers.{l}.scale_sp"``.
+        Names are ``"layers.{l}.coef"``, ``"layers.{l}.scale_base"``, ``"layers.{l}.scale_sp"``,
+        and ``"layers.{l}.symbolic_affine"`` (I, O, 4) on layers with a symbolic edge.
         """
         return {f"layers.{l}.{n}": getattr(layer, n)
-                for l, layer in enumerate(self.layers) for n in PARAM_NAMES}
+                for l, layer in enumerate(self.layers) for n in layer.param_names()}
 
     @property
     def grads(self):
         """dict with the keys and shapes of ``params``: the accumulated gradients."""
         return {f"layers.{l}.{n}": getattr(layer, "d" + n)
-                for l, layer in enumerate(self.layers) for n in PARAM_NAMES}
+                for l, layer in enumerate(self.layers) for n in layer.param_names()}
 
     def zero_grad(self):
         for layer in self.layers:
@@ -177,6 +179,26 @@ class KAN:
         for layer in reversed(self.layers):
             g = layer.backward(g)
         return loss, {n: self.backend.to_host(a) for n, a in self.grads.items()}
+
+    # -- interpretability: numkan/symbolic.py ------------------------------------
+    fix_symbolic = symbolic.fix_symbolic
+    unfix_symbolic = symbolic.unfix_symbolic
+    suggest_symbolic = symbolic.suggest_symbolic
+    auto_symbolic = symbolic.auto_symbolic
+    symbolic_formula = symbolic.symbolic_formula
+
+    # -- attribution and pruning: numkan/prune.py (prune_edge in place; the rest return new models)
+    attribute = _prune.attribute
+    feature_score = property(_prune.feature_score)
+    prune_edge = _prune.prune_edge
+    prune_node = _prune.prune_node
+    prune_input = _prune.prune_input
+    prune = _prune.prune
+
+    def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=None, **kw):
+        """Draw the network with matplotlib (see ``numkan.plot.plot``); returns the Figure."""
+        from .plot import plot
+        return plot(self, path, beta=beta, in_vars=in_vars, out_vars=out_vars, title=title, x=x, **kw)
 
     def __repr__(self):
         return (f"KAN(width={self.width}, grid={self.grid}, k={self.k}, base_fun={self.base_fun!r}, "
