@@ -49,7 +49,8 @@ def check_dtype(dtype):
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+    # "is None" first: np.dtype(...) == None is True for float64 (None means float64 to numpy)
+    if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     return dt
 
