@@ -1,0 +1,268 @@
+"""Fast kernels against the reference, and the reference's bases against a naive oracle.
+
+1. ``reference.local_basis`` against a full Cox-de Boor recursion over all
+   bases, written out below, on uniform, non-uniform and repeated knots, on
+   the knots themselves and outside them; the bases sum to one on the
+   interior grid.
+2. ``cpu.spline_forward`` / ``cpu.spline_backward`` against the reference on
+   the same inputs: non-uniform, per-input and repeated knots, inputs inside,
+   outside and exactly on knots (the first and last included), k = 1..5,
+   G = 1..12, batches 1..200, every base_fun, float64 and float32; gradient
+   buffers start non-zero, so accumulation (+=) is checked too.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from numkan.kernels import reference
+
+from conftest import assert_close
+
+cpu = pytest.importorskip("numkan.kernels.cpu", reason="numba is not installed")
+
+# Tolerances of the fast kernels against the reference on the same inputs.
+# An entry's error is |fast - ref| / max(|ref|, floor * max|ref over the array|):
+# entries much smaller than the array's largest come from cancellation in sums
+# over the batch or the inputs, and carry the rounding of their terms.
+TOL = {
+    np.dtype(np.float64): dict(rtol=1e-12, floor=1e-3),
+    np.dtype(np.float32): dict(rtol=1e-5, floor=1e-1),
+}
+BASE_FUNS = ("silu", "identity", "zero")
+
+
+# ---------------------------------------------------------------------------
+# inputs
+def random_knots(rng, G, k, kind):
+    """One knot row (G + 2k + 1,): "uniform", "nonuniform" or "repeated" (non-decreasing)."""
+    n = G + 2 * k + 1
+    lo = rng.uniform(-2.0, 0.0)
+    hi = lo + rng.uniform(0.5, 3.0)
+    if kind == "uniform":
+        h = (hi - lo) / G
+        return lo + (np.arange(n) - k) * h
+    gaps = rng.uniform(0.1, 1.9, n - 1)
+    if kind == "repeated":
+        # runs of equal knots, each of multiplicity up to k + 1
+        for start in rng.choice(n - 1, size=max(1, (n - 1) // 4), replace=False):
+            gaps[start:start + rng.integers(1, k + 1)] = 0.0
+        if gaps.sum() == 0:
+            gaps[-1] = 1.0
+    t = np.concatenate([[0.0], np.cumsum(gaps)])
+    return lo + (hi - lo) * t / t[-1]
+
+
+def random_inputs(rng, grid, B, dtype):
+    """x (B, I): a mix of points inside the knots, outside them and exactly on knots.
+
+    Exact knot values (the first and last knot of each row always among them)
+    are taken from the dtype-cast grid so that equality holds in that dtype.
+    """
+    I, n = grid.shape
+    lo, hi = grid[:, 0], grid[:, -1]
+    x = rng.uniform(lo, hi, (B, I))
+    kind = rng.integers(0, 5, (B, I))      # 0, 1: inside; 2: below; 3: above; 4: on a knot
+    x = np.where(kind == 2, lo - rng.uniform(0.0, 1.0, (B, I)), x)
+    x = np.where(kind == 3, hi + rng.uniform(0.0, 1.0, (B, I)), x)
+    on = grid[np.arange(I)[None, :], rng.integers(0, n, (B, I))]
+    x = np.where(kind == 4, on, x)
+    x = x.astype(dtype)
+    for i in range(I):  # the first and last knot, exactly, in every column
+        x[rng.integers(0, B), i] = grid[i, 0]
+        x[rng.integers(0, B), i] = grid[i, -1]
+    return x
+
+
+def random_layer(seed, B, I, O, G, k, kind, dtype, base_fun):
+    rng = np.random.default_rng(seed)
+    grid = np.stack([random_knots(rng, G, k, kind) for _ in range(I)]).astype(dtype)
+    K = G + k
+    p = dict(
+        x=random_inputs(rng, grid, B, dtype),
+        grid=grid,
+        coef=rng.normal(0.0, 1.0, (I, K, O)).astype(dtype),
+        scale_base=rng.uniform(-1.0, 1.0, (I, O)).astype(dtype),
+        scale_sp=rng.uniform(-1.0, 1.0, (I, O)).astype(dtype),
+        mask=(rng.random((I, O)) > 0.2).astype(dtype),
+        k=k, base_fun=base_fun,
+    )
+    dy = rng.normal(0.0, 1.0, (B, O)).astype(dtype)
+    # non-zero starting gradients: the kernels must add into them
+    start = dict(dx=rng.normal(0.0, 1.0, (B, I)), dcoef=rng.normal(0.0, 1.0, (I, K, O)),
+                 dscale_base=rng.normal(0.0, 1.0, (I, O)), dscale_sp=rng.normal(0.0, 1.0, (I, O)))
+    return p, dy, {n: a.astype(dtype) for n, a in start.items()}
+
+
+def run(backend, p, dy, start):
+    """Forward (into a buffer of garbage) and backward (into copies of ``start``) of one backend."""
+    B, O = dy.shape
+    y = np.full((B, O), np.nan, dtype=dy.dtype)
+    backend.spline_forward(y, p["x"], p["grid"], p["coef"], p["scale_base"], p["scale_sp"],
+                           p["mask"], p["k"], p["base_fun"])
+    g = {n: a.copy() for n, a in start.items()}
+    backend.spline_backward(g["dx"], g["dcoef"], g["dscale_base"], g["dscale_sp"], dy, p["x"],
+                            p["grid"], p["coef"], p["scale_base"], p["scale_sp"], p["mask"],
+                            p["k"], p["base_fun"])
+    return dict(y=y, **g)
+
+
+def check_cpu_against_reference(p, dy, start, label):
+    dt = dy.dtype
+    tol = TOL[dt]
+    before = {n: a.copy() for n, a in p.items() if isinstance(a, np.ndarray)}
+    ref = run(reference, p, dy, start)
+    fast = run(cpu, p, dy, start)
+    for n, a in before.items():  # kernels leave their inputs alone
+        np.testing.assert_array_equal(p[n], a, err_msg=f"{label}: a kernel wrote into {n}")
+    for name in ref:
+        assert fast[name].dtype == dt, f"{label}: {name} has dtype {fast[name].dtype}, expected {dt}"
+        scale = float(np.max(np.abs(ref[name]), initial=0.0))
+        assert_close(f"{label} {name}", fast[name], ref[name], tol["rtol"], tol["floor"] * scale)
+    # accumulation: (start + gradient) - start is the gradient computed from zero
+    zero = {n: np.zeros_like(a) for n, a in start.items()}
+    for backend in (reference, cpu):
+        from_zero = run(backend, p, dy, zero)
+        acc = run(backend, p, dy, start)
+        for name in start:
+            scale = float(np.max(np.abs(start[name]) + np.abs(acc[name]), initial=0.0))
+            assert_close(f"{label} {backend.name} {name} accumulates", acc[name] - start[name],
+                         from_zero[name], tol["rtol"], scale)
+
+
+# ---------------------------------------------------------------------------
+# fast kernels against the reference
+@st.composite
+def layer_cases(draw):
+    return dict(B=draw(st.integers(1, 200)), I=draw(st.integers(1, 5)), O=draw(st.integers(1, 6)),
+                G=draw(st.integers(1, 12)), k=draw(st.integers(1, 5)),
+                kind=draw(st.sampled_from(["uniform", "nonuniform", "repeated"])),
+                base_fun=draw(st.sampled_from(BASE_FUNS)), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(case=layer_cases())
+def test_cpu_matches_reference(dtype, case):
+    p, dy, start = random_layer(dtype=dtype, **case)
+    check_cpu_against_reference(p, dy, start, f"{np.dtype(dtype).name} {case}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_cpu_matches_reference_every_order_and_grid(dtype, k):
+    """Every (k, G) pair, k 1..5 and G 1..12, with batch sizes spread over 1..200."""
+    for G in range(1, 13):
+        B = 1 + (37 * k + 17 * G * G) % 200
+        kind = ("uniform", "nonuniform", "repeated")[G % 3]
+        p, dy, start = random_layer(seed=100 * k + G, B=B, I=3, O=4, G=G, k=k, kind=kind,
+                                    dtype=dtype, base_fun=BASE_FUNS[(k + G) % 3])
+        check_cpu_against_reference(p, dy, start, f"{np.dtype(dtype).name} k={k} G={G} B={B} {kind}")
+
+
+def test_cpu_forward_overwrites_and_backward_adds():
+    """Forward ignores what y held; backward adds, so two calls give twice one call."""
+    p, dy, _ = random_layer(seed=7, B=50, I=3, O=4, G=6, k=3, kind="nonuniform",
+                            dtype=np.float64, base_fun="silu")
+    zero = dict(dx=np.zeros((50, 3)), dcoef=np.zeros((3, 9, 4)),
+                dscale_base=np.zeros((3, 4)), dscale_sp=np.zeros((3, 4)))
+    for backend in (reference, cpu):
+        once = run(backend, p, dy, zero)
+        y = np.full_like(once["y"], 1e30)
+        backend.spline_forward(y, p["x"], p["grid"], p["coef"], p["scale_base"], p["scale_sp"],
+                               p["mask"], p["k"], p["base_fun"])
+        np.testing.assert_array_equal(y, once["y"], err_msg=f"{backend.name}: forward kept old y")
+        twice = run(backend, p, dy, {n: once[n] for n in zero})
+        for n in zero:
+            assert_close(f"{backend.name} {n} twice", twice[n], 2 * once[n], 1e-14,
+                         float(np.max(np.abs(once[n]))))
+        assert np.any(once["dcoef"] != 0) and np.any(once["dx"] != 0)
+
+
+# ---------------------------------------------------------------------------
+# the bases against a naive full Cox-de Boor recursion
+def cox_de_boor(t, x, k):
+    """All bases B[m, k](x), m = 0 .. len(t) - k - 2, and their derivatives, by the full recursion.
+
+    Written straight from the definition: order 0 is the indicator of
+    [t[m], t[m+1]); each order mixes two bases of the order below, a zero
+    denominator making its term 0. The derivative uses the order k-1 values.
+    Plain Python floats, independent of numkan.
+    """
+    n = len(t)
+    Bm = [1.0 if t[m] <= x < t[m + 1] else 0.0 for m in range(n - 1)]
+    prev = Bm
+    for p in range(1, k + 1):
+        cur = []
+        for m in range(n - 1 - p):
+            left = (x - t[m]) / (t[m + p] - t[m]) * prev[m] if t[m + p] != t[m] else 0.0
+            right = ((t[m + p + 1] - x) / (t[m + p + 1] - t[m + 1]) * prev[m + 1]
+                     if t[m + p + 1] != t[m + 1] else 0.0)
+            cur.append(left + right)
+        if p == k:
+            dcur = []
+            for m in range(n - 1 - k):
+                d = 0.0
+                if t[m + k] != t[m]:
+                    d += k / (t[m + k] - t[m]) * prev[m]
+                if t[m + k + 1] != t[m + 1]:
+                    d -= k / (t[m + k + 1] - t[m + 1]) * prev[m + 1]
+                dcur.append(d)
+        prev = cur
+    return np.array(prev), np.array(dcur)
+
+
+def oracle_points(rng, t):
+    """Points inside, outside, on every knot, and just either side of the ends."""
+    pts = list(rng.uniform(t[0], t[-1], 12)) + list(t)
+    pts += [t[0] - 0.5, t[-1] + 0.5, np.nextafter(t[0], -np.inf), np.nextafter(t[-1], -np.inf)]
+    return np.array(pts)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "nonuniform", "repeated"])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_local_basis_matches_full_cox_de_boor(kind, k):
+    rng = np.random.default_rng(10 * k + len(kind))
+    for G in (1, 2, 5, 12):
+        t = random_knots(rng, G, k, kind)
+        K = G + k
+        x = oracle_points(rng, t)
+        span, N, dN = reference.local_basis(x[:, None], t[None, :], k, deriv=True)
+        for b, xv in enumerate(x):
+            full, dfull = cox_de_boor(t, xv, k)
+            assert full.shape == (K,)
+            j = span[b, 0]
+            local, dlocal = np.zeros(K), np.zeros(K)
+            if j < 0:
+                assert not (t[0] <= xv < t[-1]), f"x={xv} inside the knots got span -1"
+            else:
+                assert t[j] <= xv < t[j + 1], f"x={xv}: span {j} is not [t[j], t[j+1])"
+                for s in range(k + 1):  # scatter the local values into the full vector
+                    if 0 <= j - k + s < K:
+                        local[j - k + s] = N[b, 0, s]
+                        dlocal[j - k + s] = dN[b, 0, s]
+                    else:
+                        assert N[b, 0, s] == 0 and dN[b, 0, s] == 0
+            label = f"{kind} k={k} G={G} x={xv!r} span={j}"
+            assert_close(label + " bases", local, full, 1e-13, 1.0)
+            assert_close(label + " derivatives", dlocal, dfull, 1e-12,
+                         max(1.0, float(np.max(np.abs(dfull)))))
+
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_bases_sum_to_one_on_interior_grid(k):
+    """Partition of unity on [t[k], t[G+k]) for uniform, non-uniform and repeated knots."""
+    rng = np.random.default_rng(k)
+    for kind in ("uniform", "nonuniform", "repeated"):
+        for G in (1, 3, 12):
+            t = random_knots(rng, G, k, kind)
+            x = np.concatenate([rng.uniform(t[k], t[G + k], 200), t[k:G + k]])
+            x = x[(x >= t[k]) & (x < t[G + k])]
+            if x.size == 0:  # the interior grid collapsed to one repeated knot
+                continue
+            _, N, dN = reference.local_basis(x[:, None], t[None, :], k, deriv=True)
+            total = N.sum(axis=2)[:, 0]
+            assert_close(f"{kind} k={k} G={G} sum of bases", total, np.ones_like(total), 1e-13)
+            # and so their derivatives sum to zero
+            scale = float(np.max(np.abs(dN)))
+            assert_close(f"{kind} k={k} G={G} sum of derivatives", dN.sum(axis=2)[:, 0],
+                         np.zeros_like(total), 1e-12, scale)
