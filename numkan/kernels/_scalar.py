@@ -52,6 +52,20 @@ def base_deriv(x, code):
     return 0.0 * x
 
 
+def base_pair(x, code):
+    """(b(x), b'(x)) from a single exp: what a backward pass needs."""
+    if code == SILU:
+        if x >= 0:
+            s = 1.0 / (1.0 + math.exp(-x))
+        else:
+            e = math.exp(x)
+            s = e / (1.0 + e)
+        return x * s, s * (1.0 + x * (1.0 - s))
+    if code == IDENTITY:
+        return x, 1.0 + 0.0 * x
+    return 0.0 * x, 0.0 * x
+
+
 def find_span(grid, i, x):
     """The span j with grid[i, j] <= x < grid[i, j+1]; -1 outside [grid[i, 0], grid[i, -1]).
 

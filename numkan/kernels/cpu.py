@@ -44,14 +44,86 @@ name = "cpu"
 TILE = 16  # samples per tile in the forward pass
 
 _jit = dict(nogil=True, cache=True)
-base_value = njit(inline="always", **_jit)(_scalar.base_value)
-base_deriv = njit(inline="always", **_jit)(_scalar.base_deriv)
-find_span = njit(inline="always", **_jit)(_scalar.find_span)
-local_basis = njit(inline="always", **_jit)(_scalar.local_basis)
+base_pair = njit(**_jit)(_scalar.base_pair)
+find_span = njit(**_jit)(_scalar.find_span)
+local_basis = njit(**_jit)(_scalar.local_basis)
 knot_reciprocals = njit(**_jit)(_scalar.knot_reciprocals)
 # 'contract' fuses a*b+c into FMA; 'reassoc' lets LLVM vectorise the
 # dot products over outputs in the backward pass. No NaN/inf assumptions.
 _FAST = {"contract", "reassoc"}
+
+
+@njit(**_jit)
+def _tile_basis(grid, inv, i, x, t0, nb, k, js, Nt, dNt, L, Rr, sv, deriv):
+    """Local bases of input i for the samples t0..t0+nb-1 of x, across the tile.
+
+    The same recursion as ``_scalar.local_basis``, with the loop over samples
+    innermost so that LLVM vectorises it (the scalar form is a chain of
+    dependent operations per sample; across a tile they are independent).
+    Fills ``js[u]`` (span), ``Nt[s, u]`` and, when ``deriv``, ``dNt[s, u]``.
+
+    Every sample is first assumed to sit on an interior span (all k+1 bases
+    exist), guessed from a uniform grid and checked against the knots. A
+    sample for which that fails (outside the knots, a boundary span, or a
+    non-uniform grid the guess misses) is redone by the scalar
+    ``find_span``/``local_basis`` and marked with ``js[u] = -1 - j`` so the
+    caller takes the checked path for it.
+    """
+    n = grid.shape[1]
+    lo = grid[i, 0]
+    scale = (n - 1) / (grid[i, n - 1] - lo)
+    jmin = k
+    jmax = n - 2 - k
+    miss = 0
+    for u in range(nb):
+        xv = x[t0 + u, i]
+        g = (xv - lo) * scale
+        g = min(max(g, jmin), jmax)  # NaN-free input, so the clamp is total
+        js[u] = int(g)
+    for u in range(nb):
+        xv = x[t0 + u, i]
+        g = js[u]
+        ok = grid[i, g] <= xv and xv < grid[i, g + 1]
+        miss += not ok
+        Nt[0, u] = 1.0
+    for r in range(1, k + 1):
+        for u in range(nb):
+            xv = x[t0 + u, i]
+            g = js[u]
+            L[r, u] = xv - grid[i, g + 1 - r]
+            Rr[r, u] = grid[i, g + r] - xv
+            sv[u] = 0.0
+        for s in range(r):
+            for u in range(nb):
+                q = Nt[s, u] * inv[i, r, js[u] + 1 - r + s]
+                if deriv and r == k:
+                    # dB[a,k] = k (B[a,k-1]/(t[a+k]-t[a]) - B[a+1,k-1]/(t[a+k+1]-t[a+1]))
+                    dNt[s, u] = (dNt[s, u] if s > 0 else 0.0) - k * q
+                    dNt[s + 1, u] = k * q
+                Nt[s, u] = sv[u] + Rr[s + 1, u] * q
+                sv[u] = L[r - s, u] * q
+        for u in range(nb):
+            Nt[r, u] = sv[u]
+    if miss:
+        for u in range(nb):
+            xv = x[t0 + u, i]
+            g = js[u]
+            if grid[i, g] <= xv and xv < grid[i, g + 1]:
+                continue
+            j = find_span(grid, i, xv)
+            if j >= jmin and j <= jmax:  # interior after all (non-uniform knots)
+                js[u] = j
+            else:
+                js[u] = -1 - j  # checked path; j = -1 (outside) gives 0
+            for s in range(k + 1):
+                Nt[s, u] = 0.0
+                dNt[s, u] = 0.0
+            if j >= 0:
+                local_basis(grid, inv, i, j, xv, k, L[:, u], Rr[:, u], sv, deriv)
+                for s in range(k + 1):
+                    Nt[s, u] = L[s, u]
+                    if deriv:
+                        dNt[s, u] = Rr[s, u]
 
 
 @lru_cache(maxsize=None)
@@ -67,39 +139,39 @@ def _kernels(k):
         O = y.shape[1]
         K = W.shape[1]
         for c in prange(nchunk):
-            N = np.empty(kp1, dtype=y.dtype)
-            dN = np.empty(kp1, dtype=y.dtype)
-            work = np.empty(2 * kp1, dtype=y.dtype)
+            js = np.empty(TILE, dtype=np.int64)
+            Nt = np.empty((kp1, TILE), dtype=y.dtype)
+            dNt = np.empty((kp1, TILE), dtype=y.dtype)
+            L = np.empty((kp1, TILE), dtype=y.dtype)
+            Rr = np.empty((kp1, TILE), dtype=y.dtype)
+            sv = np.empty(max(TILE, 2 * kp1), dtype=y.dtype)
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
             for b in range(b0, b1):
                 for o in range(O):
                     y[b, o] = 0
             for t0 in range(b0, b1, TILE):
-                t1 = min(t0 + TILE, b1)
+                nb = min(TILE, b1 - t0)
                 for i in range(I):
-                    for b in range(t0, t1):
-                        xv = x[b, i]
+                    _tile_basis(grid, inv, i, x, t0, nb, k, js, Nt, dNt, L, Rr, sv, False)
+                    for u in range(nb):
+                        b = t0 + u
                         bv = bx[b, i]
-                        j = find_span(grid, i, xv)
-                        a = j - k
-                        if j >= 0:
-                            local_basis(grid, inv, i, j, xv, k, N, dN, work, False)
-                        if j >= 0 and a >= 0 and j < K:  # all k+1 bases exist: one fused pass
+                        a = js[u] - k
+                        if a >= 0:  # all k+1 bases exist: one fused pass over outputs
                             for o in range(O):
                                 acc = bv * Wb[i, o]
                                 for s in range(kp1):
-                                    acc += N[s] * W[i, a + s, o]
+                                    acc += Nt[s, u] * W[i, a + s, o]
                                 y[b, o] += acc
                         else:  # outside the knots, or a boundary span
+                            a = -1 - js[u] - k
                             for o in range(O):
                                 y[b, o] += bv * Wb[i, o]
-                            if j >= 0:
-                                for s in range(kp1):
-                                    if a + s >= 0 and a + s < K:
-                                        ns = N[s]
-                                        for o in range(O):
-                                            y[b, o] += ns * W[i, a + s, o]
+                            for s in range(kp1):
+                                if a + s >= 0 and a + s < K:
+                                    for o in range(O):
+                                        y[b, o] += Nt[s, u] * W[i, a + s, o]
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
     def backward(dx, P, PB, dy, x, grid, inv, coef, spm, Wb, code, nchunk):
@@ -111,47 +183,58 @@ def _kernels(k):
         for task in prange(nchunk * I):
             c = task // I
             i = task - c * I
-            N = np.empty(kp1, dtype=dy.dtype)
-            dN = np.empty(kp1, dtype=dy.dtype)
-            work = np.empty(2 * kp1, dtype=dy.dtype)
+            js = np.empty(TILE, dtype=np.int64)
+            Nt = np.empty((kp1, TILE), dtype=dy.dtype)
+            dNt = np.empty((kp1, TILE), dtype=dy.dtype)
+            L = np.empty((kp1, TILE), dtype=dy.dtype)
+            Rr = np.empty((kp1, TILE), dtype=dy.dtype)
+            sv = np.empty(max(TILE, 2 * kp1), dtype=dy.dtype)
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
-            for b in range(b0, b1):
-                xv = x[b, i]
-                bv = dy.dtype.type(base_value(xv, code))
-                j = find_span(grid, i, xv)
-                a = j - k
-                acc_b = dy.dtype.type(0)  # sum_o g * scale_base * mask
-                acc_s = dy.dtype.type(0)  # sum_o g * scale_sp * mask * s'(x)
-                if j >= 0:
-                    local_basis(grid, inv, i, j, xv, k, N, dN, work, True)
-                if j >= 0 and a >= 0 and j < K:  # all k+1 bases exist: one fused pass
-                    for o in range(O):
-                        g = dy[b, o]
-                        PB[c, i, o] += bv * g
-                        acc_b += g * Wb[i, o]
-                        ds = dy.dtype.type(0)
-                        for s in range(kp1):
-                            P[c, i, a + s, o] += N[s] * g
-                            ds += dN[s] * coef[i, a + s, o]
-                        acc_s += g * spm[i, o] * ds
-                else:
-                    for o in range(O):
-                        g = dy[b, o]
-                        PB[c, i, o] += bv * g
-                        acc_b += g * Wb[i, o]
-                    if j >= 0:
+            for t0 in range(b0, b1, TILE):
+                nb = min(TILE, b1 - t0)
+                _tile_basis(grid, inv, i, x, t0, nb, k, js, Nt, dNt, L, Rr, sv, True)
+                for u in range(nb):
+                    b = t0 + u
+                    bv, bd = base_pair(x[b, i], code)
+                    bv = dy.dtype.type(bv)
+                    acc_b = dy.dtype.type(0)  # sum_o g * scale_base * mask
+                    acc_s = dy.dtype.type(0)  # sum_o g * scale_sp * mask * s'(x)
+                    a = js[u] - k
+                    if a >= 0:  # all k+1 bases exist: one fused pass over outputs
+                        for o in range(O):
+                            g = dy[b, o]
+                            PB[c, i, o] += bv * g
+                            acc_b += g * Wb[i, o]
+                            ds = dy.dtype.type(0)
+                            for s in range(kp1):
+                                P[c, i, a + s, o] += Nt[s, u] * g
+                                ds += dNt[s, u] * coef[i, a + s, o]
+                            acc_s += g * spm[i, o] * ds
+                    else:
+                        a = -1 - js[u] - k
+                        for o in range(O):
+                            g = dy[b, o]
+                            PB[c, i, o] += bv * g
+                            acc_b += g * Wb[i, o]
                         for s in range(kp1):
                             if a + s >= 0 and a + s < K:
-                                ns = N[s]
-                                dns = dN[s]
                                 for o in range(O):
                                     g = dy[b, o]
-                                    P[c, i, a + s, o] += ns * g
-                                    acc_s += g * spm[i, o] * dns * coef[i, a + s, o]
-                dx[b, i] += acc_b * base_deriv(xv, code) + acc_s
+                                    P[c, i, a + s, o] += Nt[s, u] * g
+                                    acc_s += g * spm[i, o] * dNt[s, u] * coef[i, a + s, o]
+                    dx[b, i] += acc_b * bd + acc_s
 
     return forward, backward
+
+
+def _base_values(x, base_fun):
+    """b(x) for the whole batch, vectorised. silu as x / (1 + exp(-x)):
+    exp overflows to inf for very negative x, giving the correct limit -0."""
+    if base_fun == "silu":
+        with np.errstate(over="ignore"):
+            return x / (1 + np.exp(-x))
+    return base_value_array(x, base_fun)
 
 
 def _reciprocals(grid, k):
@@ -169,7 +252,7 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     """Compiled ``reference.spline_forward``: y (B, O) overwritten."""
     W = coef * (scale_sp * mask)[:, None, :]
     Wb = scale_base * mask
-    bx = base_value_array(x, base_fun)  # NumPy's vectorised exp beats a scalar one per call
+    bx = _base_values(x, base_fun)  # NumPy's vectorised exp beats a scalar one per sample
     nchunk = _chunks(x.shape[0], 4 * numba.get_num_threads())
     _kernels(k)[0](y, x, bx, grid, _reciprocals(grid, k), W, Wb, nchunk)
     return y
