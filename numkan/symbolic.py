@@ -728,10 +728,30 @@ def _variables(model, var):
 
 
 def round_floats(expr, digits):
-    """expr with every floating-point number rounded to ``digits`` decimals (display only)."""
+    """expr with its numbers rounded to ``digits`` decimals, for display.
+
+    Numbers are first combined where that keeps the expression small (powers
+    of sums such as (a*x + b)**2 are multiplied out, so that their product
+    with an outer factor is rounded once, not factor by factor); then every
+    float is rounded, integral values become integers, and the rounding is
+    repeated until sympy's automatic arithmetic creates no new float.
+    """
     import sympy
-    reps = {f: sympy.Float(round(float(f), digits)) for f in expr.atoms(sympy.Float)}
-    return expr.xreplace(reps)
+    try:
+        expanded = sympy.expand(expr, power_exp=False, power_base=False, log=False)
+        if sympy.count_ops(expanded) <= 2 * sympy.count_ops(expr) + 10:
+            expr = expanded
+    except (TypeError, ValueError, RecursionError):
+        pass
+    for _ in range(5):
+        reps = {}
+        for f in expr.atoms(sympy.Float):
+            r = round(float(f), digits)
+            reps[f] = sympy.Integer(int(r)) if r == int(r) else sympy.Float(r)
+        if all(reps[f] == f and isinstance(reps[f], sympy.Float) for f in reps):
+            break
+        expr = expr.xreplace(reps)
+    return expr
 
 
 def symbolic_formula(self, var=None, floating_digits=4):
