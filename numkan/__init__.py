@@ -6,8 +6,10 @@ so a layer costs the same at any grid size.
 from .kernels import get_backend
 from .layer import KANLayer
 from .model import KAN
+from .datasets import create_dataset
+from .io import load
 from .symbolic import SYMBOLIC_LIB, SymbolicFunction, add_symbolic
 
 __version__ = "0.1.0"
-__all__ = ["KAN", "KANLayer", "get_backend", "SYMBOLIC_LIB", "SymbolicFunction", "add_symbolic",
-           "__version__"]
+__all__ = ["KAN", "KANLayer", "get_backend", "create_dataset", "load", "SYMBOLIC_LIB",
+           "SymbolicFunction", "add_symbolic", "__version__"]

@@ -6,6 +6,7 @@ from . import _validate as v
 from .kernels import get_backend
 from .layer import PARAM_NAMES, KANLayer
 from . import prune as _prune, symbolic
+from . import grids as _grids, io as _io, train as _train
 
 
 class KAN:
@@ -36,6 +37,9 @@ class KAN:
     device : {"cpu", "numpy", "cuda"}
         "cpu" runs the Numba kernels (the NumPy reference if Numba is missing),
         "numpy" the reference kernels.
+    sp_trainable, sb_trainable : bool
+        Whether ``fit`` trains ``scale_sp`` / ``scale_base``; a frozen array gets
+        no gradient and stays out of the optimiser (pykan's names).
 
     Example
     -------
@@ -46,7 +50,7 @@ class KAN:
 
     def __init__(self, width, grid=5, k=3, seed=0, grid_range=(-1, 1), base_fun="silu",
                  noise_scale=0.3, scale_base_mu=0.0, scale_base_sigma=1.0, grid_eps=0.02,
-                 dtype=np.float64, device="cpu"):
+                 dtype=np.float64, device="cpu", sp_trainable=True, sb_trainable=True):
         self.width = v.check_width(width)
         self.grid = v.check_int("grid", grid, 1)
         self.k = v.check_int("k", k, 1)
@@ -62,6 +66,10 @@ class KAN:
         self.dtype = v.check_dtype(dtype)
         self.backend = get_backend(device)
         self.device = device
+        for name, flag in (("sp_trainable", sp_trainable), ("sb_trainable", sb_trainable)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        self.sp_trainable, self.sb_trainable = bool(sp_trainable), bool(sb_trainable)
 
         rng = np.random.default_rng(self.seed)
         self.layers = [
@@ -199,6 +207,14 @@ class KAN:
         """Draw the network with matplotlib (see ``numkan.plot.plot``); returns the Figure."""
         from .plot import plot
         return plot(self, path, beta=beta, in_vars=in_vars, out_vars=out_vars, title=title, x=x, **kw)
+
+    # -- training, grids, files: numkan/train.py, grids.py, io.py ------------------
+    fit = _train.fit
+    update_grid = _grids.update_grid
+    update_grid_from_samples = _grids.update_grid   # pykan's name
+    refine = _grids.refine
+    save = _io.save
+    load = staticmethod(_io.load)
 
     def __repr__(self):
         return (f"KAN(width={self.width}, grid={self.grid}, k={self.k}, base_fun={self.base_fun!r}, "

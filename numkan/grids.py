@@ -1,0 +1,181 @@
+"""Adaptive grids and grid extension (KAN_MATH "Grid update from samples" and "Grid extension").
+
+Both operations move each edge's spline onto new knots by least squares. The
+work is done one input at a time: the design matrix of input i's samples is
+(N, K) and one factorisation serves all O outputs of that input (the
+right-hand side is (N, O)), so nothing of size (B, I, O) or (B, I, O, K) is
+ever built.
+"""
+import numpy as np
+
+from . import _validate as v
+from . import spline
+
+
+def extend_knots(interior, k):
+    """Full knot row (G + 2k + 1,) from the G + 1 interior knots: k more on each
+    side at spacing h = (last - first) / G."""
+    G = interior.size - 1
+    h = (interior[-1] - interior[0]) / G
+    steps = np.arange(1, k + 1)
+    return np.concatenate([interior[0] - h * steps[::-1], interior, interior[-1] + h * steps])
+
+
+def sample_knots(x, G, k, grid_eps):
+    """Knots (G + 2k + 1,) adapted to the samples x (N,) of one input, or None.
+
+    The interior grid blends the G + 1 sample quantiles at positions
+    floor(linspace(0, N-1, G+1)) of the sorted samples (weight 1 - grid_eps)
+    with the uniform grid linspace(min, max, G+1) (weight grid_eps). None when
+    the samples do not span an interval (all equal): no grid fits them.
+    """
+    xs = np.sort(x)
+    lo, hi = xs[0], xs[-1]
+    if not hi - lo > 1e-12 * max(1.0, abs(lo), abs(hi)):
+        return None
+    adaptive = xs[np.floor(np.linspace(0, xs.size - 1, G + 1)).astype(np.int64)]
+    uniform = np.linspace(lo, hi, G + 1)
+    return extend_knots(grid_eps * uniform + (1 - grid_eps) * adaptive, k)
+
+
+def _spline_values(x, t, coef, k):
+    """s[:, o] = sum_m coef[m, o] B[m,k](x) for one input: x (N,), coef (K, O) -> (N, O)."""
+    return spline.basis_matrix(x, t, k) @ coef
+
+
+def _layer_forward(layer, x, grid, coef):
+    """Layer output on backend input x with the given knots and coefficients."""
+    be = layer.backend
+    y = be.zeros((x.shape[0], layer.out_dim), layer.dtype)
+    be.spline_forward(y, x, be.asarray(grid, layer.dtype), be.asarray(coef, layer.dtype),
+                      layer.scale_base, layer.scale_sp, layer.mask, layer.k, layer.base_fun)
+    return y
+
+
+def update_grid(model, x):
+    """Adapt every layer's knots to the samples x (B, n_in) and re-fit the coefficients.
+
+    Layer by layer (each layer sees the outputs of the already updated layers
+    before it, as in pykan): for each input i, new knots from ``sample_knots``
+    on that input's samples, then coefficients (K, O) by least squares so that
+    every edge's spline keeps its values at those samples. An input whose
+    samples are all equal keeps its knots. The model is changed only after
+    every layer has been computed, so a failed call leaves it as it was.
+    """
+    xh = v.check_array("x", x, model.width[0], np.float64)
+    if xh.shape[0] < 2:
+        raise ValueError(f"x must have at least 2 rows to place a grid, got shape {xh.shape}")
+    be = model.backend
+    h = be.asarray(xh, model.dtype)
+    new = []
+    for L in model.layers:
+        xl = be.to_host(h).astype(np.float64)
+        t_old = be.to_host(L.grid).astype(np.float64)
+        c_old = be.to_host(L.coef).astype(np.float64)
+        t_new, c_new = t_old.copy(), c_old.copy()
+        for i in range(L.in_dim):
+            t = sample_knots(xl[:, i], L.num, L.k, L.grid_eps)
+            if t is None:
+                continue
+            t_new[i] = t
+            c_new[i] = spline.fit_coef(xl[:, i], _spline_values(xl[:, i], t_old[i], c_old[i], L.k),
+                                       t, L.k)
+        if not (np.all(np.isfinite(t_new)) and np.all(np.isfinite(c_new))):
+            raise ValueError("update_grid produced non-finite knots or coefficients; "
+                             "the model is unchanged")
+        new.append((t_new, c_new))
+        h = _layer_forward(L, h, t_new, c_new)
+    for L, (t, c) in zip(model.layers, new):
+        L.grid = be.asarray(t, L.dtype)
+        L.coef = be.asarray(c, L.dtype)
+
+
+def refine_knots(t_old, k, G_new):
+    """Knots (G_new + 2k + 1,) for grid extension of one input (pykan's rule).
+
+    The new interior knots follow the old interior knots piecewise linearly:
+    new knot j sits at fraction j / G_new along the old knot sequence. When
+    G_new is a multiple of the old G every old interior knot is a new knot.
+    """
+    interior = t_old[k:t_old.size - k]
+    G_old = interior.size - 1
+    new_interior = np.interp(np.arange(G_new + 1) * G_old / G_new, np.arange(G_old + 1), interior)
+    new_interior[-1] = interior[-1]  # exact end point, whatever the rounding above
+    return extend_knots(new_interior, k)
+
+
+def refine_points(t_new, k):
+    """Fit points for grid extension: k + 1 points inside each new interior interval.
+
+    The B-splines of one knot vector are linearly independent on its interior,
+    so k + 1 distinct points per interval determine all G + k coefficients.
+    """
+    interior = t_new[k:t_new.size - k]
+    a, b = interior[:-1, None], interior[1:, None]
+    frac = (np.arange(k + 1) + 0.5) / (k + 1)
+    return (a + (b - a) * frac).ravel()
+
+
+def refine(model, new_grid, x=None):
+    """A new model with ``new_grid`` grid intervals whose splines are fitted to ``model``'s.
+
+    Per layer and input: knots from ``refine_knots``, then least squares of
+    the old spline's values at k + 1 points inside each new interval and,
+    when samples x (B, n_in) are given, also at each layer's inputs for x
+    (pykan fits on the samples it cached; numkan keeps no data, so pass the
+    training inputs when hidden-layer inputs may have moved beyond their
+    grids, where the interior points alone say nothing). When every old knot
+    is a new one (``new_grid`` a multiple of the old one) the old spline lies
+    in the new spline space on the interior, and the transfer is exact up to
+    rounding wherever the fit points are inside the grids. Scales, masks,
+    symbolic edges and every setting carry over; ``model`` is not changed.
+    """
+    from .model import KAN
+    new_grid = v.check_int("new_grid", new_grid, 1)
+    be = model.backend
+    h = None
+    if x is not None:
+        h = be.asarray(v.check_array("x", x, model.width[0], model.dtype), model.dtype)
+    new = KAN(model.width, grid=new_grid, k=model.k, seed=model.seed, grid_range=model.grid_range,
+              base_fun=model.base_fun, grid_eps=model.grid_eps, dtype=model.dtype,
+              device=model.device, sp_trainable=getattr(model, "sp_trainable", True),
+              sb_trainable=getattr(model, "sb_trainable", True))
+    for L_old, L_new in zip(model.layers, new.layers):
+        t_old = be.to_host(L_old.grid).astype(np.float64)
+        c_old = be.to_host(L_old.coef).astype(np.float64)
+        xl = None if h is None else be.to_host(h).astype(np.float64)
+        k = L_old.k
+        t_new = np.empty((L_old.in_dim, new_grid + 2 * k + 1))
+        c_new = np.empty((L_old.in_dim, new_grid + k, L_old.out_dim))
+        for i in range(L_old.in_dim):
+            t_new[i] = refine_knots(t_old[i], k, new_grid)
+            p = refine_points(t_new[i], k)
+            if xl is not None:
+                p = np.concatenate([p, xl[:, i]])
+            c_new[i] = spline.fit_coef(p, _spline_values(p, t_old[i], c_old[i], k), t_new[i], k)
+        L_new.grid = be.asarray(t_new, L_new.dtype)
+        L_new.coef = be.asarray(c_new, L_new.dtype)
+        for n in ("scale_base", "scale_sp", "mask"):
+            setattr(L_new, n, be.asarray(be.to_host(getattr(L_old, n)), L_new.dtype))
+        _carry_symbolic(L_old, L_new)
+        if h is not None:
+            h = L_old.forward(h, keep=False)
+    return new
+
+
+def _carry_symbolic(L_old, L_new):
+    """Copy the symbolic-edge state (numkan.symbolic) when the layer has one."""
+    be = L_old.backend
+    if hasattr(L_old, "symbolic_affine"):
+        L_new.symbolic_affine = be.asarray(be.to_host(L_old.symbolic_affine), L_new.dtype)
+    for n in ("symbolic_mask", "symbolic_names"):
+        if hasattr(L_old, n):
+            setattr(L_new, n, _copy(getattr(L_old, n)))
+
+
+def _copy(a):
+    if isinstance(a, np.ndarray):
+        return a.copy()
+    if isinstance(a, list):
+        return [_copy(e) for e in a]
+    return a
