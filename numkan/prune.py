@@ -20,6 +20,16 @@ What changes the model and what copies it (pykan mixes the two; numkan does not)
 
     prune_edge                          in place: masks edges, returns None
     prune_node, prune_input, prune      return a NEW, smaller model; the original is unchanged
+
+Keeping the mean (``keep_mean=True``, the default; pykan has no such step). A
+pruned edge has a small score, so its output is nearly constant on the data,
+but that constant is rarely 0: dropping it would shift the output node by the
+edge's batch mean. numkan adds that mean to another live edge into the same
+node: to ``d`` of a symbolic edge (exact everywhere), else to the spline of
+an edge with ``scale_sp != 0`` (coef += mean / scale_sp, exact for inputs
+inside that edge's interior grid, where the B-splines sum to 1). The output
+then changes only by the pruned edges' variation about their means. With no
+such edge, or ``keep_mean=False``, the mean is dropped, as in pykan.
 """
 import copy
 
@@ -98,24 +108,65 @@ def _check_threshold(name, t):
     return v.check_float(name, t, minimum=0)
 
 
-def prune_edge(self, threshold=3e-2, x=None):
+def prune_edge(self, threshold=3e-2, x=None, keep_mean=True):
     """IN PLACE: mask every edge whose score is <= ``threshold``; returns None.
 
     Both parts of a pruned edge are switched off (``mask`` and
     ``symbolic_mask`` set to 0); the layer shapes do not change. Scores come
-    from ``attribute(x)``.
+    from ``attribute(x)``. ``keep_mean``: see the module docstring.
     """
     threshold = _check_threshold("threshold", threshold)
-    attribute(self, x)
-    for layer, score in zip(self.layers, self.edge_scores):
-        drop = score <= threshold
+    xh = model_data(self, x, min_rows=2)
+    attribute(self, xh)
+    xs = layer_inputs(self, xh)
+    for l, (layer, score) in enumerate(zip(self.layers, self.edge_scores)):
+        be = layer.backend
+        live = (np.asarray(be.to_host(layer.mask)) != 0) | (layer.symbolic_mask != 0)
+        drop = (score <= threshold) & live
         if not np.any(drop):
             continue
-        be = layer.backend
+        M = _edge_means(layer, xs[l], drop) if keep_mean else None
         mask = np.array(be.to_host(layer.mask))
         mask[drop] = 0.0
         layer.mask[...] = be.asarray(mask, layer.dtype)
         layer.symbolic_mask[drop] = 0.0
+        if keep_mean:
+            _absorb(layer, M)
+
+
+def _edge_means(layer, xh, drop):
+    """(O,) sum over dropped edges (i, o) (bool (I, O)) of their batch means on host inputs xh."""
+    M = np.zeros(layer.out_dim)
+    for i in np.nonzero(np.any(drop, axis=1))[0]:
+        M += np.where(drop[i], edge_outputs(layer, xh, i).mean(axis=0), 0.0)
+    return M
+
+
+def _absorb(layer, M):
+    """Add M[o] to one live edge into each node o (see the module docstring); in place."""
+    if not np.any(M):
+        return
+    be, dt = layer.backend, layer.dtype
+    mask = np.asarray(be.to_host(layer.mask), dtype=np.float64)
+    spm = np.asarray(be.to_host(layer.scale_sp), dtype=np.float64) * mask
+    aff = coef = None
+    for o in np.nonzero(M)[0]:
+        sym = np.nonzero(layer.symbolic_mask[:, o])[0]
+        spl = np.nonzero(spm[:, o])[0]
+        if sym.size:
+            i = sym[0]
+            if aff is None:
+                aff = np.array(be.to_host(layer.symbolic_affine), dtype=np.float64)
+            aff[i, o, 3] += M[o] / layer.symbolic_mask[i, o]
+        elif spl.size:
+            i = spl[np.argmax(np.abs(spm[spl, o]))]
+            if coef is None:
+                coef = np.array(be.to_host(layer.coef), dtype=np.float64)
+            coef[i, :, o] += M[o] / spm[i, o]
+    if aff is not None:
+        layer.symbolic_affine[...] = be.asarray(aff, dt)
+    if coef is not None:
+        layer.coef[...] = be.asarray(coef, dt)
 
 
 def _layer_subset(layer, ins, outs):
@@ -139,26 +190,42 @@ def _layer_subset(layer, ins, outs):
     return new
 
 
-def _subset(model, keep, data=None):
-    """A new model with the nodes ``keep[l]`` (index arrays, one per node layer) of ``model``."""
+def _subset(model, keep, data, keep_mean):
+    """A new model with the nodes ``keep[l]`` (index arrays, one per node layer) of ``model``.
+
+    With ``keep_mean``, the batch means (on ``data``) of the edges leaving a
+    removed node are added to live edges into the same outputs.
+    """
     new = copy.copy(model)
     new.layers = [_layer_subset(layer, keep[l], keep[l + 1]) for l, layer in enumerate(model.layers)]
+    if keep_mean:
+        xs = layer_inputs(model, data)
+        for l, layer in enumerate(model.layers):
+            gone = np.setdiff1d(np.arange(layer.in_dim), keep[l])
+            if gone.size == 0:
+                continue
+            drop = np.zeros((layer.in_dim, layer.out_dim), dtype=bool)
+            drop[gone] = True
+            live = (np.asarray(layer.backend.to_host(layer.mask)) != 0) | (layer.symbolic_mask != 0)
+            M = _edge_means(layer, xs[l], drop & live)[keep[l + 1]]
+            _absorb(new.layers[l], M)
     new.width = [len(k) for k in keep]
     new._batch = None
     for n in ("node_scores", "edge_scores"):
         new.__dict__.pop(n, None)
-    new.cache_data = data
+    new.cache_data = data if keep[0].size == model.width[0] else data[:, keep[0]]
     return new
 
 
-def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None):
+def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None, keep_mean=True):
     """Return a NEW model without the hidden nodes whose score is <= ``threshold``.
 
     The original model is unchanged. A removed node takes its incoming and
     outgoing edges with it, so the new model's outputs equal the original's
     with those edges masked. ``active_neurons_id`` (a list with one list of
     node indices per hidden layer) keeps exactly those nodes instead of using
-    scores. A hidden layer always keeps at least its best node.
+    scores. A hidden layer always keeps at least its best node. ``keep_mean``:
+    see the module docstring.
     """
     L = len(self.layers)
     xh = model_data(self, x, min_rows=2)
@@ -181,17 +248,18 @@ def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None):
                                  f"{self.width[l]}), got {active_neurons_id[l - 1]!r}")
             keep.append(ids)
     keep.append(np.arange(self.width[-1]))
-    return _subset(self, keep, data=xh)
+    return _subset(self, keep, xh, keep_mean)
 
 
-def prune_input(self, threshold=1e-2, active_inputs=None, x=None):
+def prune_input(self, threshold=1e-2, active_inputs=None, x=None, keep_mean=True):
     """Return a NEW model without the inputs whose score (``feature_score``) is <= ``threshold``.
 
     The original model is unchanged. The new model takes only the kept input
     columns, in their original order; ``new.input_id`` lists them (indices into
     the original inputs) and its formulas name them x_{id+1}. Pass
     ``x[:, new.input_id]`` to it. ``active_inputs`` keeps exactly those inputs
-    instead of using scores. At least the best input is kept.
+    instead of using scores. At least the best input is kept. ``keep_mean``:
+    see the module docstring.
     """
     xh = model_data(self, x, min_rows=2)
     if active_inputs is None:
@@ -206,20 +274,20 @@ def prune_input(self, threshold=1e-2, active_inputs=None, x=None):
             raise ValueError(f"active_inputs must be non-empty indices in [0, {self.width[0]}), "
                              f"got {active_inputs!r}")
     keep = [ids] + [np.arange(w) for w in self.width[1:]]
-    new = _subset(self, keep, data=xh[:, ids])
+    new = _subset(self, keep, xh, keep_mean)
     old = getattr(self, "input_id", None)
     new.input_id = ids if old is None else np.asarray(old)[ids]
     return new
 
 
-def prune(self, node_th=1e-2, edge_th=3e-2, x=None):
+def prune(self, node_th=1e-2, edge_th=3e-2, x=None, keep_mean=True):
     """Return a NEW model: ``prune_node(node_th)``, then ``prune_edge(edge_th)`` on the copy.
 
-    The original model is unchanged.
+    The original model is unchanged. ``keep_mean``: see the module docstring.
     """
     node_th = _check_threshold("node_th", node_th)
     edge_th = _check_threshold("edge_th", edge_th)
     xh = model_data(self, x, min_rows=2)
-    new = prune_node(self, node_th, x=xh)
-    prune_edge(new, edge_th, x=xh)
+    new = prune_node(self, node_th, x=xh, keep_mean=keep_mean)
+    prune_edge(new, edge_th, x=xh, keep_mean=keep_mean)
     return new

@@ -109,20 +109,24 @@ def test_prune_node_returns_a_smaller_model_with_the_same_function(host_device):
     x = np.random.default_rng(0).uniform(-1, 1, (200, 3))
     y0 = model.forward(x)
     before = {n: np.array(a) for n, a in model.params.items()}
-    new = model.prune_node(1e-2)
-    assert new is not model and model.width == [3, 4, 2] and new.width == [3, 3, 2]
+    plain = model.prune_node(1e-2, keep_mean=False)
+    assert plain is not model and model.width == [3, 4, 2] and plain.width == [3, 3, 2]
     for n, a in model.params.items():  # the original is untouched
         np.testing.assert_array_equal(np.asarray(a), before[n])
     np.testing.assert_array_equal(model(x), y0)
-    # the new model is the old one with the node's edges masked
+    # without keep_mean the new model is the old one with the node's edges masked ...
     expected = masked_copy_output(model, x, [(1, 2)])
-    assert_close("pruned model", new(x), expected, rtol=1e-12, floor=1e-12)
-    # and differs from the original only by the removed (constant) contributions
-    removed = model.layers[1]
-    out = edge_values(removed, np.zeros((1, 4)))[0, 2]  # node 2 is 0 on all data
-    np.testing.assert_allclose(y0 - new(x), np.broadcast_to(out, y0.shape), atol=1e-12)
+    assert_close("pruned model", plain(x), expected, rtol=1e-12, floor=1e-12)
+    # ... which differs from the original by the removed (here constant) contributions
+    out = edge_values(model.layers[1], np.zeros((1, 4)))[0, 2]  # node 2 is 0 on all data
+    assert np.all(np.abs(out) > 1e-6)
+    np.testing.assert_allclose(y0 - plain(x), np.broadcast_to(out, y0.shape), atol=1e-12)
+    # keep_mean (the default) moves those constants onto live edges: same outputs
+    new = model.prune_node(1e-2)
+    assert new.width == [3, 3, 2]
+    assert_close("pruned model, keep_mean", new(x), y0, rtol=1e-10, floor=1e-10)
     # manual mode keeps exactly the given nodes
-    manual = model.prune_node(active_neurons_id=[[0, 3]])
+    manual = model.prune_node(active_neurons_id=[[0, 3]], keep_mean=False)
     assert manual.width == [3, 2, 2]
     assert_close("manual", manual(x), masked_copy_output(model, x, [(1, 1), (1, 2)]), rtol=1e-12, floor=1e-12)
 
@@ -144,17 +148,35 @@ def test_prune_edge_masks_in_place(host_device):
     assert np.all(m0[kept] == 1)
 
 
+def test_prune_edge_keeps_the_mean_of_pruned_edges(host_device):
+    model = nk.KAN([3, 2], grid=5, seed=4, device=host_device)
+    layer = model.layers[0]
+    layer.scale_base[1, 0] = 0  # edge (1 -> 0): a constant 0.3 on the grid
+    layer.coef[1, :, 0] = 0.3 / float(layer.scale_sp[1, 0])
+    model.fix_symbolic(0, 2, 1, "x", fit_params=False)  # edge (2 -> 1): constant 0.7, symbolic
+    layer.symbolic_affine[2, 1] = [1.0, 0.0, 0.0, 0.7]
+    x = np.random.default_rng(0).uniform(-1, 1, (80, 3))
+    y0 = model.forward(x)
+    model.prune_edge(1e-6)
+    assert float(layer.mask[1, 0]) == 0 and layer.symbolic_mask[2, 1] == 0
+    assert_close("outputs after prune_edge", model(x), y0, rtol=1e-10, floor=1e-10)
+
+
 def test_prune_input_removes_ignored_inputs(host_device):
     model = nk.KAN([4, 3, 1], grid=5, seed=3, device=host_device)
-    model.layers[0].mask[1, :] = 0  # input 1 and 3 are ignored
-    model.layers[0].mask[3, :] = 0
+    layer = model.layers[0]
+    layer.mask[1, :] = 0  # input 1 is ignored; input 3's edges are constants (spline of 0.4s)
+    layer.scale_base[3, :] = 0
+    layer.coef[3] = 0.4
     x = np.random.default_rng(0).uniform(-1, 1, (100, 4))
-    model.forward(x)
+    y0 = model.forward(x)
     score = model.feature_score
-    assert set(np.argsort(score)[:2]) == {1, 3} and np.all(score[[1, 3]] == 0)
+    assert set(np.argsort(score)[:2]) == {1, 3} and np.all(score[[1, 3]] < 1e-6)  # sums of moments: ~sqrt(eps)
     new = model.prune_input(1e-2)
     assert new.width == [2, 3, 1] and list(new.input_id) == [0, 2] and model.width == [4, 3, 1]
-    assert_close("pruned inputs", new(x[:, new.input_id]), model(x), rtol=1e-12, floor=1e-12)
+    assert_close("pruned inputs", new(x[:, new.input_id]), y0, rtol=1e-10, floor=1e-10)
+    plain = model.prune_input(1e-2, keep_mean=False)  # the constants are dropped: outputs move
+    assert np.max(np.abs(plain(x[:, plain.input_id]) - y0)) > 1e-3
     with pytest.raises(ValueError, match=r"\(batch, 2\)"):
         new(x)
     # prune_input after prune_input composes the ids
@@ -169,12 +191,13 @@ def test_prune_returns_new_model_and_keeps_symbolic_edges():
     x = np.random.default_rng(0).uniform(-1, 1, (200, 3))
     model.forward(x)
     masks = [np.array(L.mask) for L in model.layers]
+    y0 = model(x)
     new = model.prune(node_th=1e-2, edge_th=0.0)
     assert new is not model and new.width == [3, 3, 2]
     for L, m in zip(model.layers, masks):
         np.testing.assert_array_equal(np.asarray(L.mask), m)
     assert new.layers[0].symbolic_mask[0, 1] == 1 and new.layers[0].symbolic_names[0][1] == "sin"
-    assert_close("prune", new(x), masked_copy_output(model, x, [(1, 2)]), rtol=1e-12, floor=1e-12)
+    assert_close("prune", new(x), y0, rtol=1e-10, floor=1e-10)
     # the copy keeps its data: scores can be computed without passing x again
     assert new.feature_score.shape == (3,)
 
