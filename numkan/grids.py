@@ -160,6 +160,8 @@ def refine(model, new_grid, x=None):
         _carry_symbolic(L_old, L_new)
         if h is not None:
             h = L_old.forward(h, keep=False)
+    if getattr(model, "input_id", None) is not None:  # after prune_input: original input numbers
+        new.input_id = np.array(model.input_id)
     return new
 
 

@@ -79,7 +79,7 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
 
     # geometry in inches: a column per panel (or node), a band per layer
     col_w, panel_w, panel_h = 0.95, 0.62, 0.5
-    band_h = 2.3
+    band_h = 2.3 + 0.06 * n_cols  # wide layers get taller bands: a readable aspect ratio
     margin_x, margin_bot, margin_top = 0.45, 0.55, 0.55 + (0.35 if title else 0.0)
     W = 2 * margin_x + n_cols * col_w
     H = margin_bot + margin_top + L * band_h

@@ -799,3 +799,77 @@ def symbolic_formula(self, var=None, floating_digits=4):
     if floating_digits is not None:
         h = [round_floats(e, floating_digits) for e in h]
     return h
+
+
+# ---------------------------------------------------------------------------
+# save/load: the symbolic state joins model files as the "symbolic" section (numkan.io)
+def _save_state(model):
+    """(meta, arrays) for ``io.save``; meta None when nothing is symbolic and no input was pruned."""
+    ids = getattr(model, "input_id", None)
+    if not any(np.any(layer.symbolic_mask) for layer in model.layers) and ids is None:
+        return None, {}
+    arrays, names = {}, []
+    for l, layer in enumerate(model.layers):
+        arrays[f"{l}.affine"] = np.ascontiguousarray(layer.backend.to_host(layer.symbolic_affine))
+        arrays[f"{l}.mask"] = np.array(layer.symbolic_mask, dtype=np.float64)
+        names.append([[int(i), int(o), layer.symbolic_names[i][o]]
+                      for i, o in zip(*np.nonzero(layer.symbolic_mask))])
+    meta = {"names": names, "input_id": None if ids is None else [int(t) for t in ids]}
+    return meta, arrays
+
+
+def _load_state(model, meta, arrays):
+    """Install a saved symbolic section into a freshly loaded ``model`` (ValueError on bad content)."""
+    L = len(model.layers)
+    if not isinstance(meta, dict) or not isinstance(meta.get("names"), list) or len(meta["names"]) != L:
+        raise ValueError(f"the symbolic section's metadata is malformed: {meta!r:.200}")
+    staged = []
+    for l, layer in enumerate(model.layers):
+        I, O = layer.in_dim, layer.out_dim
+        aff, sm = arrays.get(f"{l}.affine"), arrays.get(f"{l}.mask")
+        if aff is None or sm is None:
+            raise ValueError(f"the symbolic section lacks the arrays of layer {l}")
+        if aff.shape != (I, O, 4) or sm.shape != (I, O):
+            raise ValueError(f"symbolic arrays of layer {l} have shapes {aff.shape}, {sm.shape}; "
+                             f"expected {(I, O, 4)} and {(I, O)}")
+        if aff.dtype != model.dtype:
+            raise ValueError(f"symbolic affine of layer {l} has dtype {aff.dtype}, expected {model.dtype}")
+        if not (np.all(np.isfinite(aff)) and np.all(np.isfinite(sm))):
+            raise ValueError(f"symbolic arrays of layer {l} hold NaN or inf")
+        names = [["0"] * O for _ in range(I)]
+        for entry in meta["names"][l]:
+            try:
+                i, o, name = entry
+            except (TypeError, ValueError):
+                raise ValueError(f"bad symbolic edge entry {entry!r} in layer {l}") from None
+            if not (isinstance(i, int) and isinstance(o, int) and 0 <= i < I and 0 <= o < O):
+                raise ValueError(f"symbolic edge ({i}, {o}) is outside layer {l} ({I} x {O})")
+            if name not in SYMBOLIC_LIB:
+                raise ValueError(f"symbolic edge ({l}, {i}, {o}) uses {name!r}, which is not in "
+                                 "SYMBOLIC_LIB: add it with numkan.add_symbolic before loading")
+            names[i][o] = name
+        missing = [(i, o) for i, o in zip(*np.nonzero(sm)) if names[i][o] == "0" and
+                   [i, o, "0"] not in meta["names"][l]]
+        if missing:
+            raise ValueError(f"symbolic edges {missing[:5]} of layer {l} have no function name")
+        staged.append((layer, aff, sm, names))
+    ids = meta.get("input_id")
+    if ids is not None:
+        if not isinstance(ids, list) or len(ids) != model.width[0] or \
+                not all(isinstance(t, int) and t >= 0 for t in ids):
+            raise ValueError(f"the symbolic section's input_id {ids!r} does not match width[0] = "
+                             f"{model.width[0]}")
+    for layer, aff, sm, names in staged:
+        layer.symbolic_affine = layer.backend.asarray(aff, layer.dtype)
+        layer.symbolic_mask = np.array(sm)
+        layer.symbolic_names = names
+    if ids is not None:
+        model.input_id = np.asarray(ids, dtype=np.int64)
+
+
+def _register():
+    from . import io
+    io.register_section("symbolic", _save_state, _load_state)
+
+
+_register()

@@ -358,3 +358,41 @@ def test_bad_arguments_leave_the_model_unchanged():
     fresh = nk.KAN([2, 1], grid=3, seed=0)
     with pytest.raises(ValueError, match="forward"):
         fresh.fix_symbolic(0, 0, 0, "sin")
+
+
+# ---------------------------------------------------------------------------
+# save / load
+def test_save_load_keeps_symbolic_edges(tmp_path):
+    model = nk.KAN([3, 2, 1], grid=4, seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (50, 3))
+    model.forward(x)
+    model.fix_symbolic(0, 1, 1, "sin", fit_params=False)
+    model.layers[0].symbolic_affine[1, 1] = [2.0, 0.1, 0.5, 0.2]
+    model.fix_symbolic(1, 0, 0, "exp", fit_params=False)
+    pruned = model.prune_input(active_inputs=[0, 1])
+    path = pruned.save(tmp_path / "sym")
+    loaded = nk.load(path)
+    np.testing.assert_array_equal(loaded(x[:, :2]), pruned(x[:, :2]))
+    assert list(loaded.input_id) == [0, 1]
+    for a, b in zip(loaded.layers, pruned.layers):
+        np.testing.assert_array_equal(a.symbolic_mask, b.symbolic_mask)
+        assert a.symbolic_names == b.symbolic_names
+    assert set(loaded.params) == set(pruned.params)
+    # a plain model's file has no symbolic section, and loads without one
+    plain = nk.KAN([2, 1], grid=3, seed=0)
+    loaded_plain = nk.load(plain.save(tmp_path / "plain"))
+    assert not any(np.any(L.symbolic_mask) for L in loaded_plain.layers)
+
+
+def test_load_refuses_unknown_symbolic_function(tmp_path):
+    t = sympy.Symbol("t")
+    nk.add_symbolic("cube_plus_test", t ** 3 + t, complexity=3)
+    try:
+        model = nk.KAN([1, 1], grid=3, seed=0)
+        model.fix_symbolic(0, 0, 0, "cube_plus_test", fit_params=False)
+        path = model.save(tmp_path / "custom")
+        np.testing.assert_array_equal(nk.load(path)(np.ones((2, 1))), model(np.ones((2, 1))))
+    finally:
+        del SYMBOLIC_LIB["cube_plus_test"]
+    with pytest.raises(ValueError, match="add_symbolic"):
+        nk.load(path)
