@@ -84,7 +84,8 @@ def update_grid(model, x):
             raise ValueError("update_grid produced non-finite knots or coefficients; "
                              "the model is unchanged")
         new.append((t_new, c_new))
-        h = _layer_forward(L, h, t_new, c_new)
+        if len(new) < len(model.layers):  # the next layer's samples
+            h = _layer_forward(L, h, t_new, c_new)
     for L, (t, c) in zip(model.layers, new):
         L.grid = be.asarray(t, L.dtype)
         L.coef = be.asarray(c, L.dtype)

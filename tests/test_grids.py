@@ -1,0 +1,175 @@
+"""Grid update from samples and grid extension (refine).
+
+- the new knots are KAN_MATH's blend of sample quantiles and a uniform grid;
+- a spline that lies in the new spline space (a cubic polynomial, or any
+  spline under nested refinement) is carried over exactly, up to rounding;
+- otherwise the new coefficients are the least-squares fit: the residual at
+  the samples is orthogonal to every new basis function;
+- update_grid never builds a (B, I, O) or larger array (peak memory);
+- failures leave the model unchanged.
+"""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import numkan as nk
+from numkan import grids, spline
+
+from conftest import HOST_DEVICES
+
+
+def host(model, l, name):
+    return np.array(model.backend.to_host(getattr(model.layers[l], name)))
+
+
+def edge_spline(model, l, i, x):
+    """s[i, o](x) for all o of layer l: (N, O)."""
+    return spline.basis_matrix(x, host(model, l, "grid")[i], model.k) @ host(model, l, "coef")[i]
+
+
+def test_sample_knots_follow_kan_math():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=101) ** 3
+    G, k, eps = 6, 3, 0.1
+    t = grids.sample_knots(x, G, k, eps)
+    xs = np.sort(x)
+    adaptive = xs[[int(np.floor(p)) for p in np.linspace(0, 100, G + 1)]]
+    uniform = xs[0] + (xs[-1] - xs[0]) * np.arange(G + 1) / G
+    np.testing.assert_allclose(t[k:k + G + 1], eps * uniform + (1 - eps) * adaptive, rtol=0, atol=1e-14)
+    h = (xs[-1] - xs[0]) / G
+    np.testing.assert_allclose(np.diff(t[:k + 1]), h, rtol=1e-12)
+    np.testing.assert_allclose(np.diff(t[k + G:]), h, rtol=1e-12)
+    assert grids.sample_knots(np.full(10, 0.3), G, k, eps) is None
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_update_grid_sets_knots_and_preserves_cubics_exactly(device):
+    """Layer 0's edges hold cubic polynomials: every spline space contains them."""
+    rng = np.random.default_rng(1)
+    model = nk.KAN([2, 3, 1], grid=5, k=3, seed=0, device=device)
+    L = model.layers[0]
+    t0 = host(model, 0, "grid")
+    cubic = lambda x, o: 0.3 * x ** 3 - (o + 1) * 0.2 * x ** 2 + 0.1 * o * x + 0.05
+    z = np.linspace(-1, 1, 40)
+    coef = np.stack([spline.fit_coef(z, np.stack([cubic(z, o) for o in range(3)], 1), t0[i], 3)
+                     for i in range(2)])
+    L.coef = model.backend.asarray(coef, L.dtype)
+    x = rng.uniform(-0.9, 0.95, (300, 2)) * np.array([1.0, 0.5])
+    model.update_grid(x)
+    t = host(model, 0, "grid")
+    for i in range(2):
+        np.testing.assert_array_equal(t[i], grids.sample_knots(x[:, i], 5, 3, model.grid_eps))
+        want = np.stack([cubic(x[:, i], o) for o in range(3)], 1)
+        np.testing.assert_allclose(edge_spline(model, 0, i, x[:, i]), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_update_grid_is_the_least_squares_fit(device):
+    rng = np.random.default_rng(2)
+    model = nk.KAN([3, 2, 2], grid=4, k=3, seed=3, device=device)
+    for L in model.layers:  # smooth splines, which a grid of 4 intervals can follow
+        t = np.array(model.backend.to_host(L.grid))
+        z = np.linspace(-1.2, 1.2, 60)
+        L.coef = model.backend.asarray(np.stack([spline.fit_coef(
+            z, np.stack([np.sin(1.5 * z + i - o) for o in range(L.out_dim)], 1), t[i], 3)
+            for i in range(L.in_dim)]), L.dtype)
+    x = rng.uniform(-1, 1, (200, 3)) ** 3
+    # the old splines of every layer at that layer's samples
+    inputs, old = [], []
+    h = x
+    for l, L in enumerate(model.layers):
+        inputs.append(h)
+        old.append([edge_spline(model, l, i, h[:, i]) for i in range(L.in_dim)])
+        h = np.array(model.backend.to_host(L.forward(model.backend.asarray(h, L.dtype), keep=False)))
+    y_before = model(x)
+    model.update_grid(x)
+    # layer 0 sees the same samples: the residual is orthogonal to the new bases
+    t = host(model, 0, "grid")
+    for i in range(3):
+        A = spline.basis_matrix(x[:, i], t[i], 3)
+        r = edge_spline(model, 0, i, x[:, i]) - old[0][i]
+        assert np.abs(A.T @ r).max() < 1e-10 * max(1, np.abs(old[0][i]).max())
+        assert np.abs(r).max() < 0.05 * np.abs(old[0][i]).max()   # and the fit is close
+    # the function is preserved up to the spline approximation error
+    assert np.abs(model(x) - y_before).max() < 0.05 * np.abs(y_before).max()
+
+
+def test_update_grid_keeps_constant_inputs_and_validates():
+    model = nk.KAN([2, 2], grid=4, seed=0)
+    t_before = host(model, 0, "grid")
+    x = np.column_stack([np.linspace(-1, 1, 50), np.full(50, 0.25)])
+    model.update_grid(x)
+    t = host(model, 0, "grid")
+    np.testing.assert_array_equal(t[1], t_before[1])
+    assert not np.array_equal(t[0], t_before[0])
+    before = {n: np.array(a) for n, a in model.params.items()}
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    for arg, match in ((bad, "finite"), (x[:1], "at least 2 rows"), (x[:, :1], r"\(batch, 2\)")):
+        with pytest.raises(ValueError, match=match):
+            model.update_grid(arg)
+    for n, a in model.params.items():
+        np.testing.assert_array_equal(a, before[n])
+    np.testing.assert_array_equal(host(model, 0, "grid"), t)
+    assert model.update_grid_from_samples.__func__ is model.update_grid.__func__
+
+
+def test_update_grid_memory_stays_per_input():
+    """[10, 100] layer, 4000 samples: a (B, I, O) array alone would take 32 MB.
+
+    Per input, update_grid holds (B, O) spline values (3.2 MB) and a (B, K)
+    design matrix; the peak must stay well below one (B, I, O) array.
+    """
+    B, I, O = 4000, 10, 100
+    model = nk.KAN([I, O], grid=5, seed=0, device="numpy")
+    x = np.random.default_rng(0).uniform(-1, 1, (B, I))
+    model.update_grid(x[:10])
+    tracemalloc.start()
+    model.update_grid(x)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < B * I * O * 8 / 2, f"peak {peak / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_refine_nested_is_exact(device, dtype, tol):
+    rng = np.random.default_rng(4)
+    model = nk.KAN([2, 3, 2], grid=5, k=3, seed=1, device=device, dtype=dtype)
+    x = rng.uniform(-1, 1, (300, 2))
+    model.update_grid(x)  # non-uniform knots, and the hidden grids cover the hidden samples
+    for G in (10, 15):
+        new = model.refine(G)
+        assert new.grid == G and new.layers[0].coef.shape == (2, G + 3, 3)
+        for l in range(2):  # every old knot is a new knot
+            t_old, t_new = host(model, l, "grid"), host(new, l, "grid")
+            for i in range(t_old.shape[0]):
+                assert np.all(np.min(np.abs(t_old[i, 3:-3, None] - t_new[i, None, 3:-3]), axis=1)
+                              <= 1e-12 * 4)
+        y, y_new = model(x), new(x)
+        assert np.abs(y_new - y).max() <= tol * max(1, np.abs(y).max()), np.abs(y_new - y).max()
+        for n in ("scale_base", "scale_sp", "mask"):
+            np.testing.assert_array_equal(host(new, 1, n), host(model, 1, n))
+
+
+def test_refine_not_nested_is_close_and_leaves_the_model_alone():
+    rng = np.random.default_rng(5)
+    model = nk.KAN([2, 2, 1], grid=5, k=3, seed=2)
+    x = rng.uniform(-1, 1, (300, 2))
+    model.update_grid(x)
+    before = {n: np.array(a) for n, a in model.params.items()}
+    y = model(x)
+    new = model.refine(7, x=x)
+    assert np.abs(new(x) - y).max() < 1e-2 * np.abs(y).max()
+    for n, a in model.params.items():
+        np.testing.assert_array_equal(a, before[n])
+    assert (new.seed, new.k, new.base_fun, new.grid_eps) == (model.seed, model.k, model.base_fun, model.grid_eps)
+    with pytest.raises(ValueError, match="new_grid"):
+        model.refine(0)
+
+
+def test_refine_keeps_frozen_flags():
+    model = nk.KAN([1, 1], grid=4, sp_trainable=False, sb_trainable=False, base_fun="zero")
+    new = model.refine(8)
+    assert (new.sp_trainable, new.sb_trainable, new.base_fun) == (False, False, "zero")
