@@ -99,9 +99,10 @@ def save(model, path):
 def _read(path):
     """(header dict, arrays dict) from the file, or a ValueError saying what is wrong."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ValueError("it holds a single array, not an .npz archive")
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not an .npz archive")
+        with z:
             files = list(z.files)
             if "header" not in files:
                 raise ValueError("it has no 'header' entry")
