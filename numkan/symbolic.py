@@ -49,7 +49,10 @@ class SymbolicFunction:
     a real symbol); ``complexity`` (used by ``suggest_symbolic`` to prefer simple
     functions); ``domain = (lo, hi)`` (the argument is clipped into it);
     ``hole`` (for functions singular at 0: |argument| is kept >= hole, sign
-    preserved); ``y_clip`` (the value is clipped to [-y_clip, y_clip]).
+    preserved); ``y_clip`` (the value is clipped to [-y_clip, y_clip]);
+    ``degree`` p when f(s*u) = s^p f(u) for s > 0 (powers), else None: then
+    c f(a x + b) depends on (a, b, c) only through two numbers, and fits are
+    reported with |a| = 1.
 
     The NumPy function and its derivative are both generated from ``expr`` by
     ``sympy.lambdify`` (the derivative from ``sympy.diff``), so they cannot
@@ -59,7 +62,8 @@ class SymbolicFunction:
         f_safe'(u) = f'(T(u)) * T'(u) * [value not clipped]
     """
 
-    def __init__(self, name, expr, complexity, domain=(-_INF, _INF), hole=0.0, y_clip=None):
+    def __init__(self, name, expr, complexity, domain=(-_INF, _INF), hole=0.0, y_clip=None,
+                 degree=None):
         import sympy
         x = _symbol()
         self.name = name
@@ -68,12 +72,21 @@ class SymbolicFunction:
         self.domain = (float(domain[0]), float(domain[1]))
         self.hole = float(hole)
         self.y_clip = None if y_clip is None else float(y_clip)
+        self.degree = None if degree is None else float(degree)
         d = sympy.diff(self.expr, x)
         # sgn'(x) is 2*DiracDelta(x): zero wherever it can be evaluated
         d = d.replace(lambda e: isinstance(e, sympy.DiracDelta), lambda e: sympy.S.Zero)
         self.deriv_expr = d
         self._f = sympy.lambdify(x, self.expr, "numpy")
         self._df = sympy.lambdify(x, d, "numpy")
+
+    @property
+    def is_even(self):
+        """f(-u) == f(u) (checked numerically at a few points)."""
+        if not hasattr(self, "_even"):
+            u = np.array([0.21, 0.55, 0.93, 1.7])
+            self._even = bool(np.allclose(self(u), self(-u), rtol=1e-12, atol=1e-300))
+        return self._even
 
     # the sympy side, for formulas
     def sympy(self, arg):
@@ -137,28 +150,29 @@ def _builtin_entries():
     import sympy as sp
     x = _symbol()
     Y = Y_MAX
-    big = {"domain": (-Y, Y)}  # powers: |u| <= 1e4 keeps x^5 at 1e20
-    inv = lambda n: {"hole": Y ** (-1.0 / n)}  # |1/x^n| <= Y
+    big = lambda p: {"domain": (-Y, Y), "degree": p}  # powers: |u| <= 1e4 keeps x^5 at 1e20
+    inv = lambda n: {"hole": Y ** (-1.0 / n), "degree": -n}  # |1/x^n| <= Y
+    # sqrt'(u) = 1/(2 sqrt u): start the domain at 1/Y^2 so it stays <= Y/2
+    root = lambda p: {"domain": (Y ** -2, _INF), "degree": p}
     return [
-        ("x", x, 1, {}),
-        ("x^2", x ** 2, 2, big),
-        ("x^3", x ** 3, 3, big),
-        ("x^4", x ** 4, 3, big),
-        ("x^5", x ** 5, 3, big),
+        ("x", x, 1, {"degree": 1}),
+        ("x^2", x ** 2, 2, big(2)),
+        ("x^3", x ** 3, 3, big(3)),
+        ("x^4", x ** 4, 3, big(4)),
+        ("x^5", x ** 5, 3, big(5)),
         ("1/x", 1 / x, 2, inv(1)),
         ("1/x^2", x ** -2, 2, inv(2)),
         ("1/x^3", x ** -3, 3, inv(3)),
         ("1/x^4", x ** -4, 4, inv(4)),
         ("1/x^5", x ** -5, 5, inv(5)),
-        # sqrt'(u) = 1/(2 sqrt u): start the domain at 1/Y^2 so it stays <= Y/2
-        ("sqrt", sp.sqrt(x), 2, {"domain": (Y ** -2, _INF)}),
-        ("x^0.5", sp.sqrt(x), 2, {"domain": (Y ** -2, _INF)}),
-        ("x^1.5", x ** sp.Rational(3, 2), 4, {"domain": (0.0, Y)}),
-        ("1/sqrt(x)", 1 / sp.sqrt(x), 2, {"domain": (Y ** -2, _INF)}),
-        ("1/x^0.5", 1 / sp.sqrt(x), 2, {"domain": (Y ** -2, _INF)}),
+        ("sqrt", sp.sqrt(x), 2, root(0.5)),
+        ("x^0.5", sp.sqrt(x), 2, root(0.5)),
+        ("x^1.5", x ** sp.Rational(3, 2), 4, {"domain": (0.0, Y), "degree": 1.5}),
+        ("1/sqrt(x)", 1 / sp.sqrt(x), 2, root(-0.5)),
+        ("1/x^0.5", 1 / sp.sqrt(x), 2, root(-0.5)),
         ("exp", sp.exp(x), 2, {"domain": (-_INF, 50.0)}),
         ("log", sp.log(x), 2, {"domain": (1.0 / Y, _INF)}),
-        ("abs", sp.Abs(x), 3, {}),
+        ("abs", sp.Abs(x), 3, {"degree": 1}),
         ("sin", sp.sin(x), 2, {}),
         ("cos", sp.cos(x), 2, {}),
         ("tan", sp.tan(x), 3, {"y_clip": Y}),
@@ -212,14 +226,15 @@ class _Library(MutableMapping):
 SYMBOLIC_LIB = _Library()
 
 
-def add_symbolic(name, expr, complexity=1, domain=None, hole=0.0, y_clip=None):
+def add_symbolic(name, expr, complexity=1, domain=None, hole=0.0, y_clip=None, degree=None):
     """Add (or replace) the function ``name`` in ``SYMBOLIC_LIB``.
 
     ``expr`` is a sympy expression in one symbol (or a string sympy parses,
     such as ``"besselj(0, x)"``); its NumPy function and derivative are
     generated from it with ``sympy.lambdify``, so they cannot disagree.
     ``domain=(lo, hi)``, ``hole`` and ``y_clip`` make a singular function
-    safe (see ``SymbolicFunction``). Returns the new entry.
+    safe (see ``SymbolicFunction``); ``degree`` marks a homogeneous function
+    (f(s*u) = s^degree f(u) for s > 0; it is checked). Returns the new entry.
 
     >>> import sympy
     >>> t = sympy.Symbol("t")
@@ -249,12 +264,20 @@ def add_symbolic(name, expr, complexity=1, domain=None, hole=0.0, y_clip=None):
     hole = v.check_float("hole", hole, minimum=0)
     if y_clip is not None:
         y_clip = v.check_float("y_clip", y_clip, positive=True)
-    fun = SymbolicFunction(name, e, complexity, domain=(lo, hi), hole=hole, y_clip=y_clip)
+    if degree is not None:
+        degree = v.check_float("degree", degree)
+    fun = SymbolicFunction(name, e, complexity, domain=(lo, hi), hole=hole, y_clip=y_clip,
+                           degree=degree)
     probe = np.linspace(-3, 3, 7)
     try:
         fun.value_and_deriv(probe)
     except Exception as exc:  # lambdify produced something NumPy cannot run
         raise ValueError(f"expr {e} cannot be evaluated with NumPy: {exc}") from None
+    if degree is not None:
+        u = np.array([0.3, 0.7, 1.3, 2.1])
+        if not np.allclose(fun(2.5 * u), 2.5 ** degree * fun(u), rtol=1e-9, atol=1e-12):
+            raise ValueError(f"degree={degree}: {e} is not homogeneous of that degree "
+                             "(f(s*u) = s^degree f(u) for s > 0)")
     SYMBOLIC_LIB[name] = fun
     return fun
 
@@ -362,7 +385,21 @@ def fit_params(x, y, fun, a_range=(-10, 10), b_range=(-10, 10), grid_number=41, 
         except (ValueError, np.linalg.LinAlgError):
             pass  # keep the search's answer
     r2 = max(0.0, 1.0 - sse / sst)
-    return tuple(float(t) for t in p), float(r2)
+    return tuple(float(t) for t in _canonical(fun, p)), float(r2)
+
+
+def _canonical(fun, p):
+    """The same edge function c f(a x + b) + d with its free parameters fixed plainly:
+    x: a = 1, b = 0; powers: |a| = 1; even functions: a > 0."""
+    a, b, c, d = (float(t) for t in p)
+    if fun.expr == _symbol():
+        return np.array([1.0, 0.0, c * a, d + c * b])
+    if fun.degree is not None and a != 0:
+        s = abs(a)
+        a, b, c = a / s, b / s, c * s ** fun.degree
+    if a < 0 and fun.is_even:
+        a, b = -a, -b
+    return np.array([a, b, c, d])
 
 
 _fit = fit_params  # fix_symbolic's argument of the same name shadows it

@@ -396,3 +396,16 @@ def test_load_refuses_unknown_symbolic_function(tmp_path):
         del SYMBOLIC_LIB["cube_plus_test"]
     with pytest.raises(ValueError, match="add_symbolic"):
         nk.load(path)
+
+
+@pytest.mark.parametrize("name,truth,expected", [
+    ("x^2", lambda x: 3 * (0.5 * x - 0.2) ** 2 + 1, (1.0, -0.4, 0.75, 1.0)),   # |a| = 1, a > 0 (even)
+    ("x", lambda x: 2 * x + 1, (1.0, 0.0, 2.0, 1.0)),                          # a = 1, b = 0
+    ("sqrt", lambda x: np.sqrt(2 * x + 2.5), (1.0, 1.25, np.sqrt(2), 0.0)),
+])
+def test_fits_come_back_in_plain_form(name, truth, expected):
+    """c f(a x + b) + d has free directions for powers and x; fits report the plain representative."""
+    x = np.linspace(-1, 1, 300)
+    p, r2 = fit_params(x, truth(x), name)
+    assert r2 > 1 - 1e-12
+    np.testing.assert_allclose(p, expected, atol=1e-8)
