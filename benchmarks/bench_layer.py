@@ -240,7 +240,7 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def header(gemm, gemm_n):
+def header(gemm, gemm_n, load):
     import numba
     env = {v: os.environ.get(v, "unset") for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     return "\n".join([
@@ -251,6 +251,8 @@ def header(gemm, gemm_n):
         f"layer {numba.threading_layer() if hasattr(numba, 'threading_layer') else '?'})",
         f"- numpy BLAS: {blas_info()}; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, "
         f"OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']}",
+        f"- 1-minute load average at start / end of the run: {load[0]:.1f} / {load[1]:.1f} "
+        f"(above the core count, other processes shared the cores and the times are inflated)",
         f"- numpy GEMM ({gemm_n}x{gemm_n}): float32 {gemm['float32'] / 1e9:.1f} GFLOP/s, "
         f"float64 {gemm['float64'] / 1e9:.1f} GFLOP/s",
         f"- k = {K_ORDER}; flops counted as 2(k+1) = {2 * (K_ORDER + 1)} per edge per pass, "
@@ -322,6 +324,7 @@ def main(argv=None):
     if be.name != "cpu":
         sys.exit("numba is not available: device='cpu' fell back to the reference")
 
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gemm = {d: gemm_rate(gemm_n, d, reps) for d in ("float32", "float64")}
     rows = []
     for dtype in dtypes:
@@ -330,7 +333,8 @@ def main(argv=None):
             print(f"  {r['dtype']} {(B, I, O, G)}: fwd {r['t_f'] * 1e3:.3f} ms, "
                   f"fwd+bwd {r['t_fb'] * 1e3:.3f} ms", file=sys.stderr, flush=True)
             rows.append(r)
-    report = [header(gemm, gemm_n), "", table(rows), targets(rows)]
+    load = (load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
+    report = [header(gemm, gemm_n, load), "", table(rows), targets(rows)]
     if not (args.no_startup or args.quick):
         cold, warm, bare = startup_times(np.float32)
         report += ["", "## Start-up (float32, k=3, case (1024, 64, 64, 5))", "",
