@@ -216,8 +216,10 @@ def startup_times(dtype):
 def blas_info():
     try:
         from threadpoolctl import threadpool_info
+        blas = [d for d in threadpool_info() if d.get("user_api") == "blas"]
+        blas = [d for d in blas if "numpy" in d.get("filepath", "")] or blas  # numpy's own, not scipy's
         libs = [f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')}, "
-                f"{d.get('num_threads')} threads)" for d in threadpool_info() if d.get("user_api") == "blas"]
+                f"{d.get('num_threads')} threads)" for d in blas]
         if libs:
             return "; ".join(libs) + " [threadpoolctl]"
     except ImportError:
