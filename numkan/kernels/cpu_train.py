@@ -25,10 +25,17 @@ _base_value = njit(**_jit)(_scalar.base_value)
 _base_deriv = njit(**_jit)(_scalar.base_deriv)
 _find_span = njit(**_jit)(_scalar.find_span)
 _local_basis = njit(**_jit)(_scalar.local_basis)
+_knot_reciprocals = njit(**_jit)(_scalar.knot_reciprocals)
+
+
+def _inv(grid, k):
+    inv = np.zeros((grid.shape[0], k + 1, grid.shape[1]), dtype=grid.dtype)
+    _knot_reciprocals(inv, grid, k)
+    return inv
 
 
 @njit(parallel=True, **_jit)
-def _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, W, Wb, k, code, nchunk):
+def _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, inv, W, Wb, k, code, nchunk):
     # S1, S2 (nchunk, I, O) and XS1, XS2 (nchunk, I): float64 partial sums.
     # W = coef * scale_sp * mask (I, K, O), Wb = scale_base * mask (I, O).
     B, I = x.shape
@@ -52,7 +59,7 @@ def _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, W, Wb, k, code, nchunk):
                 phi[o] = bv * Wb[i, o]
             j = _find_span(grid, i, xv)
             if j >= 0:
-                _local_basis(grid, i, j, xv, k, N, dN, work, False)
+                _local_basis(grid, inv, i, j, xv, k, N, dN, work, False)
                 for s in range(k + 1):
                     a = j - k + s
                     if a < 0 or a >= K:
@@ -68,7 +75,7 @@ def _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, W, Wb, k, code, nchunk):
 
 
 @njit(parallel=True, **_jit)
-def _moments_backward_kernel(dx, P, PB, ds1, ds2, dxs1, dxs2, x, grid, W, Wb, k, code, nchunk):
+def _moments_backward_kernel(dx, P, PB, ds1, ds2, dxs1, dxs2, x, grid, inv, W, Wb, k, code, nchunk):
     # P (nchunk, I, K, O): raw sums sum_b gphi * B[m]; PB (nchunk, I, O): sum_b gphi * b(x).
     B, I = x.shape
     O = W.shape[2]
@@ -87,7 +94,7 @@ def _moments_backward_kernel(dx, P, PB, ds1, ds2, dxs1, dxs2, x, grid, W, Wb, k,
                 g[o] = bv * Wb[i, o]  # phi first; turned into gphi below
             j = _find_span(grid, i, xv)
             if j >= 0:
-                _local_basis(grid, i, j, xv, k, N, dN, work, True)
+                _local_basis(grid, inv, i, j, xv, k, N, dN, work, True)
                 for s in range(k + 1):
                     a = j - k + s
                     if a < 0 or a >= K:
@@ -132,7 +139,7 @@ def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, 
     XS1 = np.zeros((nchunk, I))
     XS2 = np.zeros((nchunk, I))
     W = coef * (scale_sp * mask)[:, None, :]
-    _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, W, scale_base * mask, k,
+    _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, _inv(grid, k), W, scale_base * mask, k,
                             BASE_CODES[base_fun], nchunk)
     s1[...] = S1.sum(axis=0)
     s2[...] = S2.sum(axis=0)
@@ -156,7 +163,7 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
     W = coef * spm[:, None, :]
     dt = coef.dtype
     _moments_backward_kernel(dx, P, PB, ds1.astype(dt), ds2.astype(dt), dxs1.astype(dt),
-                             dxs2.astype(dt), x, grid, W, scale_base * mask, k,
+                             dxs2.astype(dt), x, grid, _inv(grid, k), W, scale_base * mask, k,
                              BASE_CODES[base_fun], nchunk)
     R = P.sum(axis=0)
     dcoef += R * spm[:, None, :]
