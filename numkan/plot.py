@@ -11,7 +11,7 @@ only when a plot is asked for.
 import numpy as np
 
 from .prune import attribute
-from .symbolic import edge_outputs, layer_inputs, model_data
+from .symbolic import edge_outputs, host_params, layer_inputs, model_data
 
 SPLINE_COLOR = "black"
 SYMBOLIC_COLOR = "#c0392b"  # brick red
@@ -103,6 +103,7 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
         y0, y1 = node_y[l] + node_r, node_y[l + 1] - node_r
         edges = live[l]
         xl = xs[l]
+        host = host_params(layer)
         if panels[l]:
             px = row_x(len(edges))
             py = 0.5 * (y0 + y1)  # panel centre height
@@ -122,7 +123,7 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
             # the edge's function over its input range
             order = np.argsort(xl[:, i], kind="stable")
             xi = xl[order, i]
-            yi = edge_outputs(layer, xl[order], i)[:, o]
+            yi = edge_outputs(layer, xl[order], i, host)[:, o]
             left, bottom = to_fig(bx - panel_w / 2, by - panel_h / 2)
             inset = fig.add_axes([left, bottom, panel_w / W, panel_h / H])
             inset.plot(xi, yi, color=color, alpha=alpha, lw=1.3)

@@ -36,15 +36,15 @@ import copy
 import numpy as np
 
 from . import _validate as v
-from .symbolic import edge_outputs, layer_inputs, model_data
+from .symbolic import edge_outputs, host_params, layer_inputs, model_data
 
 _EPS = 1e-4  # pykan's guard in the node-scale division
 
 
 # ---------------------------------------------------------------------------
 # scales: batch standard deviations of edges and nodes
-def _edge_std(layer, xh):
-    """E (I, O): unbiased batch std of each edge's output on host inputs xh (B, I).
+def _edge_stats(layer, xh):
+    """(mean, std), each (I, O): batch mean and unbiased std of every edge's output on host inputs xh (B, I).
 
     Spline edges come from the backend's ``edge_moments_forward`` (per-edge
     sums of phi and phi^2, the regulariser's op) when the backend has it;
@@ -53,7 +53,7 @@ def _edge_std(layer, xh):
     """
     be, dt = layer.backend, layer.dtype
     B, I = xh.shape
-    E = np.zeros((I, layer.out_dim))
+    mean, E = np.zeros((I, layer.out_dim)), np.zeros((I, layer.out_dim))
     moments = getattr(be, "edge_moments_forward", None)
     symbolic_rows = np.any(layer.symbolic_mask != 0, axis=1)
     if moments is not None:
@@ -62,13 +62,21 @@ def _edge_std(layer, xh):
         moments(s1, s2, xs1, xs2, be.asarray(xh, dt), layer.grid, layer.coef, layer.scale_base,
                 layer.scale_sp, layer.mask, layer.k, layer.base_fun)
         s1, s2 = be.to_host(s1), be.to_host(s2)
+        mean = s1 / B
         E = np.sqrt(np.maximum(s2 - s1 * s1 / B, 0.0) / (B - 1))
         todo = np.nonzero(symbolic_rows)[0]
     else:
         todo = range(I)
+    host = host_params(layer) if len(todo) else None
     for i in todo:
-        E[i] = np.std(edge_outputs(layer, xh, i), axis=0, ddof=1)
-    return E
+        phi = edge_outputs(layer, xh, i, host)
+        mean[i], E[i] = phi.mean(axis=0), np.std(phi, axis=0, ddof=1)
+    return mean, E
+
+
+def _edge_std(layer, xh):
+    """E (I, O): unbiased batch std of each edge's output (see ``_edge_stats``)."""
+    return _edge_stats(layer, xh)[1]
 
 
 def attribute(self, x=None):
@@ -80,13 +88,19 @@ def attribute(self, x=None):
     nothing else.
     """
     xh = model_data(self, x, min_rows=2)
+    _scores(self, xh)
+    return self.node_scores[0]
+
+
+def _scores(self, xh):
+    """Set the scores on host data xh; returns (layer inputs, per-layer edge means (I, O))."""
     xs = layer_inputs(self, xh)
     L = len(self.layers)
     n_out = self.width[-1]
     S = np.eye(n_out)
-    node_all, edge_all = [S], []
+    node_all, edge_all, means = [S], [], [None] * L
     for l in range(L - 1, -1, -1):
-        E = _edge_std(self.layers[l], xs[l])                       # (I, O)
+        means[l], E = _edge_stats(self.layers[l], xs[l])          # (I, O) each
         N = np.std(xs[l + 1], axis=0, ddof=1)                      # (O,)
         e = E[None, :, :] * (S / (N + _EPS))[:, None, :]           # (n_out, I, O)
         S = e.sum(axis=2)                                          # (n_out, I)
@@ -94,7 +108,7 @@ def attribute(self, x=None):
         node_all.append(S)
     self.node_scores = [s.mean(axis=0) for s in reversed(node_all)]
     self.edge_scores = [e.mean(axis=0) for e in reversed(edge_all)]
-    return self.node_scores[0]
+    return xs, means
 
 
 def feature_score(self):
@@ -117,15 +131,14 @@ def prune_edge(self, threshold=3e-2, x=None, keep_mean=True):
     """
     threshold = _check_threshold("threshold", threshold)
     xh = model_data(self, x, min_rows=2)
-    attribute(self, xh)
-    xs = layer_inputs(self, xh)
+    _, means = _scores(self, xh)
     for l, (layer, score) in enumerate(zip(self.layers, self.edge_scores)):
         be = layer.backend
         live = (np.asarray(be.to_host(layer.mask)) != 0) | (layer.symbolic_mask != 0)
         drop = (score <= threshold) & live
         if not np.any(drop):
             continue
-        M = _edge_means(layer, xs[l], drop) if keep_mean else None
+        M = _dropped_sum(means[l], drop)
         mask = np.array(be.to_host(layer.mask))
         mask[drop] = 0.0
         layer.mask[...] = be.asarray(mask, layer.dtype)
@@ -134,12 +147,9 @@ def prune_edge(self, threshold=3e-2, x=None, keep_mean=True):
             _absorb(layer, M)
 
 
-def _edge_means(layer, xh, drop):
-    """(O,) sum over dropped edges (i, o) (bool (I, O)) of their batch means on host inputs xh."""
-    M = np.zeros(layer.out_dim)
-    for i in np.nonzero(np.any(drop, axis=1))[0]:
-        M += np.where(drop[i], edge_outputs(layer, xh, i).mean(axis=0), 0.0)
-    return M
+def _dropped_sum(means, drop):
+    """(O,) sum over dropped edges (i, o) (bool (I, O)) of their batch means (I, O)."""
+    return np.where(drop, means, 0.0).sum(axis=0)
 
 
 def _absorb(layer, M):
@@ -190,16 +200,17 @@ def _layer_subset(layer, ins, outs):
     return new
 
 
-def _subset(model, keep, data, keep_mean):
+def _subset(model, keep, data, keep_mean, means=None):
     """A new model with the nodes ``keep[l]`` (index arrays, one per node layer) of ``model``.
 
-    With ``keep_mean``, the batch means (on ``data``) of the edges leaving a
-    removed node are added to live edges into the same outputs.
+    With ``keep_mean``, the batch means (on ``data``; ``means`` when the caller
+    has them) of the edges leaving a removed node are added to live edges into
+    the same outputs.
     """
     new = copy.copy(model)
     new.layers = [_layer_subset(layer, keep[l], keep[l + 1]) for l, layer in enumerate(model.layers)]
     if keep_mean:
-        xs = layer_inputs(model, data)
+        xs = layer_inputs(model, data) if means is None else None
         for l, layer in enumerate(model.layers):
             gone = np.setdiff1d(np.arange(layer.in_dim), keep[l])
             if gone.size == 0:
@@ -207,7 +218,8 @@ def _subset(model, keep, data, keep_mean):
             drop = np.zeros((layer.in_dim, layer.out_dim), dtype=bool)
             drop[gone] = True
             live = (np.asarray(layer.backend.to_host(layer.mask)) != 0) | (layer.symbolic_mask != 0)
-            M = _edge_means(layer, xs[l], drop & live)[keep[l + 1]]
+            m = _edge_stats(layer, xs[l])[0] if means is None else means[l]
+            M = _dropped_sum(m, drop & live)[keep[l + 1]]
             _absorb(new.layers[l], M)
     new.width = [len(k) for k in keep]
     new._batch = None
@@ -230,9 +242,10 @@ def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None, keep_mean=T
     L = len(self.layers)
     xh = model_data(self, x, min_rows=2)
     keep = [np.arange(self.width[0])]
+    means = None
     if active_neurons_id is None:
         threshold = _check_threshold("threshold", threshold)
-        attribute(self, xh)
+        _, means = _scores(self, xh)
         for l in range(1, L):
             s = self.node_scores[l]
             ids = np.nonzero(s > threshold)[0]
@@ -248,7 +261,7 @@ def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None, keep_mean=T
                                  f"{self.width[l]}), got {active_neurons_id[l - 1]!r}")
             keep.append(ids)
     keep.append(np.arange(self.width[-1]))
-    return _subset(self, keep, xh, keep_mean)
+    return _subset(self, keep, xh, keep_mean, means)
 
 
 def prune_input(self, threshold=1e-2, active_inputs=None, x=None, keep_mean=True):
@@ -262,9 +275,11 @@ def prune_input(self, threshold=1e-2, active_inputs=None, x=None, keep_mean=True
     see the module docstring.
     """
     xh = model_data(self, x, min_rows=2)
+    means = None
     if active_inputs is None:
         threshold = _check_threshold("threshold", threshold)
-        s = attribute(self, xh)
+        _, means = _scores(self, xh)
+        s = self.node_scores[0]
         ids = np.nonzero(s > threshold)[0]
         if ids.size == 0:
             ids = np.array([int(np.argmax(s))])
@@ -274,7 +289,7 @@ def prune_input(self, threshold=1e-2, active_inputs=None, x=None, keep_mean=True
             raise ValueError(f"active_inputs must be non-empty indices in [0, {self.width[0]}), "
                              f"got {active_inputs!r}")
     keep = [ids] + [np.arange(w) for w in self.width[1:]]
-    new = _subset(self, keep, xh, keep_mean)
+    new = _subset(self, keep, xh, keep_mean, means)
     old = getattr(self, "input_id", None)
     new.input_id = ids if old is None else np.asarray(old)[ids]
     return new

@@ -512,19 +512,29 @@ def layer_inputs(model, x, upto=None):
     return xs
 
 
-def edge_outputs(layer, xh, i):
-    """(B, O) host float64: phi[i, o](xh[:, i]) for every o, spline plus symbolic part."""
+_EDGE_ARRAYS = ("grid", "coef", "scale_base", "scale_sp", "mask", "symbolic_affine")
+
+
+def host_params(layer):
+    """Host copies of the arrays ``edge_outputs`` reads: one transfer per layer, not per input."""
+    return {n: np.asarray(layer.backend.to_host(getattr(layer, n))) for n in _EDGE_ARRAYS}
+
+
+def edge_outputs(layer, xh, i, host=None):
+    """(B, O) host float64: phi[i, o](xh[:, i]) for every o, spline plus symbolic part.
+
+    ``host``: ``host_params(layer)``, when the caller evaluates many inputs.
+    """
     be, dt = layer.backend, layer.dtype
+    host = host_params(layer) if host is None else host
     xi = np.ascontiguousarray(np.asarray(xh)[:, i:i + 1])
-    host = {n: be.to_host(getattr(layer, n))[i:i + 1] for n in ("grid", "coef", "scale_base",
-                                                                   "scale_sp", "mask")}
     y = be.zeros((xi.shape[0], layer.out_dim), dt)
-    be.spline_forward(y, be.asarray(xi, dt), *(be.asarray(host[n], dt) for n in
+    be.spline_forward(y, be.asarray(xi, dt), *(be.asarray(host[n][i:i + 1], dt) for n in
                                                 ("grid", "coef", "scale_base", "scale_sp", "mask")),
                       layer.k, layer.base_fun)
     out = np.asarray(be.to_host(y), dtype=np.float64)
     if np.any(layer.symbolic_mask[i]):
-        aff = np.asarray(be.to_host(layer.symbolic_affine), dtype=np.float64)
+        aff = np.asarray(host["symbolic_affine"], dtype=np.float64)
         for o in np.nonzero(layer.symbolic_mask[i])[0]:
             a, b, c, d = aff[i, o]
             f = SYMBOLIC_LIB[layer.symbolic_names[i][o]](a * xh[:, i] + b)
