@@ -654,8 +654,8 @@ def _score(r2, complexity, weight_simple):
     return weight_simple * complexity + (1 - weight_simple) * math.log2(1 + 1e-5 - min(r2, 1.0))
 
 
-def _suggest(model, l, i, j, names, weight_simple, a_range, b_range, x):
-    xi, yi = _edge_samples(model, l, i, j, x)
+def _suggest(xi, yi, names, weight_simple, a_range, b_range):
+    """Rows (name, r2, complexity, score, params) for samples xi -> yi of one edge, best first."""
     constant = float(np.ptp(yi)) <= 1e-12 * max(1.0, float(np.max(np.abs(yi))))
     rows = []
     for n in names:
@@ -693,8 +693,9 @@ def suggest_symbolic(self, l, i, j, topk=5, weight_simple=0.8, lib=None, a_range
     if weight_simple > 1:
         raise ValueError(f"weight_simple must be in [0, 1], got {weight_simple}")
     names = _lib_names(lib)
-    rows = _suggest(self, l, i, j, names, weight_simple, _check_range("a_range", a_range),
-                    _check_range("b_range", b_range), x)[:topk]
+    xi, yi = _edge_samples(self, l, i, j, x)
+    rows = _suggest(xi, yi, names, weight_simple, _check_range("a_range", a_range),
+                    _check_range("b_range", b_range))[:topk]
     if verbose:
         print(f"edge ({l}, {i}, {j}):  {'function':<10} {'r2':>10} {'complexity':>10} {'score':>9}")
         for n, r2, c, s, _ in rows:
@@ -726,11 +727,19 @@ def auto_symbolic(self, lib=None, weight_simple=0.8, r2_threshold=0.0, a_range=(
     fixed, low = [], []
     for l, layer in enumerate(self.layers):
         mask = np.asarray(layer.backend.to_host(layer.mask))
+        todo = (mask != 0) & (layer.symbolic_mask == 0)
+        if not np.any(todo):
+            continue
+        xs = layer_inputs(self, xh, upto=l)[l]  # after the layers below were made symbolic
+        host = host_params(layer)
         for i in range(layer.in_dim):
+            if not np.any(todo[i]):
+                continue
+            phi = edge_outputs(layer, xs, i, host)
             for j in range(layer.out_dim):
-                if mask[i, j] == 0 or layer.symbolic_mask[i, j] != 0:
+                if not todo[i, j]:
                     continue
-                rows = _suggest(self, l, i, j, names, weight_simple, a_range, b_range, xh)
+                rows = _suggest(xs[:, i], phi[:, j], names, weight_simple, a_range, b_range)
                 name, r2, c, _, params = rows[0]
                 if r2 < r2_threshold or params is None:
                     warnings.warn(f"auto_symbolic: edge ({l}, {i}, {j}) kept its spline: the best fit, "
