@@ -228,6 +228,28 @@ def _kernels(k):
     return forward, backward
 
 
+@njit(parallel=True, **_jit)
+def _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask):
+    """Parameter gradients from the chunks' raw sums, in place, no temporaries:
+    R = sum_c P[c]; dcoef += R * spm; dscale_sp += mask * sum_m coef * R;
+    dscale_base += mask * sum_c PB[c]."""
+    nchunk, I, K, O = P.shape
+    for i in prange(I):
+        for o in range(O):
+            rb = PB[0, i, o]
+            for c in range(1, nchunk):
+                rb += PB[c, i, o]
+            dscale_base[i, o] += mask[i, o] * rb
+            acc = coef.dtype.type(0)
+            for m in range(K):
+                r = P[0, i, m, o]
+                for c in range(1, nchunk):
+                    r += P[c, i, m, o]
+                dcoef[i, m, o] += r * spm[i, o]
+                acc += coef[i, m, o] * r
+            dscale_sp[i, o] += mask[i, o] * acc
+
+
 def _base_values(x, base_fun):
     """b(x) for the whole batch, vectorised. silu as x / (1 + exp(-x)):
     exp overflows to inf for very negative x, giving the correct limit -0."""
@@ -266,6 +288,8 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     Rb[i,o] = sum_b g[b,o] b(x[b,i]); the parameter gradients follow in
     O(I*K*O):  dcoef += R * scale_sp * mask,  dscale_base += Rb * mask,
     dscale_sp += mask * sum_m coef * R  (since s = sum_m coef * B[m]).
+    Extra memory: R, one coefficient-sized buffer per batch chunk (a single
+    one when I >= 2 * threads).
     """
     B, I = x.shape
     threads = numba.get_num_threads()
@@ -276,11 +300,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     spm = scale_sp * mask
     _kernels(k)[1](dx, P, PB, dy, x, grid, _reciprocals(grid, k), coef, spm, scale_base * mask,
                    BASE_CODES[base_fun], nchunk)
-    R = P[0] if nchunk == 1 else P.sum(axis=0)
-    Rb = PB[0] if nchunk == 1 else PB.sum(axis=0)
-    dcoef += R * spm[:, None, :]
-    dscale_base += Rb * mask
-    dscale_sp += mask * np.einsum("imo,imo->io", coef, R)
+    _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
 
 
 # ===========================================================================
