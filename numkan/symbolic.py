@@ -25,7 +25,6 @@ symbolic branch never produces NaN or inf, and value and derivative always
 agree. Inside those bounds every function is exactly its formula.
 """
 import math
-import numbers
 import warnings
 from collections.abc import MutableMapping
 
@@ -45,9 +44,9 @@ _INF = float("inf")
 class SymbolicFunction:
     """A named one-variable function f for symbolic edges.
 
-    Attributes: ``name``; ``expr`` (a sympy expression in ``SymbolicFunction.x``,
-    a real symbol); ``complexity`` (used by ``suggest_symbolic`` to prefer simple
-    functions); ``domain = (lo, hi)`` (the argument is clipped into it);
+    Attributes: ``name``; ``expr`` (a sympy expression in one real symbol x);
+    ``complexity`` (used by ``suggest_symbolic`` to prefer simple functions);
+    ``domain = (lo, hi)`` (the argument is clipped into it);
     ``hole`` (for functions singular at 0: |argument| is kept >= hole, sign
     preserved); ``y_clip`` (the value is clipped to [-y_clip, y_clip]);
     ``degree`` p when f(s*u) = s^p f(u) for s > 0 (powers), else None: then

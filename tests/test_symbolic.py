@@ -12,7 +12,7 @@ import numkan as nk
 from numkan import spline
 from numkan.symbolic import SYMBOLIC_LIB, fit_params
 
-from conftest import HOST_DEVICES, assert_close, worst
+from conftest import assert_close, worst
 
 # smooth on all of R: safe for finite differences and for formulas anywhere
 SMOOTH = ("x", "x^2", "x^3", "sin", "cos", "tanh", "exp", "gaussian", "arctan", "0")
