@@ -409,3 +409,16 @@ def test_fits_come_back_in_plain_form(name, truth, expected):
     p, r2 = fit_params(x, truth(x), name)
     assert r2 > 1 - 1e-12
     np.testing.assert_allclose(p, expected, atol=1e-8)
+
+
+def test_formula_after_prune_input_names_original_inputs():
+    model = nk.KAN([3, 1], grid=3, seed=0)
+    model.layers[0].mask[1, 0] = 0  # input x_2 unused
+    x = np.random.default_rng(0).uniform(-1, 1, (40, 3))
+    model.forward(x)
+    pruned = model.prune_input()
+    assert list(pruned.input_id) == [0, 2]
+    for i in range(2):
+        pruned.fix_symbolic(0, i, 0, "x")
+    (f,) = pruned.symbolic_formula(floating_digits=None)
+    assert {s.name for s in f.free_symbols} == {"x_1", "x_3"}
