@@ -218,7 +218,9 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
         line_search_fn="strong_wolfe")``. It runs scipy's L-BFGS-B without
         bounds (``scipy.optimize.minimize(method="L-BFGS-B", jac=True)``, i.e.
         plain L-BFGS) on a flat float64 vector of the trainable parameters,
-        with the hand-written gradient. Its line search is Moré and Thuente's
+        with the hand-written gradient; on device="cuda" that vector lives on
+        the host, so every evaluation copies the parameters to the device and
+        the gradient back. Its line search is Moré and Thuente's
         (MINPACK-2 ``dcsrch``, called with ftol = 1e-3, gtol = 0.9), which
         returns a step satisfying the strong Wolfe conditions
         f(x + a d) <= f(x) + 1e-3 a g.d and |g(x + a d).d| <= 0.9 |g.d|
@@ -304,6 +306,11 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     if lamb > 0 and bs < 2:
         raise ValueError(f"lamb > 0 needs batches of at least 2 samples (the regulariser uses "
                          f"batch standard deviations), got batch={batch} with {n_train} training samples")
+    missing = [op for op in ("edge_moments_forward", "edge_moments_backward")
+               if lamb > 0 and not hasattr(model.backend, op)]
+    if missing:
+        raise NotImplementedError(f"lamb > 0 needs the backend ops {missing}, which the "
+                                  f"{model.backend.name!r} backend does not provide yet")
     if opt == "LBFGS" and lr != 1.0:
         warnings.warn(f"lr={lr} is ignored by opt='LBFGS': its line search picks the step length",
                       stacklevel=3)
