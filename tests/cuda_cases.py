@@ -222,3 +222,89 @@ def test_model_device_io_and_to():
     model.to("cuda")
     assert not isinstance(model.params["layers.0.coef"], np.ndarray)
     assert np.array_equal(model(x), host)
+
+
+# ---------------------------------------------------------------------------
+# regulariser moments (edge_moments_forward / _backward) and the training loop
+def run_moments(arrays, k, base_fun, dtype, rng):
+    """Both moment ops on the reference and on CUDA; backward adds into filled buffers."""
+    x, grid, coef, sb, sp, mask = arrays
+    B, I = x.shape
+    O = coef.shape[2]
+    ref_m = [np.zeros((I, O)), np.zeros((I, O)), np.zeros(I), np.zeros(I)]
+    R.edge_moments_forward(*ref_m, *arrays, k, base_fun)
+    dev = [C.asarray(a, dtype) for a in arrays]
+    got_m = [C.asarray(np.full(a.shape, 7.0), np.float64) for a in ref_m]  # overwritten
+    C.edge_moments_forward(*got_m, *dev, k, base_fun)
+
+    up = [rng.normal(size=(I, O)), rng.normal(size=(I, O)), rng.normal(size=I), rng.normal(size=I)]
+    start = [np.full((B, I), 0.5, dtype), np.full(coef.shape, -0.25, dtype),
+             np.full((I, O), 0.125, dtype), np.full((I, O), 1.0, dtype)]
+    ref_g = [a.copy() for a in start]
+    R.edge_moments_backward(*ref_g, *up, *arrays, k, base_fun)
+    got_g = [C.asarray(a, dtype) for a in start]
+    C.edge_moments_backward(*got_g, *(C.asarray(u, np.float64) for u in up), *dev, k, base_fun)
+    return ((ref_m, [C.to_host(a) for a in got_m]), (ref_g, [C.to_host(a) for a in got_g]))
+
+
+MOMENT_CASES = [  # B, I, O, G, k, dtype, base_fun, knots, shared budget (None: the default)
+    (9, 2, 3, 3, 2, np.float64, "identity", "uniform", None),
+    (40, 1, 40, 3, 3, np.float64, "silu", "random", None),   # 2 batch chunks, 2 output tiles
+    (9, 2, 3, 12, 3, np.float64, "silu", "random", 8100),    # several basis tiles in backward
+    (9, 2, 3, 4, 1, np.float32, "silu", "random", None),
+]
+
+
+@pytest.mark.parametrize("B,I,O,G,k,dtype,base_fun,knots,budget", MOMENT_CASES)
+def test_moment_kernels_match_reference(B, I, O, G, k, dtype, base_fun, knots, budget, monkeypatch):
+    if budget is not None:
+        monkeypatch.setattr(C, "_SHARED_BUDGET", budget)
+        MT = C._backward_config(B, I, O, G + k, k, np.dtype(dtype).itemsize)[4]
+        assert MT < G + k, "the case must exercise more than one basis tile"
+    rng = np.random.default_rng(B * 1000 + O * 10 + k + 7)
+    arrays, _ = make_layer(rng, B, I, O, G, k, dtype, knots)
+    (ref_m, got_m), (ref_g, got_g) = run_moments(arrays, k, base_fun, dtype, rng)
+    for name, a, b in zip(("s1", "s2", "xs1", "xs2"), got_m, ref_m):
+        check(name, a, b, dtype)
+    for name, a, b in zip(("dx", "dcoef", "dscale_base", "dscale_sp"), got_g, ref_g):
+        check(name, a, b, dtype)
+
+
+def test_fit_with_regulariser_and_attribute_on_cuda_match_cpu(monkeypatch):
+    """fit(Adam, lamb > 0) runs the moments ops on the device and lands where the CPU fit does.
+
+    One layer: the simulator's cost is per launch, and the regulariser's dx
+    into earlier layers is the kernels' dx, checked above.
+    """
+    calls = {"edge_moments_forward": 0, "edge_moments_backward": 0}
+    for name in calls:
+        op = getattr(C, name)
+
+        def counted(*args, _op=op, _name=name):
+            calls[_name] += 1
+            return _op(*args)
+        monkeypatch.setattr(C, name, counted)
+    data = nk.create_dataset(lambda x: np.sin(np.pi * x[:, :1]) * x[:, 1:], n_var=2,
+                             train_num=8, test_num=8, seed=0)
+    fits, models = [], []
+    for device in ("cpu", "cuda"):
+        model = nk.KAN([2, 1], grid=4, k=3, seed=3, device=device)
+        fits.append(model.fit(data, opt="Adam", steps=3, lr=1e-2, lamb=1e-3, update_grid=False, log=0))
+        models.append(model)
+    cpu, gpu = models
+    assert calls["edge_moments_backward"] == 3, calls  # one per layer and step
+    assert calls["edge_moments_forward"] >= 3, calls
+    for key in ("train_loss", "test_loss", "reg"):
+        assert np.allclose(fits[1][key], fits[0][key], rtol=1e-10, atol=0), (key, fits)
+    assert fits[0]["reg"][0] > 0
+    for name, p in cpu.params.items():
+        e, idx = rel_err(C.to_host(gpu.params[name]), p)
+        assert e <= 1e-10, f"{name} after fit: {e:.3g} at {idx}"
+
+    before = calls["edge_moments_forward"]
+    x = data["train_input"]
+    check("feature score", gpu.attribute(x), cpu.attribute(x), np.float64)
+    assert calls["edge_moments_forward"] == before + 1  # one call per layer
+    for l in range(1):
+        check(f"edge_scores[{l}]", gpu.edge_scores[l], cpu.edge_scores[l], np.float64)
+        check(f"node_scores[{l}]", gpu.node_scores[l], cpu.node_scores[l], np.float64)

@@ -47,6 +47,14 @@ dscale_sp += mask*sum_m coef*R (because s = sum_m coef B[m]). The number of
 chunks is chosen to fill the GPU while keeping the partial buffer small
 (at most a few hundred MB, usually far less).
 
+``edge_moments_forward`` / ``_backward`` (the sparsity regulariser's batch
+sums, two launches each) reuse spline_backward's layout: one block per (input,
+batch chunk) that fills its own knot reciprocals and stages the bases of its
+samples. The forward keeps phi in registers and reduces phi, phi^2, x and x^2
+per chunk in float64 (shared tile, fixed order), then a small launch sums the
+chunks; the backward is spline_backward's launch 1 with dy[b, o] replaced by
+gphi = ds1[i, o] + 2 ds2[i, o] phi, finished by the same ``_backward_finish``.
+
 When K x TO does not fit in shared memory (very fine grids) the block walks the
 basis index in tiles of MT rows, visiting its samples once per tile; for the
 usual grids there is one tile.
@@ -649,3 +657,365 @@ def all_finite(a):
     flag = cuda.to_device(np.zeros(1, dtype=np.int32))
     _nonfinite_kernel[_blocks(a.size), _EW](a.reshape(a.size), flag)
     return bool(flag.copy_to_host()[0] == 0)
+
+
+# ===========================================================================
+# Regulariser moments: edge_moments_forward / edge_moments_backward
+# ---------------------------------------------------------------------------
+# Both passes use spline_backward's decomposition: block (i, c) owns input i
+# and batch chunk c, fills the knot reciprocals of input i itself (its own row
+# INV[c, i], so no separate launch), stages the bases of TS samples of input i
+# at a time in shared memory (``_stage_fn``, as every layer kernel does) and
+# evaluates phi[i, o](x[b, i]) for its samples and outputs in registers. No
+# (B, I, O) or (B, I, K) array exists anywhere; the per-chunk partial sums are
+# (C, I, O) (forward) or (C, I, K, O) (backward, spline_backward's own P and
+# PB) and a second small launch adds them up in a fixed order.
+#
+# Forward: each thread sums phi and phi^2 of its rows in float64 registers;
+# the TY rows are reduced through a shared tile by one thread per output (a
+# fixed order, no atomics), and the staging threads sum x and x^2 on the way.
+# Backward: gphi = ds1 + 2 ds2 phi replaces spline_backward's dy[b, o]; the
+# raw sums R[i,m,o] = sum_b gphi B[m] and Rb[i,o] = sum_b gphi b(x) are built
+# exactly as there (shared tile, shared-memory atomics only) and finished by
+# the same ``_backward_finish``, since the parameter gradients have the same
+# form; dx[b, i] has one writer, which also adds dxs1[i] + 2 x dxs2[i].
+@cuda.jit(device=True)
+def _inv_row(inv, grid, i, k, tid, nt):
+    """Threads tid = 0..nt-1 of a block fill inv[i] (knot reciprocals of input i)."""
+    n = grid.shape[1]
+    for p in range(tid, k * n, nt):
+        r = 1 + p // n
+        m = p - (r - 1) * n
+        if m < n - r:
+            d = grid[i, m + r] - grid[i, m]
+            inv[i, r, m] = 1.0 / d if d > 0 else 0.0
+
+
+@lru_cache(maxsize=None)
+def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
+    """Launch 1 of edge_moments_forward: block (TX, TY) owns input blockIdx.x and batch chunk blockIdx.y."""
+    KP1 = k + 1
+    TS, TO = TY * RB, TX * RO
+    NT = TX * TY
+    nbt = from_dtype(np.dtype(dtype))
+    stage = _stage_fn(k, dtype)
+
+    @cuda.jit
+    def kernel(P1, P2, PX, INV, x, grid, coef, scale_base, scale_sp, mask, code):
+        # P1, P2 (C, I, O) float64: sums of phi and phi^2 over chunk c's samples;
+        # PX (C, I, 2) float64: sums of x and x^2; INV (C, I, k+1, n) scratch
+        Nsh = cuda.shared.array((TS, KP1), nbt)
+        Ash = cuda.shared.array(TS, np.int32)
+        BXsh = cuda.shared.array(TS, nbt)
+        S1sh = cuda.shared.array((TY, TO), np.float64)  # per-row sums of phi, phi^2
+        S2sh = cuda.shared.array((TY, TO), np.float64)
+        XSsh = cuda.shared.array((TS, 2), np.float64)
+        N = cuda.local.array(KP1, nbt)
+        dN = cuda.local.array(KP1, nbt)
+        a1 = cuda.local.array(RO, np.float64)
+        a2 = cuda.local.array(RO, np.float64)
+        wb = cuda.local.array(RO, nbt)
+        sp = cuda.local.array(RO, nbt)
+        B, I = x.shape
+        O = P1.shape[2]
+        K = coef.shape[1]
+        i = cuda.blockIdx.x
+        c = cuda.blockIdx.y
+        C = cuda.gridDim.y
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * TX + tx
+        b_lo = c * B // C
+        b_hi = (c + 1) * B // C
+        inv = INV[c]
+        _inv_row(inv, grid, i, k, tid, NT)
+        cuda.syncthreads()
+        x1 = 0.0  # sample tid's staging thread sums x and x^2 (first output tile only)
+        x2 = 0.0
+        for o0 in range(0, O, TO):
+            for r in range(RO):
+                o = min(o0 + tx + r * TX, O - 1)
+                wb[r] = scale_base[i, o] * mask[i, o]
+                sp[r] = scale_sp[i, o] * mask[i, o]
+                a1[r] = 0
+                a2[r] = 0
+            for s0 in range(b_lo, b_hi, TS):
+                # 1. stage the bases of TS samples of input i
+                for p in range(tid, TS, NT):
+                    b = s0 + p
+                    if b < b_hi:
+                        xv = x[b, i]
+                        Ash[p] = stage(grid, inv, i, xv, K, N, dN, False)
+                        BXsh[p] = _base_value(xv, code)
+                        for s in range(KP1):
+                            Nsh[p, s] = N[s]
+                        if o0 == 0:
+                            x1 += xv
+                            x2 += xv * xv
+                cuda.syncthreads()
+                # 2. phi of this thread's samples and outputs, summed in float64
+                for q in range(RB):
+                    ql = ty + q * TY
+                    if s0 + ql < b_hi:
+                        a0 = Ash[ql]
+                        bxv = BXsh[ql]
+                        for s in range(KP1):
+                            N[s] = Nsh[ql, s]
+                        for r in range(RO):
+                            o = o0 + tx + r * TX
+                            if o < O:
+                                v = nbt(0)
+                                for s in range(KP1):
+                                    v += N[s] * coef[i, a0 + s, o]
+                                phi = wb[r] * bxv + sp[r] * v
+                                a1[r] += phi
+                                a2[r] += phi * phi
+                cuda.syncthreads()
+            # 3. sum the TY rows of each output in a fixed order; one writer per partial
+            for r in range(RO):
+                S1sh[ty, tx + r * TX] = a1[r]
+                S2sh[ty, tx + r * TX] = a2[r]
+            cuda.syncthreads()
+            for p in range(tid, TO, NT):
+                o = o0 + p
+                if o < O:
+                    t1 = 0.0
+                    t2 = 0.0
+                    for l in range(TY):
+                        t1 += S1sh[l, p]
+                        t2 += S2sh[l, p]
+                    P1[c, i, o] = t1
+                    P2[c, i, o] = t2
+            cuda.syncthreads()
+        for p in range(tid, TS, NT):
+            XSsh[p, 0] = x1
+            XSsh[p, 1] = x2
+        cuda.syncthreads()
+        if tid == 0:
+            t1 = 0.0
+            t2 = 0.0
+            for p in range(TS):
+                t1 += XSsh[p, 0]
+                t2 += XSsh[p, 1]
+            PX[c, i, 0] = t1
+            PX[c, i, 1] = t2
+
+    return kernel
+
+
+@cuda.jit
+def _moments_forward_finish(s1, s2, xs1, xs2, P1, P2, PX):
+    """Launch 2 of edge_moments_forward: s1, s2, xs1, xs2 = the chunks' partials summed in order."""
+    o, i = cuda.grid(2)
+    C = P1.shape[0]
+    if i < s1.shape[0] and o < s1.shape[1]:
+        t1 = 0.0
+        t2 = 0.0
+        for c in range(C):
+            t1 += P1[c, i, o]
+            t2 += P2[c, i, o]
+        s1[i, o] = t1
+        s2[i, o] = t2
+        if o == 0:
+            t1 = 0.0
+            t2 = 0.0
+            for c in range(C):
+                t1 += PX[c, i, 0]
+                t2 += PX[c, i, 1]
+            xs1[i] = t1
+            xs2[i] = t2
+
+
+@lru_cache(maxsize=None)
+def _moments_backward_kernel(k, dtype, TX, TY, RB, RO):
+    """Launch 1 of edge_moments_backward: spline_backward's launch 1 with dy[b, o]
+    replaced by gphi = ds1[i, o] + 2 ds2[i, o] phi[i, o](x[b, i])."""
+    KP1 = k + 1
+    TS, TO = TY * RB, TX * RO
+    NT = TX * TY
+    nbt = from_dtype(np.dtype(dtype))
+    stage = _stage_fn(k, dtype)
+
+    @cuda.jit
+    def kernel(dx, P, PB, INV, ds1, ds2, dxs1, dxs2, x, grid, coef, scale_base, scale_sp, mask,
+               code, MT):
+        # dx (B, I) +=; P (C, I, K, O), PB (C, I, O): raw sums of chunk c,
+        #   P[c,i,m,o] = sum_b gphi B[m](x[b,i]),  PB[c,i,o] = sum_b gphi b(x[b,i]);
+        # ds1, ds2 (I, O), dxs1, dxs2 (I,) float64; INV (C, I, k+1, n) scratch
+        R = cuda.shared.array(0, nbt)                  # (MT, TO) tile of P, dynamic
+        Nsh = cuda.shared.array((TS, KP1), nbt)
+        dNsh = cuda.shared.array((TS, KP1), nbt)
+        Ash = cuda.shared.array(TS, np.int32)
+        BXsh = cuda.shared.array(TS, nbt)
+        DBXsh = cuda.shared.array(TS, nbt)
+        DXsh = cuda.shared.array((TS, TX + 1), nbt)    # dx partials, padded against bank conflicts
+        RBsh = cuda.shared.array(TO, nbt)
+        N = cuda.local.array(KP1, nbt)
+        dN = cuda.local.array(KP1, nbt)
+        rb = cuda.local.array(RO, nbt)
+        wb = cuda.local.array(RO, nbt)
+        sp = cuda.local.array(RO, nbt)
+        g1 = cuda.local.array(RO, np.float64)
+        g2 = cuda.local.array(RO, np.float64)
+        B, I = x.shape
+        O = coef.shape[2]
+        K = coef.shape[1]
+        i = cuda.blockIdx.x
+        c = cuda.blockIdx.y
+        C = cuda.gridDim.y
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * TX + tx
+        b_lo = c * B // C
+        b_hi = (c + 1) * B // C
+        inv = INV[c]
+        _inv_row(inv, grid, i, k, tid, NT)
+        cuda.syncthreads()
+        for o0 in range(0, O, TO):
+            for r in range(RO):
+                o = min(o0 + tx + r * TX, O - 1)
+                wb[r] = scale_base[i, o] * mask[i, o]
+                sp[r] = scale_sp[i, o] * mask[i, o]
+                g1[r] = ds1[i, o]
+                g2[r] = 2.0 * ds2[i, o]
+            for m0 in range(0, K, MT):
+                first = m0 == 0  # rb and dx are complete after the first basis tile
+                for p in range(tid, MT * TO, NT):
+                    R[p] = 0
+                for p in range(tid, TO, NT):
+                    RBsh[p] = 0
+                for r in range(RO):
+                    rb[r] = 0
+                for s0 in range(b_lo, b_hi, TS):
+                    # 1. stage the bases and derivatives of TS samples of input i
+                    for p in range(tid, TS, NT):
+                        b = s0 + p
+                        if b < b_hi:
+                            xv = x[b, i]
+                            Ash[p] = stage(grid, inv, i, xv, K, N, dN, True)
+                            BXsh[p] = _base_value(xv, code)
+                            DBXsh[p] = _base_deriv(xv, code)
+                            for s in range(KP1):
+                                Nsh[p, s] = N[s]
+                                dNsh[p, s] = dN[s]
+                    cuda.syncthreads()
+                    # 2. phi, then gphi; accumulate R, rb and the dx partials
+                    for q in range(RB):
+                        ql = ty + q * TY
+                        b = s0 + ql
+                        dxp = nbt(0)
+                        if b < b_hi:
+                            a0 = Ash[ql]
+                            bxv = BXsh[ql]
+                            dbxv = DBXsh[ql]
+                            for s in range(KP1):
+                                N[s] = Nsh[ql, s]
+                                dN[s] = dNsh[ql, s]
+                            for r in range(RO):
+                                ol = tx + r * TX
+                                o = o0 + ol
+                                if o < O:
+                                    v = nbt(0)
+                                    dv = nbt(0)
+                                    for s in range(KP1):
+                                        cv = coef[i, a0 + s, o]
+                                        v += N[s] * cv
+                                        dv += dN[s] * cv
+                                    g = nbt(g1[r] + g2[r] * (wb[r] * bxv + sp[r] * v))
+                                    if first:
+                                        rb[r] += bxv * g
+                                        dxp += g * (wb[r] * dbxv + sp[r] * dv)
+                                    for s in range(KP1):
+                                        a = a0 + s - m0
+                                        if a >= 0 and a < MT:
+                                            cuda.atomic.add(R, a * TO + ol, N[s] * g)
+                        DXsh[ql, tx] = dxp
+                    cuda.syncthreads()
+                    # 3. one writer per dx[b, i]: the lane partials plus the x-moment terms
+                    if first:
+                        for p in range(tid, TS, NT):
+                            b = s0 + p
+                            if b < b_hi:
+                                tot = nbt(0)
+                                for l in range(TX):
+                                    tot += DXsh[p, l]
+                                if o0 == 0:  # the x-moment terms, once per sample
+                                    tot += dxs1[i] + 2.0 * x[b, i] * dxs2[i]
+                                dx[b, i] += tot
+                    cuda.syncthreads()
+                # 4. write this chunk's raw partial sums once
+                if first:
+                    for r in range(RO):
+                        cuda.atomic.add(RBsh, tx + r * TX, rb[r])
+                cuda.syncthreads()
+                for p in range(tid, MT * TO, NT):
+                    m = m0 + p // TO
+                    o = o0 + p % TO
+                    if m < K and o < O:
+                        P[c, i, m, o] = R[p]
+                if first:
+                    for p in range(tid, TO, NT):
+                        o = o0 + p
+                        if o < O:
+                            PB[c, i, o] = RBsh[p]
+                cuda.syncthreads()
+
+    return kernel
+
+
+def _moments_forward_config(B, I, O, k, itemsize):
+    TX, RO = _lanes(O)
+    TY = _NT // TX
+    RB = 4 if TX == 32 else 1
+    TS = TY * RB
+    shared = TS * ((k + 2) * itemsize + 4 + 16) + 2 * TY * TX * RO * 8
+    if shared > _SHARED_BUDGET:
+        raise ValueError(f"k={k} is too large for the CUDA kernels' shared-memory tiles")
+    want = -(-8 * _sm_count() // I)
+    cap_mem = max(1, (64 << 20) // max(1, 16 * I * O))
+    C = max(1, min(want, -(-B // TS), cap_mem))
+    return TX, TY, RB, RO, C
+
+
+def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
+    """CUDA ``reference.edge_moments_forward``: s1, s2 (I, O), xs1, xs2 (I,) overwritten (float64).
+
+    Two launches: per-(input, batch chunk) float64 sums of phi, phi^2, x and
+    x^2 (bases staged in shared memory, phi only in registers), then the sum
+    over chunks in a fixed order.
+    """
+    B, I = x.shape
+    O = coef.shape[2]
+    dtype = np.dtype(x.dtype)
+    TX, TY, RB, RO, C = _moments_forward_config(B, I, O, k, dtype.itemsize)
+    P1 = cuda.device_array((C, I, O), dtype=np.float64)
+    P2 = cuda.device_array((C, I, O), dtype=np.float64)
+    PX = cuda.device_array((C, I, 2), dtype=np.float64)
+    INV = cuda.device_array((C, I, k + 1, grid.shape[1]), dtype=dtype)
+    kern = _moments_forward_kernel(k, dtype.str, TX, TY, RB, RO)
+    kern[(I, C), (TX, TY)](P1, P2, PX, INV, x, grid, coef, scale_base, scale_sp, mask,
+                           BASE_CODES[base_fun])
+    _moments_forward_finish[(-(-O // 32), -(-I // 8)), (32, 8)](s1, s2, xs1, xs2, P1, P2, PX)
+
+
+def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs2, x, grid,
+                          coef, scale_base, scale_sp, mask, k, base_fun):
+    """CUDA ``reference.edge_moments_backward``: adds into dx, dcoef, dscale_base, dscale_sp.
+
+    Two launches, as ``spline_backward``: per-(input, batch chunk) raw sums of
+    gphi = ds1 + 2 ds2 phi against B[m] and b(x), with dx finished in place,
+    then ``_backward_finish`` (the same finishing launch as spline_backward).
+    """
+    B, I = x.shape
+    K, O = coef.shape[1], coef.shape[2]
+    dtype = np.dtype(x.dtype)
+    TX, TY, RB, RO, MT, C = _backward_config(B, I, O, K, k, dtype.itemsize)
+    P = cuda.device_array((C, I, K, O), dtype=dtype)
+    PB = cuda.device_array((C, I, O), dtype=dtype)
+    INV = cuda.device_array((C, I, k + 1, grid.shape[1]), dtype=dtype)
+    kern = _moments_backward_kernel(k, dtype.str, TX, TY, RB, RO)
+    shared = MT * TX * RO * dtype.itemsize
+    kern[(I, C), (TX, TY), 0, shared](dx, P, PB, INV, ds1, ds2, dxs1, dxs2, x, grid, coef,
+                                      scale_base, scale_sp, mask, BASE_CODES[base_fun], MT)
+    _backward_finish[(-(-O // 32), -(-I // 8)), (32, 8)](dcoef, dscale_base, dscale_sp, P, PB,
+                                                        coef, scale_sp, mask)
