@@ -96,7 +96,8 @@ def check_array(name, a, n_cols, dtype, n_rows=None):
         raise ValueError(f"{name} must have at least one row, got shape {arr.shape}")
     if n_rows is not None and arr.shape[0] != n_rows:
         raise ValueError(f"{name} must have shape ({n_rows}, {n_cols}), got {arr.shape}")
-    out = np.array(arr, dtype=dtype, order="C", copy=True)
+    with np.errstate(over="ignore"):  # an overflowing cast is reported just below
+        out = np.array(arr, dtype=dtype, order="C", copy=True)
     if not np.all(np.isfinite(out)):
         bad = np.argwhere(~np.isfinite(out))[0]
         raise ValueError(f"{name} must be finite, got {out[tuple(bad)]} at index {tuple(int(v) for v in bad)}"
