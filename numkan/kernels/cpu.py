@@ -21,8 +21,10 @@ Parallelism without data races:
 - forward: ``prange`` over chunks of the batch; each chunk owns its rows of y.
 - backward: ``prange`` over (batch chunk, input) tasks. dx[b, i] has exactly one
   owner. The reduction over the batch for the coefficient gradient goes into
-  one partial buffer per batch chunk; with I >= 2 * threads there is a single
+  one partial buffer per batch chunk; with I >= ``TASKS`` there is a single
   chunk, so no extra buffer, and each input's rows are owned by one task.
+- chunk counts depend on shapes only (results are the same for any number of
+  threads), and small layers run on one thread (``_parallel.threads_for``).
 - every division of the recursion is a multiplication by a knot reciprocal
   computed once per call (``_scalar.knot_reciprocals``), and the forward pass
   takes b(x) from one vectorised NumPy call instead of a scalar exp per input.
@@ -31,13 +33,13 @@ vectors of length <= 2(k+1) per task.
 """
 from functools import lru_cache
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from . import _scalar
+from ._parallel import TASKS, batch_chunks, threads_for
 from ._scalar import BASE_CODES
-from .reference import all_finite, asarray, fill, to_host, zeros  # host storage, as in the reference
+from .reference import all_finite, asarray, copy_into, fill, to_host, zeros  # host storage, as in the reference
 from .reference import base_value as base_value_array
 
 name = "cpu"
@@ -265,18 +267,15 @@ def _reciprocals(grid, k):
     return inv
 
 
-def _chunks(B, tasks_wanted):
-    """Number of batch chunks: enough for the threads, never more than B."""
-    return max(1, min(B, tasks_wanted))
-
-
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     """Compiled ``reference.spline_forward``: y (B, O) overwritten."""
     W = coef * (scale_sp * mask)[:, None, :]
     Wb = scale_base * mask
     bx = _base_values(x, base_fun)  # NumPy's vectorised exp beats a scalar one per sample
-    nchunk = _chunks(x.shape[0], 4 * numba.get_num_threads())
-    _kernels(k)[0](y, x, bx, grid, _reciprocals(grid, k), W, Wb, nchunk)
+    B, I = x.shape
+    nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
+    with threads_for(B * I * y.shape[1]):
+        _kernels(k)[0](y, x, bx, grid, _reciprocals(grid, k), W, Wb, nchunk)
     return y
 
 
@@ -289,18 +288,17 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     O(I*K*O):  dcoef += R * scale_sp * mask,  dscale_base += Rb * mask,
     dscale_sp += mask * sum_m coef * R  (since s = sum_m coef * B[m]).
     Extra memory: R, one coefficient-sized buffer per batch chunk (a single
-    one when I >= 2 * threads).
+    one when I >= ``_parallel.TASKS``).
     """
     B, I = x.shape
-    threads = numba.get_num_threads()
-    # one chunk when the inputs alone keep the threads busy: no partial buffers
-    nchunk = 1 if I >= 2 * threads else _chunks(B, -(-4 * threads // I))
+    nchunk = batch_chunks(B, I)  # one when the inputs alone give enough tasks: no partial buffers
     P = np.zeros((nchunk,) + coef.shape, dtype=coef.dtype)
     PB = np.zeros((nchunk,) + scale_base.shape, dtype=coef.dtype)
     spm = scale_sp * mask
-    _kernels(k)[1](dx, P, PB, dy, x, grid, _reciprocals(grid, k), coef, spm, scale_base * mask,
-                   BASE_CODES[base_fun], nchunk)
-    _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
+    with threads_for(B * I * dy.shape[1]):
+        _kernels(k)[1](dx, P, PB, dy, x, grid, _reciprocals(grid, k), coef, spm, scale_base * mask,
+                       BASE_CODES[base_fun], nchunk)
+        _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
 
 
 # ===========================================================================

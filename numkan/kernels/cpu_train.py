@@ -12,11 +12,11 @@ Task (c, i) owns its slice of the per-chunk partial sums and the rows of dx in
 its chunk for input i; partial sums are added up afterwards. No (B, I, O)
 array is built: each task keeps one length-O row of edge values.
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
 from . import _scalar
+from ._parallel import batch_chunks, threads_for
 from ._scalar import BASE_CODES
 from .reference import adam_step, mse_loss_grad  # noqa: F401  (re-exported)
 
@@ -122,25 +122,18 @@ def _moments_backward_kernel(dx, P, PB, ds1, ds2, dxs1, dxs2, x, grid, inv, W, W
             dx[b, i] += d
 
 
-def _chunks(B, I):
-    """Batch chunks for the (chunk, input) tasks: one when the inputs fill the threads."""
-    threads = numba.get_num_threads()
-    if I >= 2 * threads:
-        return 1
-    return max(1, min(B, -(-4 * threads // I)))
-
-
 def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     """Compiled ``reference.edge_moments_forward``: s1, s2 (I, O), xs1, xs2 (I,) overwritten (float64)."""
     B, I = x.shape
-    nchunk = _chunks(B, I)
+    nchunk = batch_chunks(B, I)
     S1 = np.zeros((nchunk,) + s1.shape)
     S2 = np.zeros((nchunk,) + s1.shape)
     XS1 = np.zeros((nchunk, I))
     XS2 = np.zeros((nchunk, I))
     W = coef * (scale_sp * mask)[:, None, :]
-    _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, _inv(grid, k), W, scale_base * mask, k,
-                            BASE_CODES[base_fun], nchunk)
+    with threads_for(B * I * coef.shape[2]):
+        _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, _inv(grid, k), W, scale_base * mask, k,
+                                BASE_CODES[base_fun], nchunk)
     s1[...] = S1.sum(axis=0)
     s2[...] = S2.sum(axis=0)
     xs1[...] = XS1.sum(axis=0)
@@ -156,16 +149,15 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
     dscale_sp += mask * sum_m coef * R (since s = sum_m coef B[m]).
     """
     B, I = x.shape
-    nchunk = _chunks(B, I)
+    nchunk = batch_chunks(B, I)
     P = np.zeros((nchunk,) + coef.shape, dtype=coef.dtype)
     PB = np.zeros((nchunk,) + scale_base.shape, dtype=coef.dtype)
     spm = scale_sp * mask
     W = coef * spm[:, None, :]
     dt = coef.dtype
-    _moments_backward_kernel(dx, P, PB, ds1.astype(dt), ds2.astype(dt), dxs1.astype(dt),
-                             dxs2.astype(dt), x, grid, _inv(grid, k), W, scale_base * mask, k,
-                             BASE_CODES[base_fun], nchunk)
-    R = P.sum(axis=0)
-    dcoef += R * spm[:, None, :]
-    dscale_base += PB.sum(axis=0) * mask
-    dscale_sp += mask * np.einsum("imo,imo->io", coef, R)
+    from .cpu import _finish_backward  # cpu.py re-exports this module: import late
+    with threads_for(B * I * coef.shape[2]):
+        _moments_backward_kernel(dx, P, PB, ds1.astype(dt), ds2.astype(dt), dxs1.astype(dt),
+                                 dxs2.astype(dt), x, grid, _inv(grid, k), W, scale_base * mask, k,
+                                 BASE_CODES[base_fun], nchunk)
+        _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
