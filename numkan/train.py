@@ -10,9 +10,11 @@ through x as well:
     objective = loss(model(x), y) + lamb * reg(model, x)
 
 Everything device-specific is a backend op (``spline_*``, ``mse_loss_grad``,
-``adam_step``, ``edge_moments_*``, ``asarray``/``to_host``); this module never
-asks which device it runs on. L-BFGS runs on the host on a flat float64
-vector (scipy), Adam updates the arrays where they live.
+``adam_step``, ``edge_moments_*``, ``all_finite``, ``copy_into``,
+``asarray``/``to_host``); this module never asks which device it runs on.
+L-BFGS runs on the host on a flat float64 vector (scipy), Adam updates the
+arrays where they live; the data set, the saved parameters (start, last
+finite, best) and the optimiser state stay with the backend as well.
 """
 import contextlib
 import sys
@@ -56,22 +58,37 @@ def _frozen_names(model):
                             ("scale_sp", getattr(model, "sp_trainable", True))) if not on]
 
 
-def _snapshot(model):
-    """Host copies of everything training changes: knots and all parameters."""
-    be = model.backend
-    return [{n: be.to_host(getattr(L, n)) for n in ("grid",) + tuple(_param_names(L))}
-            for L in model.layers]
+class _Snapshot:
+    """Backend copies of everything training changes: knots and all parameters.
+
+    The copies are allocated once and refreshed in place (``capture``) with
+    the backend's ``copy_into``, so on a device a snapshot never leaves it.
+    """
+
+    def __init__(self, model):
+        be = model.backend
+        self.arrays = [{n: be.zeros(getattr(L, n).shape, getattr(L, n).dtype)
+                        for n in ("grid",) + tuple(_param_names(L))} for L in model.layers]
+        self.capture(model)
+
+    def capture(self, model):
+        be = model.backend
+        for L, arrays in zip(model.layers, self.arrays):
+            for n, a in arrays.items():
+                be.copy_into(a, getattr(L, n))
+
+    def restore(self, model):
+        """Put fresh copies of the saved arrays into the model (the snapshot stays reusable)."""
+        be = model.backend
+        for L, arrays in zip(model.layers, self.arrays):
+            for n, a in arrays.items():
+                new = be.zeros(a.shape, a.dtype)
+                be.copy_into(new, a)
+                setattr(L, n, new)
 
 
 def _param_names(layer):
     return layer.param_names() if hasattr(layer, "param_names") else ("coef", "scale_base", "scale_sp")
-
-
-def _restore(model, snap):
-    be = model.backend
-    for L, arrays in zip(model.layers, snap):
-        for n, a in arrays.items():
-            setattr(L, n, be.asarray(a, L.dtype))
 
 
 class _Flat:
@@ -107,15 +124,17 @@ class Objective:
 
     ``loss_fn(pred, target) -> (loss, dloss/dpred)`` on host arrays replaces the
     mean squared error when given (numkan has no autograd: the function returns
-    its own gradient).
+    its own gradient). ``x`` and ``y`` are host arrays; ``xd``, ``yd``, when
+    given, are their backend copies in the model's dtype (fit uploads the data
+    set once and passes them), otherwise they are made here.
     """
 
-    def __init__(self, model, x, y, lamb, weights, loss_fn=None):
+    def __init__(self, model, x, y, lamb, weights, loss_fn=None, xd=None, yd=None):
         be = model.backend
         self.model, self.lamb, self.weights, self.loss_fn = model, lamb, weights, loss_fn
-        self.x = be.asarray(x, model.dtype)
+        self.x = be.asarray(x, model.dtype) if xd is None else xd
         self.y_host = y
-        self.y = be.asarray(y, model.dtype)
+        self.y = be.asarray(y, model.dtype) if yd is None else yd
         self.frozen = _frozen_names(model)
 
     def __call__(self):
@@ -158,41 +177,75 @@ def _call_loss_fn(loss_fn, pred, target):
     return loss, g
 
 
-def _eval_rmse(model, x, y, loss_fn):
-    """sqrt(loss) of the model on (x, y), as pykan reports it."""
+def _eval_rmse(model, xd, yd, y_host, loss_fn):
+    """sqrt(loss) of the model on backend arrays (xd, yd), as pykan reports it.
+
+    With the default loss only the scalar comes back from the backend
+    (``mse_loss_grad``); a ``loss_fn`` gets the predictions on the host.
+    """
     be = model.backend
-    h = be.asarray(x, model.dtype)
+    h = xd
     for L in model.layers:
         h = L.forward(h, keep=False)
     if loss_fn is None:
-        loss = be.mse_loss_grad(be.zeros(h.shape, model.dtype), h, be.asarray(y, model.dtype))
+        loss = be.mse_loss_grad(be.zeros(h.shape, model.dtype), h, yd)
     else:
-        loss = _call_loss_fn(loss_fn, be.to_host(h), y)[0]
+        loss = _call_loss_fn(loss_fn, be.to_host(h), y_host)[0]
     return float(np.sqrt(loss)) if loss >= 0 else float("nan")
+
+
+class _Data:
+    """The checked data set on the host and on the model's backend.
+
+    A whole split is copied to the backend once and reused by every step; a
+    minibatch (``batch > 0``) is gathered on the host and copied over (host to
+    backend only) at its step.
+    """
+
+    def __init__(self, model, data):
+        self.model, self.data, self.whole = model, data, {}
+
+    def host(self, split, ids):
+        x, y = self.data[f"{split}_input"], self.data[f"{split}_label"]
+        return (x, y) if ids is None else (x[ids], y[ids])
+
+    def backend(self, split, ids):
+        """(x, y, xd, yd): host arrays and their backend copies in the model's dtype."""
+        be, dt = self.model.backend, self.model.dtype
+        x, y = self.host(split, ids)
+        if ids is not None:
+            return x, y, be.asarray(x, dt), be.asarray(y, dt)
+        if split not in self.whole:
+            self.whole[split] = (be.asarray(x, dt), be.asarray(y, dt))
+        return (x, y) + self.whole[split]
 
 
 # ---------------------------------------------------------------------------
 # progress display
 class _Progress:
-    """One line on stderr, rewritten in place at most ten times a second."""
+    """Progress on stderr: one line rewritten in place at most ten times a
+    second on a terminal; elsewhere (a log file, a pipe) a new line at most
+    every ten seconds, and the last step."""
 
     def __init__(self, steps, every):
         self.steps, self.every = steps, every
         self.t0 = self.last = time.perf_counter()
         self.shown = False
+        self.tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
     def update(self, step, train, test, reg, force=False):
         if not self.every or (step % self.every and not force):
             return
         now = time.perf_counter()
-        if not force and now - self.last < 0.1:
+        if not force and now - self.last < (0.1 if self.tty else 10.0):
             return
         self.last = now
         rate = step / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\rstep {step:>{len(str(self.steps))}}/{self.steps} | train {train:.3e} | "
-                         f"test {test:.3e} | reg {reg:.3e} | {rate:.1f} steps/s ")
+        line = (f"step {step:>{len(str(self.steps))}}/{self.steps} | train {train:.3e} | "
+                f"test {test:.3e} | reg {reg:.3e} | {rate:.1f} steps/s")
+        sys.stderr.write("\r" + line + " " if self.tty else line + "\n")
         sys.stderr.flush()
-        self.shown = True
+        self.shown = self.tty
 
     def close(self):
         if self.shown:
@@ -328,26 +381,25 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
         te = None if bs_test == n_test else rng.choice(n_test, bs_test, replace=False)
         return tr, te
 
-    def take(split, ids):
-        x, y = data[f"{split}_input"], data[f"{split}_label"]
-        return (x, y) if ids is None else (x[ids], y[ids])
+    take = _Data(model, data).backend
 
     results = {"train_loss": [], "test_loss": [], "reg": []}
     progress = _Progress(steps, log)
-    start = _snapshot(model)
+    start = _Snapshot(model)
     st = _State(model, start)
 
     def record(train_loss, reg, test_ids):
         """Book-keeping at the end of a step; returns True when the callback asks to stop."""
-        tx, ty = take("test", test_ids)
-        test = _eval_rmse(model, tx, ty, loss_fn)
+        _, ty, txd, tyd = take("test", test_ids)
+        test = _eval_rmse(model, txd, tyd, ty, loss_fn)
         train = float(np.sqrt(train_loss)) if train_loss >= 0 else float("nan")
         results["train_loss"].append(train)
         results["test_loss"].append(test)
         results["reg"].append(float(reg))
         obj = train_loss + lamb * reg
         if obj < st.best_obj:
-            st.best_obj, st.best = obj, _snapshot(model)
+            st.best_obj = obj
+            st.save_best(model)
         step = len(results["train_loss"])
         progress.update(step, train, test, reg, force=step == steps)
         return bool(callback(step, results)) if callback is not None else False
@@ -360,7 +412,7 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
                 _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
                           lr, beta1, beta2, eps)
     except KeyboardInterrupt:
-        _restore(model, st.best if st.best is not None else start)
+        (st.best if st.best is not None else start).restore(model)
         progress.close()
         warnings.warn(f"fit interrupted after {len(results['train_loss'])} of {steps} steps; the model "
                       "keeps the parameters with the lowest training objective seen", stacklevel=2)
@@ -373,7 +425,7 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
                       stacklevel=2)
         return results
     except BaseException:
-        _restore(model, start)
+        start.restore(model)
         progress.close()
         raise
     progress.close()
@@ -396,13 +448,29 @@ def _single_thread_blas():
 class _State:
     """What fit keeps across steps: the best and the last finite parameters.
 
-    ``last_finite`` is a snapshot, or (flat, theta, grids) during an L-BFGS run
-    (a copy of the flat vector per iteration is cheaper than a snapshot).
+    ``best`` and ``last_finite`` are ``_Snapshot``s (backend arrays, allocated
+    once and refreshed in place), or ``last_finite`` is (flat, theta, grids)
+    during an L-BFGS run (a copy of the host vector per iteration is cheaper
+    than a snapshot).
     """
 
     def __init__(self, model, start):
         self.best, self.best_obj = None, np.inf
         self.last_finite = start
+        self._last = None  # Adam's last-finite snapshot, reused every step
+
+    def save_best(self, model):
+        if self.best is None:
+            self.best = _Snapshot(model)
+        else:
+            self.best.capture(model)
+
+    def save_last_finite(self, model):
+        if self._last is None:
+            self._last = _Snapshot(model)
+        else:
+            self._last.capture(model)
+        self.last_finite = self._last
 
     def restore_last_finite(self, model):
         if isinstance(self.last_finite, tuple):
@@ -412,7 +480,7 @@ class _State:
             for L, g in zip(model.layers, grids):
                 L.grid = be.asarray(g, L.dtype)
         else:
-            _restore(model, self.last_finite)
+            self.last_finite.restore(model)
 
 
 def _check_finite(value, what):
@@ -429,16 +497,17 @@ def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, recor
     vv = {key: be.zeros(a.shape, model.dtype) for key, a in m.items()}
     for s in range(steps):
         tr, te = draw()
-        x, y = take("train", tr)
+        x, y, xd, yd = take("train", tr)
         if grid_step(s):
             _update_grid(model, x)
-        obj = Objective(model, x, y, lamb, weights, loss_fn)
+        obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
         loss, reg = obj()
         _check_finite(loss + lamb * reg, "training objective")
-        snap = _snapshot(model)
-        if not all(np.all(np.isfinite(a)) for d in snap for a in d.values()):
+        # one combined check on the backend: a single boolean comes back
+        if not be.all_finite(*(getattr(L, n) for L in model.layers
+                               for n in ("grid",) + tuple(_param_names(L)))):
             raise _NonFinite("a parameter is not finite")
-        st.last_finite = snap
+        st.save_last_finite(model)
         for l, L in enumerate(model.layers):
             for n in names[l]:
                 be.adam_step(getattr(L, n), getattr(L, "d" + n), m[l, n], vv[l, n],
@@ -452,7 +521,7 @@ def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, reco
     s = 0
     while s < steps:
         tr, te = draw()
-        x, y = take("train", tr)
+        x, y, xd, yd = take("train", tr)
         if grid_step(s):
             _update_grid(model, x)
         # consecutive steps on the same objective share one L-BFGS run
@@ -460,7 +529,7 @@ def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, reco
         if tr is None:
             while s + n < steps and not grid_step(s + n):
                 n += 1
-        obj = Objective(model, x, y, lamb, weights, loss_fn)
+        obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
         s, stop = _lbfgs_run(model, flat, obj, lamb, s, n, te, draw, record, st)
         if stop:
             return
