@@ -5,7 +5,10 @@ A backend is a module with the same functions and signatures:
     name                                  "numpy", "cpu" or "cuda"
     asarray(a, dtype) / to_host(a)        host <-> backend storage
     zeros(shape, dtype), fill(a, value)   allocation and in-place fill
-    all_finite(a) -> bool                 no NaN/inf in a backend array (boundary checks)
+    copy_into(dst, src)                   dst[...] = src for backend arrays of one shape and
+                                          dtype, on the backend (a device-to-device copy on cuda)
+    all_finite(*arrays) -> bool           no NaN/inf in any of the backend arrays; one
+                                          boolean comes back however many arrays are checked
     spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun)
     spline_backward(dx, dcoef, dscale_base, dscale_sp,
                     dy, x, grid, coef, scale_base, scale_sp, mask, k, base_fun)

@@ -141,6 +141,17 @@ def to_host(a):
     return a.copy_to_host()
 
 
+def copy_into(dst, src):
+    """Copy the device array ``src`` into the existing device array ``dst`` (same shape and
+    dtype): a device-to-device copy, nothing passes through the host."""
+    src = _as_device(src)
+    if tuple(dst.shape) != tuple(src.shape) or dst.dtype != src.dtype:
+        raise ValueError(f"copy_into needs arrays of one shape and dtype, got {tuple(dst.shape)} "
+                         f"{dst.dtype} and {tuple(src.shape)} {src.dtype}")
+    if dst.size:
+        dst.copy_to_device(src)
+
+
 def zeros(shape, dtype):
     out = cuda.device_array(shape, dtype=np.dtype(dtype))
     fill(out, 0)
@@ -650,12 +661,17 @@ def _nonfinite_kernel(a, flag):
             flag[0] = 1  # any writer will do: every one writes 1
 
 
-def all_finite(a):
-    """True when no entry of the device array ``a`` is NaN or inf (one flag comes back)."""
-    if a.size == 0:
+def all_finite(*arrays):
+    """True when no entry of any of the device ``arrays`` is NaN or inf.
+
+    One launch per array into one shared flag; only that flag comes back.
+    """
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
         return True
-    flag = cuda.to_device(np.zeros(1, dtype=np.int32))
-    _nonfinite_kernel[_blocks(a.size), _EW](a.reshape(a.size), flag)
+    flag = zeros(1, np.int32)
+    for a in arrays:
+        _nonfinite_kernel[_blocks(a.size), _EW](a.reshape(a.size), flag)
     return bool(flag.copy_to_host()[0] == 0)
 
 

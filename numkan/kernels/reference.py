@@ -53,9 +53,17 @@ def fill(a, value):
     a[...] = value
 
 
-def all_finite(a):
-    """True when no entry of ``a`` is NaN or inf (the boundary check for backend arrays)."""
-    return bool(np.isfinite(a).all())
+def copy_into(dst, src):
+    """Copy the backend array ``src`` into the existing ``dst`` (same shape and dtype), in place."""
+    if dst.shape != src.shape or dst.dtype != src.dtype:
+        raise ValueError(f"copy_into needs arrays of one shape and dtype, got {dst.shape} {dst.dtype} "
+                         f"and {src.shape} {src.dtype}")
+    dst[...] = src
+
+
+def all_finite(*arrays):
+    """True when no entry of any of ``arrays`` is NaN or inf (the boundary check for backend arrays)."""
+    return all(bool(np.isfinite(a).all()) for a in arrays)
 
 
 # ---------------------------------------------------------------------------
