@@ -253,12 +253,17 @@ def _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask):
 
 
 def _base_values(x, base_fun):
-    """b(x) for the whole batch, vectorised. silu as x / (1 + exp(-x)):
-    exp overflows to inf for very negative x, giving the correct limit -0."""
-    if base_fun == "silu":
-        with np.errstate(over="ignore"):
-            return x / (1 + np.exp(-x))
-    return base_value_array(x, base_fun)
+    """b(x) for the whole batch, vectorised, in one (B, I) buffer. silu as
+    x / (1 + exp(-x)): exp overflows to inf for very negative x, which gives
+    the correct limit -0."""
+    if base_fun != "silu":
+        return base_value_array(x, base_fun)
+    out = np.negative(x)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)
+    out += 1
+    np.divide(x, out, out=out)
+    return out
 
 
 def _reciprocals(grid, k):
