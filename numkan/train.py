@@ -327,6 +327,29 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     with a warning and restores the last parameters whose objective was
     finite. Any other error restores the parameters the model had before the
     call and is raised again.
+
+    What crosses the host boundary on a device (device="cuda")
+    ---------------------------------------------------------
+    Once per fit: the data set is uploaded (each whole split once), and the
+    saved parameters (at the start, the last finite, the best) are device
+    arrays refreshed with device-to-device copies.
+    Per Adam step, with the defaults (mean squared error, ``lamb == 0``, no
+    grid update at that step, no symbolic edge): three numbers come back, the
+    training loss, one combined finiteness flag over every parameter and knot,
+    and the test loss; nothing goes to the device when ``batch == -1``, and
+    with ``batch > 0`` the step's minibatch (train and test inputs and labels,
+    gathered on the host) is uploaded. Parameters, gradients, Adam moments
+    and predictions stay on the device.
+    Extra traffic when asked for: ``lamb > 0`` brings each layer's (I, O) and
+    (I,) regulariser moments to the host per evaluation (the penalty's maths
+    runs there) and sends their (I, O) and (I,) gradients back;
+    ``lamb_coef``/``lamb_coefdiff`` also copy each layer's coef and dcoef
+    through the host; a ``loss_fn`` gets the predictions on the host (train
+    and test) and sends its gradient back; a grid-update step refits the
+    grids on the host; symbolic edges are evaluated on the host.
+    L-BFGS keeps its flat float64 parameter vector and history on the host
+    (scipy): every evaluation uploads the parameters and brings the gradient
+    back, and each L-BFGS run copies the knots to the host once.
     """
     # -- validate everything before touching the model ------------------------
     if opt not in ("LBFGS", "Adam"):

@@ -308,3 +308,74 @@ def test_fit_with_regulariser_and_attribute_on_cuda_match_cpu(monkeypatch):
     for l in range(1):
         check(f"edge_scores[{l}]", gpu.edge_scores[l], cpu.edge_scores[l], np.float64)
         check(f"node_scores[{l}]", gpu.node_scores[l], cpu.node_scores[l], np.float64)
+
+
+# ---------------------------------------------------------------------------
+# fit(Adam) keeps its per-step work on the device
+def _count_transfers(monkeypatch):
+    """Record every device -> host copy (elements) and host -> device upload."""
+    log = {"d2h": [], "h2d": 0}
+    cls = type(C.zeros((1,), np.float64))
+    copy_to_host, to_device = cls.copy_to_host, C.cuda.to_device
+
+    def counted_copy_to_host(self, *args, **kwargs):
+        log["d2h"].append(int(self.size))
+        return copy_to_host(self, *args, **kwargs)
+
+    def counted_to_device(*args, **kwargs):
+        log["h2d"] += 1
+        return to_device(*args, **kwargs)
+    monkeypatch.setattr(cls, "copy_to_host", counted_copy_to_host)
+    monkeypatch.setattr(C.cuda, "to_device", counted_to_device)
+    return log
+
+
+@pytest.mark.parametrize("batch,steps", [(-1, (2, 4)), (4, (1, 2))])  # few steps: the simulator is slow
+def test_adam_fit_moves_only_scalars_per_step(batch, steps, monkeypatch):
+    """Per Adam step only three one-number copies come back: the training loss, the
+    combined finiteness flag of every parameter and knot, and the test loss. No
+    parameter, gradient or prediction crosses; the whole data set is uploaded once
+    (batch=-1), a minibatch's four arrays (train and test x, y) per step (batch=4)."""
+    data = nk.create_dataset(lambda x: x[:, :1] * x[:, 1:], n_var=2, train_num=8, test_num=8, seed=0)
+    log = _count_transfers(monkeypatch)
+    counts = {}
+    for n in steps:
+        model = nk.KAN([2, 1], grid=3, k=2, seed=3, device="cuda")
+        del log["d2h"][:]
+        log["h2d"] = 0
+        res = model.fit(data, opt="Adam", steps=n, lr=1e-2, batch=batch, update_grid=False,
+                        lamb=0.0, log=0)
+        assert len(res["test_loss"]) == n and np.all(np.isfinite(res["test_loss"]))
+        counts[n] = (len(log["d2h"]), log["h2d"], max(log["d2h"], default=0))
+    (d_a, u_a, big_a), (d_b, u_b, big_b) = (counts[n] for n in steps)
+    more = steps[1] - steps[0]
+    assert max(big_a, big_b) == 1, counts              # every copy back is one number
+    assert d_b - d_a == 3 * more, counts               # loss, finiteness flag, test loss per step
+    assert u_b - u_a == (0 if batch == -1 else 4) * more, counts
+
+
+def test_adam_fit_non_finite_restores_last_finite_on_device():
+    """A parameter made NaN by a callback: the fit stops and the model gets the last finite
+    parameters back from the device-side snapshot, as on the CPU."""
+    data = nk.create_dataset(lambda x: x[:, :1] * x[:, 1:], n_var=2, train_num=8, test_num=8, seed=0)
+    models = []
+    for device in ("cpu", "cuda"):
+        model = nk.KAN([2, 1], grid=3, k=2, seed=3, device=device)
+        be = model.backend
+
+        def poison(step, results, model=model, be=be):
+            if step == 1:
+                coef = be.to_host(model.layers[0].coef)
+                coef[...] = np.nan
+                model.layers[0].coef = be.asarray(coef, model.dtype)
+        with pytest.warns(RuntimeWarning, match="objective is nan"):
+            res = model.fit(data, opt="Adam", steps=3, lr=1e-2, update_grid=False, log=0,
+                            callback=poison)
+        assert len(res["train_loss"]) == 1
+        models.append(model)
+    cpu, gpu = models
+    for name, p in cpu.params.items():
+        q = C.to_host(gpu.params[name])
+        assert np.all(np.isfinite(q)), name
+        e, idx = rel_err(q, p)
+        assert e <= 1e-10, f"{name}: {e:.3g} at {idx}"
