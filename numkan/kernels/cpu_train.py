@@ -23,15 +23,10 @@ from .reference import adam_step, mse_loss_grad  # noqa: F401  (re-exported)
 _jit = dict(nogil=True, cache=True)
 _base_value = njit(**_jit)(_scalar.base_value)
 _base_deriv = njit(**_jit)(_scalar.base_deriv)
-_find_span = njit(**_jit)(_scalar.find_span)
-_local_basis = njit(**_jit)(_scalar.local_basis)
-_knot_reciprocals = njit(**_jit)(_scalar.knot_reciprocals)
-
-
-def _inv(grid, k):
-    inv = np.zeros((grid.shape[0], k + 1, grid.shape[1]), dtype=grid.dtype)
-    _knot_reciprocals(inv, grid, k)
-    return inv
+# The span search, local bases, knot reciprocals and gradient finish are
+# cpu.py's own (this module is imported at the end of cpu.py, after they exist).
+from .cpu import _finish_backward, _reciprocals  # noqa: E402
+from .cpu import find_span as _find_span, local_basis as _local_basis  # noqa: E402
 
 
 @njit(parallel=True, **_jit)
@@ -132,7 +127,7 @@ def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, 
     XS2 = np.zeros((nchunk, I))
     W = coef * (scale_sp * mask)[:, None, :]
     with threads_for(B * I * coef.shape[2]):
-        _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, _inv(grid, k), W, scale_base * mask, k,
+        _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, _reciprocals(grid, k), W, scale_base * mask, k,
                                 BASE_CODES[base_fun], nchunk)
     s1[...] = S1.sum(axis=0)
     s2[...] = S2.sum(axis=0)
@@ -155,9 +150,8 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
     spm = scale_sp * mask
     W = coef * spm[:, None, :]
     dt = coef.dtype
-    from .cpu import _finish_backward  # cpu.py re-exports this module: import late
     with threads_for(B * I * coef.shape[2]):
         _moments_backward_kernel(dx, P, PB, ds1.astype(dt), ds2.astype(dt), dxs1.astype(dt),
-                                 dxs2.astype(dt), x, grid, _inv(grid, k), W, scale_base * mask, k,
+                                 dxs2.astype(dt), x, grid, _reciprocals(grid, k), W, scale_base * mask, k,
                                  BASE_CODES[base_fun], nchunk)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
