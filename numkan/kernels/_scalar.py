@@ -15,17 +15,9 @@ SILU, IDENTITY, ZERO = 0, 1, 2
 BASE_CODES = {"silu": SILU, "identity": IDENTITY, "zero": ZERO}
 
 
-def sigmoid(x):
-    """1 / (1 + exp(-x)), split on the sign so exp never overflows."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-# base_value and base_deriv repeat sigmoid's two lines instead of calling it:
-# a compiled function may only call other compiled functions, and these plain
-# functions are compiled separately for each target.
+# sigmoid(x) = 1 / (1 + exp(-x)), split on the sign so exp never overflows. base_value
+# and base_pair each spell it out instead of calling a helper: a compiled function may
+# only call other compiled functions, and these plain ones are compiled per target.
 def base_value(x, code):
     """b(x): silu(x) = x * sigmoid(x), x, or 0."""
     if code == SILU:
@@ -35,20 +27,6 @@ def base_value(x, code):
         return x * e / (1.0 + e)
     if code == IDENTITY:
         return x
-    return 0.0 * x
-
-
-def base_deriv(x, code):
-    """b'(x): sigmoid(x) * (1 + x * (1 - sigmoid(x))), 1, or 0."""
-    if code == SILU:
-        if x >= 0:
-            s = 1.0 / (1.0 + math.exp(-x))
-        else:
-            e = math.exp(x)
-            s = e / (1.0 + e)
-        return s * (1.0 + x * (1.0 - s))
-    if code == IDENTITY:
-        return 1.0 + 0.0 * x
     return 0.0 * x
 
 

@@ -22,7 +22,7 @@ from .reference import adam_step, mse_loss_grad  # noqa: F401  (re-exported)
 
 _jit = dict(nogil=True, cache=True)
 _base_value = njit(**_jit)(_scalar.base_value)
-_base_deriv = njit(**_jit)(_scalar.base_deriv)
+_base_pair = njit(**_jit)(_scalar.base_pair)
 # The span search, local bases, knot reciprocals and gradient finish are
 # cpu.py's own (this module is imported at the end of cpu.py, after they exist).
 from .cpu import _finish_backward, _reciprocals  # noqa: E402
@@ -84,7 +84,7 @@ def _moments_backward_kernel(dx, P, PB, ds1, ds2, dxs1, dxs2, x, grid, inv, W, W
         g = np.empty(O, dtype=W.dtype)
         for b in range(c * B // nchunk, (c + 1) * B // nchunk):
             xv = x[b, i]
-            bv = _base_value(xv, code)
+            bv, bd = _base_pair(xv, code)
             for o in range(O):
                 g[o] = bv * Wb[i, o]  # phi first; turned into gphi below
             j = _find_span(grid, i, xv)
@@ -102,7 +102,7 @@ def _moments_backward_kernel(dx, P, PB, ds1, ds2, dxs1, dxs2, x, grid, inv, W, W
                 g[o] = ds1[i, o] + 2.0 * ds2[i, o] * g[o]
                 PB[c, i, o] += bv * g[o]
                 acc_b += g[o] * Wb[i, o]
-            d = acc_b * _base_deriv(xv, code) + dxs1[i] + 2.0 * xv * dxs2[i]
+            d = acc_b * bd + dxs1[i] + 2.0 * xv * dxs2[i]
             if j >= 0:
                 for s in range(k + 1):
                     a = j - k + s

@@ -77,7 +77,7 @@ name = "cuda"
 
 # the scalar maths, compiled for the device (compiled lazily on first use)
 _base_value = cuda.jit(device=True)(_scalar.base_value)
-_base_deriv = cuda.jit(device=True)(_scalar.base_deriv)
+_base_pair = cuda.jit(device=True)(_scalar.base_pair)  # b and b' from one exp
 _find_span = cuda.jit(device=True)(_scalar.find_span)
 _local_basis = cuda.jit(device=True)(_scalar.local_basis)
 
@@ -386,8 +386,9 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO):
                         if b < b_hi:
                             xv = x[b, i]
                             Ash[p] = stage(grid, inv, i, xv, K, N, dN, True)
-                            BXsh[p] = _base_value(xv, code)
-                            DBXsh[p] = _base_deriv(xv, code)
+                            b_x, db_x = _base_pair(xv, code)
+                            BXsh[p] = b_x
+                            DBXsh[p] = db_x
                             for s in range(KP1):
                                 Nsh[p, s] = N[s]
                                 dNsh[p, s] = dN[s]
@@ -909,8 +910,9 @@ def _moments_backward_kernel(k, dtype, TX, TY, RB, RO):
                         if b < b_hi:
                             xv = x[b, i]
                             Ash[p] = stage(grid, inv, i, xv, K, N, dN, True)
-                            BXsh[p] = _base_value(xv, code)
-                            DBXsh[p] = _base_deriv(xv, code)
+                            b_x, db_x = _base_pair(xv, code)
+                            BXsh[p] = b_x
+                            DBXsh[p] = db_x
                             for s in range(KP1):
                                 Nsh[p, s] = N[s]
                                 dNsh[p, s] = dN[s]
