@@ -55,14 +55,19 @@ def check_dtype(dtype):
     return dt
 
 
-def check_grid_range(grid_range):
+def check_range(name, r):
+    """A pair (lo, hi) of finite numbers with lo < hi."""
     try:
-        lo, hi = (float(v) for v in grid_range)
+        lo, hi = (float(t) for t in r)
     except (TypeError, ValueError):
-        raise ValueError(f"grid_range must be a pair (lo, hi) of numbers, got {grid_range!r}") from None
+        raise ValueError(f"{name} must be a pair (lo, hi) of numbers, got {r!r}") from None
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"grid_range must be finite with lo < hi, got {grid_range!r}")
+        raise ValueError(f"{name} must be finite with lo < hi, got {r!r}")
     return lo, hi
+
+
+def check_grid_range(grid_range):
+    return check_range("grid_range", grid_range)
 
 
 def check_base_fun(base_fun):

@@ -558,16 +558,6 @@ def _check_edge(model, l, i, j):
     return l, i, j
 
 
-def _check_range(name, r):
-    try:
-        lo, hi = (float(t) for t in r)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (lo, hi), got {r!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"{name} must be finite with lo < hi, got {r!r}")
-    return lo, hi
-
-
 def _set_entry(layer, attr, index, value):
     """layer.<attr>[index] = value on the layer's backend, in place (live arrays stay live)."""
     be = layer.backend
@@ -598,8 +588,8 @@ def fix_symbolic(self, l, i, j, name, fit_params=True, a_range=(-10, 10), b_rang
     """
     l, i, j = _check_edge(self, l, i, j)
     fun = _fun(name)
-    a_range = _check_range("a_range", a_range)
-    b_range = _check_range("b_range", b_range)
+    a_range = v.check_range("a_range", a_range)
+    b_range = v.check_range("b_range", b_range)
     layer = self.layers[l]
     if fit_params:
         xi, yi = _edge_samples(self, l, i, j, x)
@@ -693,8 +683,8 @@ def suggest_symbolic(self, l, i, j, topk=5, weight_simple=0.8, lib=None, a_range
         raise ValueError(f"weight_simple must be in [0, 1], got {weight_simple}")
     names = _lib_names(lib)
     xi, yi = _edge_samples(self, l, i, j, x)
-    rows = _suggest(xi, yi, names, weight_simple, _check_range("a_range", a_range),
-                    _check_range("b_range", b_range))[:topk]
+    rows = _suggest(xi, yi, names, weight_simple, v.check_range("a_range", a_range),
+                    v.check_range("b_range", b_range))[:topk]
     if verbose:
         print(f"edge ({l}, {i}, {j}):  {'function':<10} {'r2':>10} {'complexity':>10} {'score':>9}")
         for n, r2, c, s, _ in rows:
@@ -721,7 +711,7 @@ def auto_symbolic(self, lib=None, weight_simple=0.8, r2_threshold=0.0, a_range=(
         raise ValueError(f"weight_simple must be in [0, 1], got {weight_simple}")
     r2_threshold = v.check_float("r2_threshold", r2_threshold)
     names = _lib_names(lib)
-    a_range, b_range = _check_range("a_range", a_range), _check_range("b_range", b_range)
+    a_range, b_range = v.check_range("a_range", a_range), v.check_range("b_range", b_range)
     xh = model_data(self, x, min_rows=2)
     fixed, low = [], []
     for l, layer in enumerate(self.layers):
