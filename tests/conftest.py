@@ -3,6 +3,9 @@
 Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE=<name>``):
 
     numkan    default: few examples per property so the whole suite stays quick
+    ci        the same examples as numkan, drawn from a fixed seed, so that a CI
+              run is reproducible (chosen when the CI environment variable is set;
+              local runs keep exploring new examples)
     thorough  many more examples, for a local deep run before a release
 
 ``deadline=None`` everywhere: the first call of a Numba kernel compiles it,
@@ -20,7 +23,8 @@ settings.register_profile(
 settings.register_profile(
     "thorough", max_examples=400, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "numkan"))
+settings.register_profile("ci", settings.get_profile("numkan"), derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "numkan"))
 
 # the host backends every test runs on; "cuda" has its own tests
 HOST_DEVICES = ("numpy", "cpu")
