@@ -24,6 +24,12 @@ def batch_chunks(B, I):
     return max(1, min(B, -(-TASKS // I)))
 
 
+def input_block(I):
+    """Inputs per task of the backward pass: a few, so that each task reuses its
+    tile of dy rows, and no more than leaves ``TASKS`` tasks on the inputs alone."""
+    return max(1, min(16, I // TASKS))
+
+
 @contextmanager
 def threads_for(edges):
     """Run the enclosed kernel calls on one thread when the work is small."""

@@ -37,13 +37,16 @@ import numpy as np
 from numba import njit, prange
 
 from . import _scalar
-from ._parallel import TASKS, batch_chunks, threads_for
-from ._scalar import BASE_CODES
+from ._parallel import TASKS, batch_chunks, input_block, threads_for
+from ._scalar import BASE_CODES, IDENTITY, SILU
+from ._stack import local_array
 from .reference import all_finite, asarray, copy_into, fill, to_host, zeros  # host storage, as in the reference
 from .reference import base_value as base_value_array
 
 name = "cpu"
-TILE = 16  # samples per tile in the forward pass
+TILE = 16          # samples whose local bases are computed together, then contracted
+BLOCK_BYTES = 256  # a block of output accumulators: 8 AVX2 registers (64 float32, 32 float64)
+INPUTS_PER_BLOCK = 8  # forward: inputs whose coefficient rows the tile's samples share in L1
 
 _jit = dict(nogil=True, cache=True)
 base_pair = njit(**_jit)(_scalar.base_pair)
@@ -53,179 +56,240 @@ knot_reciprocals = njit(**_jit)(_scalar.knot_reciprocals)
 # 'contract' fuses a*b+c into FMA; 'reassoc' lets LLVM vectorise the
 # dot products over outputs in the backward pass. No NaN/inf assumptions.
 _FAST = {"contract", "reassoc"}
+# Helpers inlined into the kernels (Numba IR inlining): their scratch is the
+# caller's stack arrays, which LLVM then keeps in registers, and the caller's
+# constants (k, the block width) become theirs, so their loops unroll.
+_inline = dict(inline="always", fastmath=_FAST)
+_local_basis_inl = njit(**_inline)(_scalar.local_basis)
 
 
-@njit(**_jit)
-def _tile_basis(grid, inv, i, x, t0, nb, k, js, Nt, dNt, L, Rr, sv, deriv):
-    """Local bases of input i for the samples t0..t0+nb-1 of x, across the tile.
+@njit(**_inline)
+def _bases_at(N, dN, work, grid, inv, lo, scale, i, xv, k, deriv):
+    """N (and dN) = the k+1 local bases of input i at xv (``_scalar.local_basis``);
+    returns a span code: j >= k for an interior span (all k+1 bases exist), else
+    -1 - j <= 0 (a boundary span; 0 outside the knots, where N = dN = 0).
 
-    The same recursion as ``_scalar.local_basis``, with the loop over samples
-    innermost so that LLVM vectorises it (the scalar form is a chain of
-    dependent operations per sample; across a tile they are independent).
-    Fills ``js[u]`` (span), ``Nt[s, u]`` and, when ``deriv``, ``dNt[s, u]``.
-
-    Every sample is first assumed to sit on an interior span (all k+1 bases
-    exist), guessed from a uniform grid and checked against the knots. A
-    sample for which that fails (outside the knots, a boundary span, or a
-    non-uniform grid the guess misses) is redone by the scalar
-    ``find_span``/``local_basis`` and marked with ``js[u] = -1 - j`` so the
-    caller takes the checked path for it.
+    The span is first guessed as on a uniform grid, int((x - t[0]) * scale)
+    with the scale precomputed per input (no division here), and checked
+    against the knots; a miss goes to ``find_span`` (binary search).
     """
     n = grid.shape[1]
-    lo = grid[i, 0]
-    scale = (n - 1) / (grid[i, n - 1] - lo)
-    jmin = k
-    jmax = n - 2 - k
-    miss = 0
-    for u in range(nb):
-        xv = x[t0 + u, i]
-        g = (xv - lo) * scale
-        g = min(max(g, jmin), jmax)  # NaN-free input, so the clamp is total
-        js[u] = int(g)
-    for u in range(nb):
-        xv = x[t0 + u, i]
-        g = js[u]
-        ok = grid[i, g] <= xv and xv < grid[i, g + 1]
-        miss += not ok
-        Nt[0, u] = 1.0
-    for r in range(1, k + 1):
-        for u in range(nb):
-            xv = x[t0 + u, i]
-            g = js[u]
-            L[r, u] = xv - grid[i, g + 1 - r]
-            Rr[r, u] = grid[i, g + r] - xv
-            sv[u] = 0.0
-        for s in range(r):
-            for u in range(nb):
-                q = Nt[s, u] * inv[i, r, js[u] + 1 - r + s]
-                if deriv and r == k:
-                    # dB[a,k] = k (B[a,k-1]/(t[a+k]-t[a]) - B[a+1,k-1]/(t[a+k+1]-t[a+1]))
-                    dNt[s, u] = (dNt[s, u] if s > 0 else 0.0) - k * q
-                    dNt[s + 1, u] = k * q
-                Nt[s, u] = sv[u] + Rr[s + 1, u] * q
-                sv[u] = L[r - s, u] * q
-        for u in range(nb):
-            Nt[r, u] = sv[u]
-    if miss:
-        for u in range(nb):
-            xv = x[t0 + u, i]
-            g = js[u]
-            if grid[i, g] <= xv and xv < grid[i, g + 1]:
-                continue
-            j = find_span(grid, i, xv)
-            if j >= jmin and j <= jmax:  # interior after all (non-uniform knots)
-                js[u] = j
-            else:
-                js[u] = -1 - j  # checked path; j = -1 (outside) gives 0
+    g = (xv - lo[i]) * scale[i]
+    j = k if g < k else (n - 2 - k if g >= n - 2 - k else int(g))
+    code = j
+    if not (grid[i, j] <= xv and xv < grid[i, j + 1]):
+        j = find_span(grid, i, xv)
+        if j < 0:
             for s in range(k + 1):
-                Nt[s, u] = 0.0
-                dNt[s, u] = 0.0
-            if j >= 0:
-                local_basis(grid, inv, i, j, xv, k, L[:, u], Rr[:, u], sv, deriv)
+                N[s] = 0.0
+                dN[s] = 0.0
+            return 0
+        code = j if j >= k and j <= n - 2 - k else -1 - j
+    _local_basis_inl(grid, inv, i, j, xv, k, N, dN, work, deriv)
+    return code
+
+
+def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, bx, W, Wb, k):
+    """y[b, ob:ob+width] += sum over inputs i0..i1-1 of phi[i, o](x[b, i]), from the
+    tile's span codes JT and bases NT (row u); y's block is overwritten when i0 == 0.
+    Accumulates in ``acc``; W = coef * scale_sp * mask, Wb = scale_base * mask."""
+    K = W.shape[1]
+    for o in range(width):
+        acc[o] = 0.0 if i0 == 0 else y[b, ob + o]
+    for i in range(i0, i1):
+        j = JT[u, i]
+        bv = bx[b, i]
+        if j > 0:  # interior span: one fused pass, k+2 terms per output
+            a = j - k
+            for o in range(width):
+                v = bv * Wb[i, ob + o]
                 for s in range(k + 1):
-                    Nt[s, u] = L[s, u]
-                    if deriv:
-                        dNt[s, u] = Rr[s, u]
+                    v += NT[u, i, s] * W[i, a + s, ob + o]
+                acc[o] += v
+        else:  # boundary span or outside the knots: only the bases that exist
+            a = -1 - j - k
+            for o in range(width):
+                acc[o] += bv * Wb[i, ob + o]
+            for s in range(k + 1):
+                if a + s >= 0 and a + s < K:
+                    w = NT[u, i, s]
+                    for o in range(width):
+                        acc[o] += w * W[i, a + s, ob + o]
+    for o in range(width):
+        y[b, ob + o] = acc[o]
+
+
+def _grad_block(dx, P, PB, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef, spm, Wb, k):
+    """One sample b, input i (span code ``code``), outputs ob:ob+width: adds
+    dx[b, i] and the raw sums P[c, i] (sum of g * B) and PB[c, i] (sum of g * b).
+
+    dy's block is first copied into ``gl``, and every read of the parameters
+    comes before the first write to P: LLVM then vectorises both loops without
+    overlap checks between P and the arrays it reads.
+    """
+    K = coef.shape[1]
+    zero = dy.dtype.type(0)
+    for o in range(width):
+        gl[o] = dy[b, ob + o]
+    d = zero
+    if code > 0:  # interior span
+        a = code - k
+        for o in range(width):
+            t = zero
+            for s in range(k + 1):
+                t += dN[s] * coef[i, a + s, ob + o]
+            d += gl[o] * (bd * Wb[i, ob + o] + spm[i, ob + o] * t)
+        for o in range(width):
+            PB[c, i, ob + o] += bv * gl[o]
+        for s in range(k + 1):
+            for o in range(width):
+                P[c, i, a + s, ob + o] += N[s] * gl[o]
+    else:  # boundary span or outside the knots: only the bases that exist
+        a = -1 - code - k
+        for o in range(width):
+            d += gl[o] * bd * Wb[i, ob + o]
+        for s in range(k + 1):
+            if a + s >= 0 and a + s < K:
+                for o in range(width):
+                    d += gl[o] * spm[i, ob + o] * dN[s] * coef[i, a + s, ob + o]
+        for o in range(width):
+            PB[c, i, ob + o] += bv * gl[o]
+        for s in range(k + 1):
+            if a + s >= 0 and a + s < K:
+                for o in range(width):
+                    P[c, i, a + s, ob + o] += N[s] * gl[o]
+    dx[b, i] += d
+
+
+# Each helper compiled twice (one plain function, two builds): inlined for a
+# full block of OB outputs (constant width: unrolled, in registers), and as an
+# ordinary function for the last, partial block (any width; compiled once per
+# dtype, shared by every k).
+_contract_block = njit(**_inline)(_contract)
+_contract_any = njit(fastmath=_FAST, **_jit)(_contract)
+_grad_block_full = njit(**_inline)(_grad_block)
+_grad_block_any = njit(fastmath=_FAST, **_jit)(_grad_block)
 
 
 @lru_cache(maxsize=None)
-def _kernels(k):
-    """Forward and backward kernels compiled for spline order ``k`` (a constant)."""
+def _kernels(k, OB):
+    """Forward and backward kernels compiled for spline order ``k`` and output block ``OB``.
+
+    Both are constants of the compiled code: the loops over the k+1 local
+    bases and over a block of OB outputs have constant trip counts, so LLVM
+    unrolls them and keeps the local triangle and the OB accumulators in
+    registers (``_stack.local_array``).
+    """
     kp1 = k + 1
+    W2 = 2 * kp1
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def forward(y, x, bx, grid, inv, W, Wb, nchunk):
+    def forward(y, x, bx, grid, inv, lo, scale, W, Wb, nchunk, IB):
         # y (B, O) out; x (B, I); bx = b(x) (B, I); grid (I, n); inv: knot reciprocals;
-        # W = coef * scale_sp * mask (I, K, O); Wb = scale_base * mask (I, O)
+        # lo, scale (I,): the span guess; W = coef * scale_sp * mask (I, K, O);
+        # Wb = scale_base * mask (I, O). prange over batch chunks: each owns its rows of y.
         B, I = x.shape
         O = y.shape[1]
-        K = W.shape[1]
         for c in prange(nchunk):
-            js = np.empty(TILE, dtype=np.int64)
-            Nt = np.empty((kp1, TILE), dtype=y.dtype)
-            dNt = np.empty((kp1, TILE), dtype=y.dtype)
-            L = np.empty((kp1, TILE), dtype=y.dtype)
-            Rr = np.empty((kp1, TILE), dtype=y.dtype)
-            sv = np.empty(max(TILE, 2 * kp1), dtype=y.dtype)
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
-            for b in range(b0, b1):
-                for o in range(O):
-                    y[b, o] = 0
+            JT = np.empty((TILE, I), dtype=np.int64)      # span codes of the tile
+            NT = np.empty((TILE, I, kp1), dtype=y.dtype)  # local bases of the tile
+            acc_any = np.empty(OB, dtype=y.dtype)         # the partial block's accumulators
+            N = local_array(kp1, y.dtype)
+            dN = local_array(kp1, y.dtype)
+            work = local_array(W2, y.dtype)
+            acc = local_array(OB, y.dtype)
             for t0 in range(b0, b1, TILE):
                 nb = min(TILE, b1 - t0)
-                for i in range(I):
-                    _tile_basis(grid, inv, i, x, t0, nb, k, js, Nt, dNt, L, Rr, sv, False)
-                    for u in range(nb):
-                        b = t0 + u
-                        bv = bx[b, i]
-                        a = js[u] - k
-                        if a >= 0:  # all k+1 bases exist: one fused pass over outputs
-                            for o in range(O):
-                                acc = bv * Wb[i, o]
-                                for s in range(kp1):
-                                    acc += Nt[s, u] * W[i, a + s, o]
-                                y[b, o] += acc
-                        else:  # outside the knots, or a boundary span
-                            a = -1 - js[u] - k
-                            for o in range(O):
-                                y[b, o] += bv * Wb[i, o]
-                            for s in range(kp1):
-                                if a + s >= 0 and a + s < K:
-                                    for o in range(O):
-                                        y[b, o] += Nt[s, u] * W[i, a + s, o]
+                for u in range(nb):
+                    for i in range(I):
+                        JT[u, i] = _bases_at(N, dN, work, grid, inv, lo, scale, i, x[t0 + u, i], k, False)
+                        for s in range(kp1):
+                            NT[u, i, s] = N[s]
+                # A sample's block of OB outputs stays in registers across a block of
+                # IB inputs, whose coefficient rows stay in L1 across the tile's samples.
+                # (A while loop: with 'for ob in range(0, O, OB)' LLVM no longer keeps
+                # the block in registers, and the pass runs 3x slower.)
+                ob = 0
+                while ob < O:
+                    for i0 in range(0, I, IB):
+                        i1 = min(i0 + IB, I)
+                        for u in range(nb):
+                            if ob + OB <= O:
+                                _contract_block(y, acc, OB, t0 + u, u, ob, i0, i1, JT, NT, bx, W, Wb, k)
+                            else:
+                                _contract_any(y, acc_any, O - ob, t0 + u, u, ob, i0, i1, JT, NT, bx, W, Wb, k)
+                    ob += OB
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def backward(dx, P, PB, dy, x, grid, inv, coef, spm, Wb, code, nchunk):
+    def backward(dx, P, PB, dy, x, S, grid, inv, lo, scale, coef, spm, Wb, code, nchunk, IB):
         # dx (B, I) +=; P (nchunk, I, K, O) += sum_b g * B[m](x);
-        # PB (nchunk, I, O) += sum_b g * b(x); spm = scale_sp * mask (I, O)
+        # PB (nchunk, I, O) += sum_b g * b(x); S = sigmoid(x) (B, I) for silu;
+        # spm = scale_sp * mask (I, O).
+        # Tasks: (batch chunk, block of IB inputs). A task owns dx[chunk, block] and
+        # P[c, block]; its tile of dy rows is reused by the IB inputs, and each
+        # input's rows of P by the tile's samples.
         B, I = x.shape
         O = dy.shape[1]
-        K = coef.shape[1]
-        for task in prange(nchunk * I):
-            c = task // I
-            i = task - c * I
-            js = np.empty(TILE, dtype=np.int64)
-            Nt = np.empty((kp1, TILE), dtype=dy.dtype)
-            dNt = np.empty((kp1, TILE), dtype=dy.dtype)
-            L = np.empty((kp1, TILE), dtype=dy.dtype)
-            Rr = np.empty((kp1, TILE), dtype=dy.dtype)
-            sv = np.empty(max(TILE, 2 * kp1), dtype=dy.dtype)
+        nblk = -(-I // IB)
+        for task in prange(nchunk * nblk):
+            c = task // nblk
+            i0 = (task - c * nblk) * IB
+            i1 = min(i0 + IB, I)
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
+            JT = np.empty((TILE, IB), dtype=np.int64)
+            NT = np.empty((TILE, IB, kp1), dtype=dy.dtype)
+            DT = np.empty((TILE, IB, kp1), dtype=dy.dtype)
+            BT = np.empty((TILE, IB, 2), dtype=dy.dtype)  # b(x), b'(x)
+            gl_any = np.empty(OB, dtype=dy.dtype)
+            N_any = np.empty(kp1, dtype=dy.dtype)
+            dN_any = np.empty(kp1, dtype=dy.dtype)
+            N = local_array(kp1, dy.dtype)
+            dN = local_array(kp1, dy.dtype)
+            work = local_array(W2, dy.dtype)
+            gl = local_array(OB, dy.dtype)
+            one = dy.dtype.type(1)  # typed constants: a bare 1 would promote float32 to float64
+            zero = dy.dtype.type(0)
             for t0 in range(b0, b1, TILE):
                 nb = min(TILE, b1 - t0)
-                _tile_basis(grid, inv, i, x, t0, nb, k, js, Nt, dNt, L, Rr, sv, True)
                 for u in range(nb):
-                    b = t0 + u
-                    bv, bd = base_pair(x[b, i], code)
-                    bv = dy.dtype.type(bv)
-                    acc_b = dy.dtype.type(0)  # sum_o g * scale_base * mask
-                    acc_s = dy.dtype.type(0)  # sum_o g * scale_sp * mask * s'(x)
-                    a = js[u] - k
-                    if a >= 0:  # all k+1 bases exist: one fused pass over outputs
-                        for o in range(O):
-                            g = dy[b, o]
-                            PB[c, i, o] += bv * g
-                            acc_b += g * Wb[i, o]
-                            ds = dy.dtype.type(0)
-                            for s in range(kp1):
-                                P[c, i, a + s, o] += Nt[s, u] * g
-                                ds += dNt[s, u] * coef[i, a + s, o]
-                            acc_s += g * spm[i, o] * ds
-                    else:
-                        a = -1 - js[u] - k
-                        for o in range(O):
-                            g = dy[b, o]
-                            PB[c, i, o] += bv * g
-                            acc_b += g * Wb[i, o]
+                    for i in range(i0, i1):
+                        xv = x[t0 + u, i]
+                        JT[u, i - i0] = _bases_at(N, dN, work, grid, inv, lo, scale, i, xv, k, True)
                         for s in range(kp1):
-                            if a + s >= 0 and a + s < K:
-                                for o in range(O):
-                                    g = dy[b, o]
-                                    P[c, i, a + s, o] += Nt[s, u] * g
-                                    acc_s += g * spm[i, o] * dNt[s, u] * coef[i, a + s, o]
-                    dx[b, i] += acc_b * bd + acc_s
+                            NT[u, i - i0, s] = N[s]
+                            DT[u, i - i0, s] = dN[s]
+                        if code == SILU:  # b = x s, b' = s (1 + x (1 - s)), s = sigmoid(x)
+                            sg = S[t0 + u, i]
+                            BT[u, i - i0, 0] = xv * sg
+                            BT[u, i - i0, 1] = sg * (one + xv * (one - sg))
+                        elif code == IDENTITY:
+                            BT[u, i - i0, 0] = xv
+                            BT[u, i - i0, 1] = one
+                        else:
+                            BT[u, i - i0, 0] = zero
+                            BT[u, i - i0, 1] = zero
+                for i in range(i0, i1):
+                    for u in range(nb):
+                        for s in range(kp1):
+                            N[s] = NT[u, i - i0, s]
+                            dN[s] = DT[u, i - i0, s]
+                        bv = BT[u, i - i0, 0]
+                        bd = BT[u, i - i0, 1]
+                        j = JT[u, i - i0]
+                        ob = 0
+                        while ob + OB <= O:
+                            _grad_block_full(dx, P, PB, gl, OB, c, t0 + u, i, ob, N, dN, bv, bd, j,
+                                             dy, coef, spm, Wb, k)
+                            ob += OB
+                        if ob < O:  # the last, partial block (heap copies: N, dN stay in registers)
+                            for s in range(kp1):
+                                N_any[s] = N[s]
+                                dN_any[s] = dN[s]
+                            _grad_block_any(dx, P, PB, gl_any, O - ob, c, t0 + u, i, ob, N_any, dN_any, bv, bd,
+                                            j, dy, coef, spm, Wb, k)
 
     return forward, backward
 
@@ -266,10 +330,35 @@ def _base_values(x, base_fun):
     return out
 
 
+def _sigmoid(x, base_fun):
+    """sigmoid(x) (B, I) in one buffer for silu (a (1, 1) placeholder otherwise):
+    the backward pass takes b and b' from it. exp(-x) may overflow to inf,
+    which gives the correct limit 0."""
+    if base_fun != "silu":
+        return np.zeros((1, 1), dtype=x.dtype)
+    out = np.negative(x)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)
+    out += 1
+    np.reciprocal(out, out=out)
+    return out
+
+
 def _reciprocals(grid, k):
     inv = np.zeros((grid.shape[0], k + 1, grid.shape[1]), dtype=grid.dtype)
     knot_reciprocals(inv, grid, k)
     return inv
+
+
+def _span_guess(grid):
+    """t[0] and (n-1) / (t[-1] - t[0]) per input, in float64: a uniform grid's span index of
+    x is int((x - t[0]) * scale); the kernels check that guess against the knots."""
+    lo = grid[:, 0].astype(np.float64)
+    return lo, (grid.shape[1] - 1) / (grid[:, -1] - lo)
+
+
+def _block(dtype):
+    return BLOCK_BYTES // np.dtype(dtype).itemsize
 
 
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
@@ -279,8 +368,10 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     bx = _base_values(x, base_fun)  # NumPy's vectorised exp beats a scalar one per sample
     B, I = x.shape
     nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
+    lo, scale = _span_guess(grid)
     with threads_for(B * I * y.shape[1]):
-        _kernels(k)[0](y, x, bx, grid, _reciprocals(grid, k), W, Wb, nchunk)
+        _kernels(k, _block(y.dtype))[0](y, x, bx, grid, _reciprocals(grid, k), lo, scale, W, Wb, nchunk,
+                                        INPUTS_PER_BLOCK)
     return y
 
 
@@ -293,16 +384,19 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     O(I*K*O):  dcoef += R * scale_sp * mask,  dscale_base += Rb * mask,
     dscale_sp += mask * sum_m coef * R  (since s = sum_m coef * B[m]).
     Extra memory: R, one coefficient-sized buffer per batch chunk (a single
-    one when I >= ``_parallel.TASKS``).
+    one when the input blocks alone give ``_parallel.TASKS`` tasks).
     """
     B, I = x.shape
-    nchunk = batch_chunks(B, I)  # one when the inputs alone give enough tasks: no partial buffers
+    IB = input_block(I)
+    nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
     P = np.zeros((nchunk,) + coef.shape, dtype=coef.dtype)
     PB = np.zeros((nchunk,) + scale_base.shape, dtype=coef.dtype)
     spm = scale_sp * mask
+    lo, scale = _span_guess(grid)
     with threads_for(B * I * dy.shape[1]):
-        _kernels(k)[1](dx, P, PB, dy, x, grid, _reciprocals(grid, k), coef, spm, scale_base * mask,
-                       BASE_CODES[base_fun], nchunk)
+        _kernels(k, _block(dy.dtype))[1](dx, P, PB, dy, x, _sigmoid(x, base_fun), grid, _reciprocals(grid, k),
+                                         lo, scale, coef, spm,
+                                         scale_base * mask, BASE_CODES[base_fun], nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
 
 
