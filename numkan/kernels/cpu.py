@@ -2,34 +2,48 @@
 
 Same functions and signatures as ``reference.py`` (the definition these are
 tested against). The scalar maths (span search, Cox-de Boor on the local
-triangle, silu) comes from ``_scalar.py`` and is compiled here with ``njit``.
+triangle) comes from ``_scalar.py`` and is compiled here with ``njit``.
 
-Work per sample and input: one span search, the k+1 local bases, then one
-fused pass over the O outputs that adds k+1 coefficient rows and the base row.
+Work per sample and input: one span search, the k+1 local bases, then k+2
+coefficient rows (k+1 spline rows and the base row) added into the outputs.
 Cost per edge does not depend on the grid size G.
 
+How the work is laid out (a tile = ``TILE`` consecutive samples):
+1. bases: for each sample of the tile and each input, the span (a guess from a
+   uniform grid, checked against the knots, binary search on a miss) and the
+   k+1 local bases, kept in a small (TILE, I, k+1) scratch;
+2. contraction: the forward pass holds one block of OB outputs of one sample
+   in registers (``BLOCK_BYTES``: 8 AVX2 registers) while it adds the terms of
+   a block of ``INPUTS_PER_BLOCK`` inputs, whose coefficient rows stay in L1
+   across the tile; the backward pass holds dy's block in registers, reads the
+   parameters for dx, then adds into the raw sums of the coefficient gradient.
+
 Why it is fast:
-- the kernels are compiled once per spline order k (``_kernels(k)``), so the
-  loops over the k+1 local bases have a constant trip count: LLVM unrolls them
-  and vectorises the loop over outputs with all k+2 terms fused into one pass;
-- the forward pass walks the batch in tiles of ``TILE`` samples per input, so
-  that input's coefficient block (K, O) stays in L1 while the tile uses it;
+- the kernels are compiled once per spline order k and block width OB
+  (``_kernels(k, OB)``); both are constants of the code, so the loops over the
+  k+1 bases and over a block of outputs unroll and vectorise (AVX2 FMAs);
+- the scratch of the local triangle and the block accumulators are stack
+  arrays (``_stack.local_array``) used only inside inlined helpers, which LLVM
+  keeps in registers, and no loop that writes memory reads an array that LLVM
+  must assume it overlaps, so there are no run-time overlap checks in the loops;
+- every division of the recursion is a multiplication by a knot reciprocal
+  computed once per call (``_scalar.knot_reciprocals``), the span guess
+  multiplies by a per-input scale computed once per call, and b(x) (forward)
+  or sigmoid(x) (backward) come from one vectorised NumPy call;
 - no array views are made in the inner loops (each view costs reference-count
   traffic shared between threads).
 
 Parallelism without data races:
 - forward: ``prange`` over chunks of the batch; each chunk owns its rows of y.
-- backward: ``prange`` over (batch chunk, input) tasks. dx[b, i] has exactly one
-  owner. The reduction over the batch for the coefficient gradient goes into
-  one partial buffer per batch chunk; with I >= ``TASKS`` there is a single
-  chunk, so no extra buffer, and each input's rows are owned by one task.
+- backward: ``prange`` over (batch chunk, block of inputs) tasks; dx[b, i] has
+  exactly one owner. The reduction over the batch for the coefficient gradient
+  goes into one partial buffer per batch chunk; when the input blocks alone
+  give ``TASKS`` tasks there is a single chunk, so no extra buffer.
 - chunk counts depend on shapes only (results are the same for any number of
   threads), and small layers run on one thread (``_parallel.threads_for``).
-- every division of the recursion is a multiplication by a knot reciprocal
-  computed once per call (``_scalar.knot_reciprocals``), and the forward pass
-  takes b(x) from one vectorised NumPy call instead of a scalar exp per input.
-All scratch is allocated by the Python wrappers, in NumPy, except three
-vectors of length <= 2(k+1) per task.
+Scratch: the wrappers' NumPy arrays (b(x) or sigmoid(x), the knot
+reciprocals, W = coef * scale_sp * mask in the forward, the raw sums in the
+backward) and, per task, the tile's bases (TILE x inputs x (k+2) numbers).
 """
 from functools import lru_cache
 
