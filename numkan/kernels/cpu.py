@@ -13,7 +13,7 @@ How the work is laid out (a tile = ``TILE`` consecutive samples):
    uniform grid, checked against the knots, binary search on a miss) and the
    k+1 local bases, kept in a small (TILE, I, k+1) scratch;
 2. contraction: the forward pass holds one block of OB outputs of one sample
-   in registers (``BLOCK_BYTES``: 8 AVX2 registers) while it adds the terms of
+   in registers (``OUTPUT_BLOCK``) while it adds the terms of
    a block of ``INPUTS_PER_BLOCK`` inputs, whose coefficient rows stay in L1
    across the tile; the backward pass holds dy's block in registers, reads the
    parameters for dx, then adds into the raw sums of the coefficient gradient.
@@ -59,7 +59,8 @@ from .reference import base_value as base_value_array
 
 name = "cpu"
 TILE = 16          # samples whose local bases are computed together, then contracted
-BLOCK_BYTES = 256  # a block of output accumulators: 8 AVX2 registers (64 float32, 32 float64)
+OUTPUT_BLOCK = 64  # outputs per register block: 8 AVX2 registers of float32 (16 of float64;
+                   # measured: 32 float64 outputs per block made the backward 3x slower)
 INPUTS_PER_BLOCK = 8  # forward: inputs whose coefficient rows the tile's samples share in L1
 
 _jit = dict(nogil=True, cache=True)
@@ -371,8 +372,6 @@ def _span_guess(grid):
     return lo, (grid.shape[1] - 1) / (grid[:, -1] - lo)
 
 
-def _block(dtype):
-    return BLOCK_BYTES // np.dtype(dtype).itemsize
 
 
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
@@ -384,7 +383,7 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
     lo, scale = _span_guess(grid)
     with threads_for(B * I * y.shape[1]):
-        _kernels(k, _block(y.dtype))[0](y, x, bx, grid, _reciprocals(grid, k), lo, scale, W, Wb, nchunk,
+        _kernels(k, OUTPUT_BLOCK)[0](y, x, bx, grid, _reciprocals(grid, k), lo, scale, W, Wb, nchunk,
                                         INPUTS_PER_BLOCK)
     return y
 
@@ -408,7 +407,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     spm = scale_sp * mask
     lo, scale = _span_guess(grid)
     with threads_for(B * I * dy.shape[1]):
-        _kernels(k, _block(dy.dtype))[1](dx, P, PB, dy, x, _sigmoid(x, base_fun), grid, _reciprocals(grid, k),
+        _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, _sigmoid(x, base_fun), grid, _reciprocals(grid, k),
                                          lo, scale, coef, spm,
                                          scale_base * mask, BASE_CODES[base_fun], nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
