@@ -21,19 +21,27 @@ def extend_knots(interior, k):
     return np.concatenate([interior[0] - h * steps[::-1], interior, interior[-1] + h * steps])
 
 
-def sample_knots(x, G, k, grid_eps):
+def sample_knots(x, G, k, grid_eps, margin=0.0):
     """Knots (G + 2k + 1,) adapted to the samples x (N,) of one input, or None.
 
     The interior grid blends the G + 1 sample quantiles at positions
     floor(linspace(0, N-1, G+1)) of the sorted samples (weight 1 - grid_eps)
     with the uniform grid linspace(min, max, G+1) (weight grid_eps). None when
     the samples do not span an interval (all equal): no grid fits them.
+
+    ``margin`` (a fraction of max - min, default 0 as in KAN_MATH) moves the
+    two end knots of both grids outwards by margin * (max - min), so that
+    inputs a little beyond the samples still have all k+1 local bases.
     """
     xs = np.sort(x)
     lo, hi = xs[0], xs[-1]
     if not hi - lo > 1e-12 * max(1.0, abs(lo), abs(hi)):
         return None
     adaptive = xs[np.floor(np.linspace(0, xs.size - 1, G + 1)).astype(np.int64)]
+    if margin:
+        pad = margin * (hi - lo)
+        lo, hi = lo - pad, hi + pad
+        adaptive[0], adaptive[-1] = lo, hi
     uniform = np.linspace(lo, hi, G + 1)
     return extend_knots(grid_eps * uniform + (1 - grid_eps) * adaptive, k)
 
@@ -52,7 +60,7 @@ def _layer_forward(layer, x, grid, coef):
     return y
 
 
-def update_grid(model, x):
+def update_grid(model, x, margin=0.0):
     """Adapt every layer's knots to the samples x (B, n_in) and re-fit the coefficients.
 
     Layer by layer (each layer sees the outputs of the already updated layers
@@ -61,7 +69,15 @@ def update_grid(model, x):
     every edge's spline keeps its values at those samples. An input whose
     samples are all equal keeps its knots. The model is changed only after
     every layer has been computed, so a failed call leaves it as it was.
+
+    margin : float >= 0, default 0
+        Widen each input's interior grid by this fraction of its samples'
+        range on both sides (0 is KAN_MATH's rule, and pykan's). Inputs just
+        beyond the samples (test points, or a hidden layer's values for them)
+        then keep all k+1 local bases instead of falling where the spline
+        fades out.
     """
+    margin = v.check_float("margin", margin, minimum=0)
     xh = v.check_array("x", x, model.width[0], np.float64)
     if xh.shape[0] < 2:
         raise ValueError(f"x must have at least 2 rows to place a grid, got shape {xh.shape}")
@@ -74,7 +90,7 @@ def update_grid(model, x):
         c_old = be.to_host(L.coef).astype(np.float64)
         t_new, c_new = t_old.copy(), c_old.copy()
         for i in range(L.in_dim):
-            t = sample_knots(xl[:, i], L.num, L.k, L.grid_eps)
+            t = sample_knots(xl[:, i], L.num, L.k, L.grid_eps, margin)
             if t is None:
                 continue
             t_new[i] = t

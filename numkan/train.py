@@ -257,7 +257,7 @@ class _Progress:
 def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb_l1=1.0,
         lamb_entropy=2.0, lamb_coef=0.0, lamb_coefdiff=0.0, update_grid=True, grid_update_num=10,
         start_grid_update_step=-1, stop_grid_update_step=50, loss_fn=None, log=1, callback=None,
-        beta1=0.9, beta2=0.999, eps=1e-8):
+        beta1=0.9, beta2=0.999, eps=1e-8, grid_margin=0.0):
     """Train ``model`` on ``dataset`` in place; returns per-step ``train_loss``, ``test_loss``, ``reg``.
 
     Parameters (pykan's names and meanings)
@@ -305,6 +305,11 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
         inputs (``model.update_grid``) at every step s with
         ``s % (stop_grid_update_step // grid_update_num) == 0`` and
         ``start_grid_update_step <= s < stop_grid_update_step`` (pykan's schedule).
+    grid_margin : float >= 0
+        The ``margin`` of those grid updates (``model.update_grid``): each
+        input's grid is widened by this fraction of its samples' range on both
+        sides. 0 (the default) is pykan's rule; a small margin such as 0.05
+        keeps test inputs just beyond the training range inside the grid.
     loss_fn : callable or None
         ``loss_fn(pred, target) -> (loss, dloss/dpred)`` on host arrays; None
         is the mean squared error (run by the backend).
@@ -366,6 +371,7 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     grid_update_num = v.check_int("grid_update_num", grid_update_num, 1)
     start_grid_update_step = v.check_int("start_grid_update_step", start_grid_update_step)
     stop_grid_update_step = v.check_int("stop_grid_update_step", stop_grid_update_step, 0)
+    grid_margin = v.check_float("grid_margin", grid_margin, minimum=0)
     log = v.check_int("log", log, 0)
     beta1 = v.check_float("beta1", beta1, minimum=0)
     beta2 = v.check_float("beta2", beta2, minimum=0)
@@ -430,10 +436,11 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     try:
         with _single_thread_blas():
             if opt == "LBFGS":
-                _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st)
+                _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
+                           grid_margin)
             else:
                 _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
-                          lr, beta1, beta2, eps)
+                          grid_margin, lr, beta1, beta2, eps)
     except KeyboardInterrupt:
         (st.best if st.best is not None else start).restore(model)
         progress.close()
@@ -512,7 +519,7 @@ def _check_finite(value, what):
 
 
 def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
-              lr, beta1, beta2, eps):
+              grid_margin, lr, beta1, beta2, eps):
     be = model.backend
     names = [trainable_names(model, L) for L in model.layers]
     m = {(l, n): be.zeros(getattr(L, n).shape, model.dtype)
@@ -522,7 +529,7 @@ def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, recor
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
         if grid_step(s):
-            _update_grid(model, x)
+            _update_grid(model, x, grid_margin)
         obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
         loss, reg = obj()
         _check_finite(loss + lamb * reg, "training objective")
@@ -539,14 +546,15 @@ def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, recor
             return
 
 
-def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st):
+def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
+                           grid_margin):
     flat = _Flat(model)
     s = 0
     while s < steps:
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
         if grid_step(s):
-            _update_grid(model, x)
+            _update_grid(model, x, grid_margin)
         # consecutive steps on the same objective share one L-BFGS run
         n = 1
         if tr is None:

@@ -95,6 +95,59 @@ def test_update_grid_is_the_least_squares_fit(device):
     assert np.abs(model(x) - y_before).max() < 0.05 * np.abs(y_before).max()
 
 
+def test_sample_knots_margin_widens_the_end_knots():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-0.7, 1.3, 200)
+    G, k, eps, m = 5, 3, 0.02, 0.1
+    t0 = grids.sample_knots(x, G, k, eps)
+    t = grids.sample_knots(x, G, k, eps, margin=m)
+    lo, hi = x.min(), x.max()
+    pad = m * (hi - lo)
+    np.testing.assert_allclose([t[k], t[k + G]], [lo - pad, hi + pad], rtol=0, atol=1e-14)
+    # the inner knots: the same quantiles, blended with the wider uniform grid
+    uniform = np.linspace(lo - pad, hi + pad, G + 1)
+    np.testing.assert_allclose(t[k + 1:k + G], t0[k + 1:k + G]
+                               + eps * (uniform[1:-1] - np.linspace(lo, hi, G + 1)[1:-1]), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(np.diff(t[:k + 1]), (hi - lo + 2 * pad) / G, rtol=1e-12)
+    np.testing.assert_array_equal(grids.sample_knots(x, G, k, eps, margin=0.0), t0)
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_update_grid_margin_keeps_nearby_inputs_inside(device):
+    """Just beyond the samples, margin=0 leaves a basis missing (the spline of a
+    constant fades), a margin keeps all k+1 bases (the constant is exact there)."""
+    x = np.random.default_rng(5).uniform(-0.5, 0.5, (100, 1))
+    beyond = np.array([x.max() + 0.02, x.min() - 0.02])
+    for margin, exact in ((0.0, False), (0.05, True)):
+        model = nk.KAN([1, 1], grid=6, k=3, seed=0, device=device, base_fun="zero")
+        L = model.layers[0]
+        L.coef = model.backend.asarray(np.ones(host(model, 0, "coef").shape), L.dtype)  # s(x) = 1 inside
+        model.update_grid(x, margin=margin)
+        s = edge_spline(model, 0, 0, beyond)[:, 0]
+        assert np.allclose(s, 1.0, rtol=0, atol=1e-9) == exact, (margin, s)
+    before = {n: np.array(a) for n, a in model.params.items()}
+    for bad, err in ((-0.1, ">= 0"), (np.nan, "finite"), ("0.1", "real number")):
+        with pytest.raises(ValueError, match="margin"):
+            model.update_grid(x, margin=bad)
+    for n, a in model.params.items():
+        np.testing.assert_array_equal(a, before[n])
+
+
+def test_fit_passes_grid_margin_to_its_grid_updates():
+    ds = nk.create_dataset(lambda x: np.sin(2 * x[:, :1]), n_var=1, train_num=64, test_num=16, seed=0)
+    grids_seen = {}
+    for margin in (0.0, 0.2):
+        model = nk.KAN([1, 1], grid=4, k=3, seed=0)
+        model.fit(ds, opt="Adam", lr=1e-3, steps=1, stop_grid_update_step=1, grid_margin=margin, log=0)
+        grids_seen[margin] = host(model, 0, "grid")[0]
+    x = ds["train_input"][:, 0]
+    r = x.max() - x.min()
+    np.testing.assert_allclose(grids_seen[0.0][3], x.min(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grids_seen[0.2][3], x.min() - 0.2 * r, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="grid_margin"):
+        nk.KAN([1, 1], grid=4, seed=0).fit(ds, steps=1, grid_margin=-1.0, log=0)
+
+
 def test_update_grid_keeps_constant_inputs_and_validates():
     model = nk.KAN([2, 2], grid=4, seed=0)
     t_before = host(model, 0, "grid")
