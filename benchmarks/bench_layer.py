@@ -253,8 +253,9 @@ def header(gemm, gemm_n, load):
         f"layer {numba.threading_layer() if hasattr(numba, 'threading_layer') else '?'})",
         f"- numpy BLAS: {blas_info()}; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, "
         f"OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']}",
-        f"- 1-minute load average at start / end of the run: {load[0]:.1f} / {load[1]:.1f} "
-        f"(above the core count, other processes shared the cores and the times are inflated)",
+        f"- 1-minute load average at start / end of the run: {load[0]:.1f} / {load[1]:.1f}"
+        + (" (above the core count: other processes shared the cores and the times are inflated)"
+           if max(load) > (os.cpu_count() or 1) else ""),
         f"- numpy GEMM ({gemm_n}x{gemm_n}): float32 {gemm['float32'] / 1e9:.1f} GFLOP/s, "
         f"float64 {gemm['float64'] / 1e9:.1f} GFLOP/s",
         f"- k = {K_ORDER}; flops counted as 2(k+1) = {2 * (K_ORDER + 1)} per edge per pass, "
