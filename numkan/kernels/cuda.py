@@ -358,13 +358,7 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO):
         b_hi = (c + 1) * B // C
         # the knot reciprocals of input i, as _scalar.knot_reciprocals computes them
         inv = INV[c]
-        n = grid.shape[1]
-        for p in range(tid, k * n, NT):
-            r = 1 + p // n
-            m = p - (r - 1) * n
-            if m < n - r:
-                d = grid[i, m + r] - grid[i, m]
-                inv[i, r, m] = 1.0 / d if d > 0 else 0.0
+        _inv_row(inv, grid, i, k, tid, NT)
         cuda.syncthreads()
         for o0 in range(0, O, TO):
             for r in range(RO):
