@@ -331,30 +331,32 @@ def _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask):
             dscale_sp[i, o] += mask[i, o] * acc
 
 
-def _base_values(x, base_fun):
-    """b(x) for the whole batch, vectorised, in one (B, I) buffer. silu as
-    x / (1 + exp(-x)): exp overflows to inf for very negative x, which gives
-    the correct limit -0."""
-    if base_fun != "silu":
-        return base_value_array(x, base_fun)
+def _one_plus_exp_neg(x):
+    """1 + exp(-x) in one new (B, I) buffer; exp may overflow to inf for very
+    negative x, which the callers turn into the correct limits."""
     out = np.negative(x)
     with np.errstate(over="ignore"):
         np.exp(out, out=out)
     out += 1
+    return out
+
+
+def _base_values(x, base_fun):
+    """b(x) for the whole batch, vectorised, in one (B, I) buffer. silu as
+    x / (1 + exp(-x)) (the limit -0 for very negative x)."""
+    if base_fun != "silu":
+        return base_value_array(x, base_fun)
+    out = _one_plus_exp_neg(x)
     np.divide(x, out, out=out)
     return out
 
 
 def _sigmoid(x, base_fun):
-    """sigmoid(x) (B, I) in one buffer for silu (a (1, 1) placeholder otherwise):
-    the backward pass takes b and b' from it. exp(-x) may overflow to inf,
-    which gives the correct limit 0."""
+    """sigmoid(x) = 1 / (1 + exp(-x)) (B, I) in one buffer for silu (a (1, 1)
+    placeholder otherwise): the backward pass takes b and b' from it."""
     if base_fun != "silu":
         return np.zeros((1, 1), dtype=x.dtype)
-    out = np.negative(x)
-    with np.errstate(over="ignore"):
-        np.exp(out, out=out)
-    out += 1
+    out = _one_plus_exp_neg(x)
     np.reciprocal(out, out=out)
     return out
 

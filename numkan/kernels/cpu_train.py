@@ -22,10 +22,9 @@ from .reference import adam_step, mse_loss_grad  # noqa: F401  (re-exported)
 
 _jit = dict(nogil=True, cache=True)
 _base_value = njit(**_jit)(_scalar.base_value)
-_base_pair = njit(**_jit)(_scalar.base_pair)
-# The span search, local bases, knot reciprocals and gradient finish are
+# The span search, local bases, b and b', knot reciprocals and gradient finish are
 # cpu.py's own (this module is imported at the end of cpu.py, after they exist).
-from .cpu import _finish_backward, _reciprocals  # noqa: E402
+from .cpu import _finish_backward, _reciprocals, base_pair as _base_pair  # noqa: E402
 from .cpu import find_span as _find_span, local_basis as _local_basis  # noqa: E402
 
 
