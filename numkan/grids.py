@@ -38,10 +38,9 @@ def sample_knots(x, G, k, grid_eps, margin=0.0):
     if not hi - lo > 1e-12 * max(1.0, abs(lo), abs(hi)):
         return None
     adaptive = xs[np.floor(np.linspace(0, xs.size - 1, G + 1)).astype(np.int64)]
-    if margin:
-        pad = margin * (hi - lo)
-        lo, hi = lo - pad, hi + pad
-        adaptive[0], adaptive[-1] = lo, hi
+    pad = margin * (hi - lo)  # the quantiles' ends are min and max: margin 0 changes nothing
+    lo, hi = lo - pad, hi + pad
+    adaptive[0], adaptive[-1] = lo, hi
     uniform = np.linspace(lo, hi, G + 1)
     return extend_knots(grid_eps * uniform + (1 - grid_eps) * adaptive, k)
 
