@@ -29,7 +29,11 @@ Why it is fast:
 - every division of the recursion is a multiplication by a knot reciprocal
   computed once per call (``_scalar.knot_reciprocals``), the span guess
   multiplies by a per-input scale computed once per call, and b(x) (forward)
-  or sigmoid(x) (backward) come from one vectorised NumPy call;
+  or sigmoid(x) (backward) come from one parallel pass over the batch whose
+  exp is plain arithmetic that LLVM vectorises (``_vexp``);
+- all storage of this backend, and every buffer of the wrappers, starts on a
+  64-byte boundary (``empty``), so no 32-byte load or store of a row of
+  coefficients, outputs or raw sums straddles two cache lines;
 - no array views are made in the inner loops (each view costs reference-count
   traffic shared between threads).
 
@@ -54,7 +58,9 @@ from . import _scalar
 from ._parallel import TASKS, batch_chunks, input_block, threads_for
 from ._scalar import BASE_CODES, IDENTITY, SILU
 from ._stack import local_array
-from .reference import all_finite, asarray, copy_into, fill, to_host, zeros  # host storage, as in the reference
+from ._vexp import silu_sigmoid
+from . import reference
+from .reference import all_finite, copy_into, fill, to_host  # host storage, as in the reference
 from .reference import base_value as base_value_array
 
 name = "cpu"
@@ -62,6 +68,8 @@ TILE = 16          # samples whose local bases are computed together, then contr
 OUTPUT_BLOCK = 64  # outputs per register block: 8 AVX2 registers of float32 (16 of float64;
                    # measured: 32 float64 outputs per block made the backward 3x slower)
 INPUTS_PER_BLOCK = 8  # forward: inputs whose coefficient rows the tile's samples share in L1
+
+ALIGN = 64         # bytes: storage starts on a cache line (see ``empty``)
 
 _jit = dict(nogil=True, cache=True)
 base_pair = njit(**_jit)(_scalar.base_pair)
@@ -76,6 +84,38 @@ _FAST = {"contract", "reassoc"}
 # constants (k, the block width) become theirs, so their loops unroll.
 _inline = dict(inline="always", fastmath=_FAST)
 _local_basis_inl = njit(**_inline)(_scalar.local_basis)
+
+
+# ---------------------------------------------------------------------------
+# storage: host ndarrays, as in the reference, whose data start on a cache line.
+# The kernels read and write rows of coefficients, outputs and gradients with
+# 32-byte AVX2 loads and stores; numpy's default allocation is only 16-byte
+# aligned, so on a misaligned row every other load spans two cache lines.
+def empty(shape, dtype):
+    """An uninitialised C-contiguous ndarray whose data start on an ``ALIGN``-byte boundary."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if np.isscalar(shape) else tuple(int(n) for n in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def zeros(shape, dtype):
+    a = empty(shape, dtype)
+    a.fill(0)
+    return a
+
+
+def asarray(a, dtype):
+    """Host or device array -> a C-contiguous ndarray of ``dtype`` on an ``ALIGN``-byte
+    boundary (``reference.asarray``, copied once more when it is not aligned)."""
+    a = reference.asarray(a, dtype)
+    if a.ctypes.data % ALIGN == 0:
+        return a
+    out = empty(a.shape, a.dtype)
+    out[...] = a
+    return out
 
 
 @njit(**_inline)
@@ -331,33 +371,23 @@ def _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask):
             dscale_sp[i, o] += mask[i, o] * acc
 
 
-def _one_plus_exp_neg(x):
-    """1 + exp(-x) in one new (B, I) buffer; exp may overflow to inf for very
-    negative x, which the callers turn into the correct limits."""
-    out = np.negative(x)
-    with np.errstate(over="ignore"):
-        np.exp(out, out=out)
-    out += 1
-    return out
-
-
 def _base_values(x, base_fun):
-    """b(x) for the whole batch, vectorised, in one (B, I) buffer. silu as
-    x / (1 + exp(-x)) (the limit -0 for very negative x)."""
+    """b(x) for the whole batch in one (B, I) buffer: silu through ``_vexp`` (a parallel,
+    vectorised loop), the others as in the reference."""
     if base_fun != "silu":
         return base_value_array(x, base_fun)
-    out = _one_plus_exp_neg(x)
-    np.divide(x, out, out=out)
+    out = empty(x.shape, x.dtype)
+    silu_sigmoid(out, x, False)
     return out
 
 
 def _sigmoid(x, base_fun):
-    """sigmoid(x) = 1 / (1 + exp(-x)) (B, I) in one buffer for silu (a (1, 1)
-    placeholder otherwise): the backward pass takes b and b' from it."""
+    """sigmoid(x) (B, I) in one buffer for silu (a (1, 1) placeholder otherwise):
+    the backward pass takes b and b' from it."""
     if base_fun != "silu":
         return np.zeros((1, 1), dtype=x.dtype)
-    out = _one_plus_exp_neg(x)
-    np.reciprocal(out, out=out)
+    out = empty(x.shape, x.dtype)
+    silu_sigmoid(out, x, True)
     return out
 
 
@@ -374,17 +404,15 @@ def _span_guess(grid):
     return lo, (grid.shape[1] - 1) / (grid[:, -1] - lo)
 
 
-
-
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     """Compiled ``reference.spline_forward``: y (B, O) overwritten."""
-    W = coef * (scale_sp * mask)[:, None, :]
-    Wb = scale_base * mask
-    bx = _base_values(x, base_fun)  # NumPy's vectorised exp beats a scalar one per sample
+    W = np.multiply(coef, (scale_sp * mask)[:, None, :], out=empty(coef.shape, coef.dtype))
+    Wb = np.multiply(scale_base, mask, out=empty(mask.shape, mask.dtype))
     B, I = x.shape
     nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
     lo, scale = _span_guess(grid)
     with threads_for(B * I * y.shape[1]):
+        bx = _base_values(x, base_fun)
         _kernels(k, OUTPUT_BLOCK)[0](y, x, bx, grid, _reciprocals(grid, k), lo, scale, W, Wb, nchunk,
                                         INPUTS_PER_BLOCK)
     return y
@@ -404,14 +432,14 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     B, I = x.shape
     IB = input_block(I)
     nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
-    P = np.zeros((nchunk,) + coef.shape, dtype=coef.dtype)
-    PB = np.zeros((nchunk,) + scale_base.shape, dtype=coef.dtype)
-    spm = scale_sp * mask
+    P = zeros((nchunk,) + coef.shape, coef.dtype)
+    PB = zeros((nchunk,) + scale_base.shape, coef.dtype)
+    spm = np.multiply(scale_sp, mask, out=empty(mask.shape, mask.dtype))
+    Wb = np.multiply(scale_base, mask, out=empty(mask.shape, mask.dtype))
     lo, scale = _span_guess(grid)
     with threads_for(B * I * dy.shape[1]):
         _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, _sigmoid(x, base_fun), grid, _reciprocals(grid, k),
-                                         lo, scale, coef, spm,
-                                         scale_base * mask, BASE_CODES[base_fun], nchunk, IB)
+                                         lo, scale, coef, spm, Wb, BASE_CODES[base_fun], nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
 
 

@@ -1,0 +1,110 @@
+"""The CPU backend's support code: its vectorised exp, silu and sigmoid (``_vexp``)
+against NumPy, and its aligned storage (``cpu.empty``, ``zeros``, ``asarray``).
+
+The layer kernels that use both are checked against the reference in
+test_kernels.py; these tests pin the pieces down on their own, over the whole
+range where exp is exact and beyond it, where it saturates.
+"""
+import numpy as np
+import pytest
+
+import numkan as nk
+from numkan.kernels import reference
+
+cpu = pytest.importorskip("numkan.kernels.cpu", reason="numba is not installed")
+from numba import njit  # noqa: E402  (numba is there: cpu imported)
+
+from numkan.kernels import _vexp  # noqa: E402
+
+# (dtype, lowest and highest x where vexp is exact, largest relative error allowed: 2 ulp)
+EXP_RANGES = [(np.float64, -708.0, 709.0, 2 * np.finfo(np.float64).eps),
+              (np.float32, -87.0, 88.0, 2 * np.finfo(np.float32).eps)]
+
+
+@njit
+def _vexp_all(out, x):
+    for i in range(x.size):
+        out[i] = _vexp.vexp(x[i])
+
+
+def vexp(x):
+    out = np.empty_like(x)
+    _vexp_all(out, x)
+    return out
+
+
+@pytest.mark.parametrize("dtype, lo, hi, tol", EXP_RANGES)
+def test_vexp_matches_exp_over_its_range(dtype, lo, hi, tol):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(lo, hi, 400_001), rng.uniform(-3, 3, 100_000),
+                        [0.0, -0.0, 1e-30, -1e-30, lo, hi]]).astype(dtype)
+    exact = np.exp(x.astype(np.float64))  # float64 exp of the dtype's x, as the truth
+    rel = np.abs(vexp(x).astype(np.float64) - exact) / exact
+    assert rel.max() <= tol, f"{np.dtype(dtype).name}: worst relative error {rel.max():.3g} at x={x[rel.argmax()]!r}"
+    assert vexp(np.array([0.0], dtype))[0] == 1.0
+
+
+@pytest.mark.parametrize("dtype, lo, hi, tol", EXP_RANGES)
+def test_vexp_is_inf_above_and_zero_below_its_range(dtype, lo, hi, tol):
+    big = np.finfo(dtype).max
+    out = vexp(np.array([np.nextafter(dtype(hi), dtype(np.inf)), 1e4, big, np.inf], dtype))
+    np.testing.assert_array_equal(out, np.inf)
+    out = vexp(np.array([np.nextafter(dtype(lo), dtype(-np.inf)), -1e4, -big, -np.inf], dtype))
+    np.testing.assert_array_equal(out, 0.0)
+    assert np.all(np.isfinite(vexp(np.array([hi, lo], dtype)))) and vexp(np.array([lo], dtype))[0] > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_silu_and_sigmoid_match_numpy(dtype):
+    rng = np.random.default_rng(1)
+    big = float(np.finfo(dtype).max)
+    x = np.concatenate([rng.uniform(-10, 10, 5000), np.linspace(-120, 120, 2401),
+                        [0.0, -0.0, 1e-20, -1e-20, 700.0, -700.0, 1e30, -1e30, big, -big],
+                        np.linspace(-800, 800, 1601)]).astype(dtype).reshape(-1, 2)
+    xs = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        sig = 1.0 / (1.0 + np.exp(-xs))
+    eps = np.finfo(dtype).eps
+    for sigmoid, expected in ((True, sig), (False, reference.base_value(xs, "silu"))):
+        out = cpu.empty(x.shape, dtype)
+        _vexp.silu_sigmoid(out, x, sigmoid)
+        name = "sigmoid" if sigmoid else "silu"
+        assert out.dtype == dtype
+        # 4 ulp of the value, or 2^-100 (float32) / 2^-1000 (float64) absolute:
+        # values that small may be flushed to 0 where exp saturates
+        floor = 2.0 ** (-100 if dtype == np.float32 else -1000)
+        bound = np.maximum(4 * eps * np.abs(expected), floor)
+        excess = np.abs(out - expected) / bound
+        assert excess.max() <= 1, f"{name} {np.dtype(dtype).name}: x={x.flat[excess.argmax()]!r}"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_storage_is_aligned(dtype):
+    for shape in [(3, 5), 7, (2, 3, 4), (0, 4), ()]:
+        for a in (cpu.empty(shape, dtype), cpu.zeros(shape, dtype)):
+            assert a.dtype == dtype and a.flags.c_contiguous
+            assert a.shape == ((shape,) if np.isscalar(shape) else shape)
+            assert a.size == 0 or a.ctypes.data % cpu.ALIGN == 0
+        assert not cpu.zeros(shape, dtype).any()
+
+
+def test_asarray_aligns_copies_only_when_needed():
+    base = np.arange(40, dtype=np.float64)
+    for offset in range(0, 8):  # views starting 0..56 bytes past an aligned block
+        a = cpu.asarray(base, np.float64)
+        view = a[offset:offset + 30]
+        out = cpu.asarray(view, np.float64)
+        assert out.ctypes.data % cpu.ALIGN == 0
+        np.testing.assert_array_equal(out, view)
+        assert (out is view) == (view.ctypes.data % cpu.ALIGN == 0)
+    # a dtype change or a non-contiguous input still gives an aligned C-contiguous copy
+    m = cpu.asarray(np.arange(24.0).reshape(4, 6)[:, ::2], np.float32)
+    assert m.dtype == np.float32 and m.flags.c_contiguous and m.ctypes.data % cpu.ALIGN == 0
+    np.testing.assert_array_equal(m, np.arange(24.0).reshape(4, 6)[:, ::2])
+
+
+def test_cpu_model_storage_is_aligned():
+    model = nk.KAN(width=[3, 4, 2], grid=5, k=3, seed=0, device="cpu", dtype=np.float32)
+    for group in (model.params, model.grads):
+        for name, a in group.items():
+            assert a.ctypes.data % cpu.ALIGN == 0, name
