@@ -81,7 +81,7 @@ _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7 = _T32
 _D = _TAYLOR_64  # float64 coefficients 1/n!, n = 0..13
 
 
-@njit(inline="always", fastmath={"contract"})
+@njit(fastmath={"contract"})
 def _exp64(x0):
     x = min(max(x0, _LO_64), _HI_64)
     ts = x * _LOG2E_64 + _SHIFT_64
@@ -106,7 +106,7 @@ def _exp64(x0):
     return 0.0 if x0 < _LO_64 else (np.inf if x0 > _HI_64 else v)
 
 
-@njit(inline="always", fastmath={"contract"})
+@njit(fastmath={"contract"})
 def _exp32(x0):
     x = min(max(x0, _LO_32), _HI_32)
     ts = x * _LOG2E_32 + _SHIFT_32
@@ -129,7 +129,7 @@ def vexp(x):
     raise NotImplementedError("vexp is only callable from compiled code")
 
 
-@overload(vexp, inline="always")
+@overload(vexp)
 def _vexp_impl(x):
     if x == types.float64:
         return lambda x: _exp64(x)

@@ -9,9 +9,11 @@ coefficient rows (k+1 spline rows and the base row) added into the outputs.
 Cost per edge does not depend on the grid size G.
 
 How the work is laid out (a tile = ``TILE`` consecutive samples):
-1. bases: for each sample of the tile and each input, the span (a guess from a
-   uniform grid, checked against the knots, binary search on a miss) and the
-   k+1 local bases, kept in a small (TILE, I, k+1) scratch;
+1. bases: for each input, the spans and k+1 local bases of the tile's
+   samples, computed with one SIMD lane per sample (``_tile_bases``: a
+   guess from a uniform grid, checked against the knots; the lanes where it
+   missed are redone one by one with a binary search), kept in a small
+   (I, k+1, TILE) scratch;
 2. contraction: the forward pass holds one block of OB outputs of one sample
    in registers (``OUTPUT_BLOCK``) while it adds the terms of
    a block of ``INPUTS_PER_BLOCK`` inputs, whose coefficient rows stay in L1
@@ -26,8 +28,8 @@ Why it is fast:
   arrays (``_stack.local_array``) used only inside inlined helpers, which LLVM
   keeps in registers, and no loop that writes memory reads an array that LLVM
   must assume it overlaps, so there are no run-time overlap checks in the loops;
-- every division of the recursion is a multiplication by a knot reciprocal
-  computed once per call (``_scalar.knot_reciprocals``), the span guess
+- the bases of a tile are vectorised across its samples: the only loads that
+  differ between lanes are the 2k knots around each span; the span guess
   multiplies by a per-input scale computed once per call, and b(x) (forward)
   or sigmoid(x) (backward) come from one parallel pass over the batch whose
   exp is plain arithmetic that LLVM vectorises (``_vexp``);
@@ -119,47 +121,102 @@ def asarray(a, dtype):
 
 
 @njit(**_inline)
-def _bases_at(N, dN, work, grid, inv, lo, scale, i, xv, k, deriv):
+def _bases_at(N, dN, work, grid, inv, i, xv, k, deriv):
     """N (and dN) = the k+1 local bases of input i at xv (``_scalar.local_basis``);
     returns a span code: j >= k for an interior span (all k+1 bases exist), else
     -1 - j <= 0 (a boundary span; 0 outside the knots, where N = dN = 0).
+    One sample at a time, from a binary search (``find_span``): the path of
+    the samples that ``_tile_bases`` leaves over."""
+    n = grid.shape[1]
+    j = find_span(grid, i, xv)
+    if j < 0:
+        for s in range(k + 1):
+            N[s] = 0.0
+            dN[s] = 0.0
+        return 0
+    _local_basis_inl(grid, inv, i, j, xv, k, N, dN, work, deriv)
+    return j if j >= k and j <= n - 2 - k else -1 - j
 
-    The span is first guessed as on a uniform grid, int((x - t[0]) * scale)
-    with the scale precomputed per input (no division here), and checked
-    against the knots; a miss goes to ``find_span`` (binary search).
+
+@njit(**_inline)
+def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale, i, k, deriv):
+    """Span codes and local bases of input i for the TILE samples t0, t0+1, ...
+    (lanes u < nb are real): JT[r, u], NT[r, s, u] and, when ``deriv``, DT[r, s, u].
+
+    Vectorised across the samples (one lane per sample) for the common case,
+    an interior span:
+    1. the span guess of a uniform grid, j = int((x - t[0]) * scale), clamped
+       to the interior spans k .. n-2-k (``lo``, ``scale``: one per input);
+    2. the 2k knots t[j-k+1 .. j+k] of each lane into KW (one row per knot:
+       the only loads that differ between lanes);
+    3. Cox-de Boor on the local triangle (``_scalar.local_basis``, with the
+       reciprocals of the knot differences computed here), and OK[u] = 1
+       where t[j] <= x < t[j+1], i.e. the guess was the span;
+    4. the lanes where it was not (non-uniform knots, a boundary span, outside
+       the knots) are redone one by one by ``_bases_at``.
+    XS, KW, OK (TILE, 2k*TILE, TILE) and N, dN, work are the caller's stack scratch.
     """
     n = grid.shape[1]
-    g = (xv - lo[i]) * scale[i]
-    j = k if g < k else (n - 2 - k if g >= n - 2 - k else int(g))
-    code = j
-    if not (grid[i, j] <= xv and xv < grid[i, j + 1]):
-        j = find_span(grid, i, xv)
-        if j < 0:
+    one = XS.dtype.type(1)  # typed constants: a bare 1 would promote float32 to float64
+    zero = XS.dtype.type(0)
+    kk = XS.dtype.type(k)
+    last = XS.dtype.type(n - 2 - k)
+    for u in range(TILE):
+        xv = x[t0 + u, i] if u < nb else x[t0, i]  # idle lanes repeat the first sample
+        XS[u] = xv
+        g = (xv - lo[i]) * scale[i]
+        g = kk if g < kk else (last if g > last else g)
+        JT[r, u] = np.int32(g)
+    for u in range(TILE):
+        a = JT[r, u] - k + 1
+        for m in range(2 * k):
+            KW[m * TILE + u] = grid[i, a + m]
+    for u in range(TILE):
+        xv = XS[u]
+        N[0] = one
+        for rr in range(1, k + 1):
+            saved = zero
+            for s in range(rr):
+                right = KW[(k + s) * TILE + u]      # t[j+1+s]
+                left = KW[(k - rr + s) * TILE + u]  # t[j+1-rr+s]
+                d = right - left
+                q = N[s] / d if d > zero else zero
+                if deriv and rr == k:
+                    dN[s] = -kk * q if s == 0 else dN[s] - kk * q
+                    dN[s + 1] = kk * q
+                N[s] = saved + (right - xv) * q
+                saved = (xv - left) * q
+            N[rr] = saved
+        for s in range(k + 1):
+            NT[r, s, u] = N[s]
+            if deriv:
+                DT[r, s, u] = dN[s]
+        OK[u] = np.int32(KW[(k - 1) * TILE + u] <= xv) & np.int32(xv < KW[k * TILE + u])
+    for u in range(nb):
+        if OK[u] == 0:
+            JT[r, u] = _bases_at(N, dN, work, grid, inv, i, XS[u], k, deriv)
             for s in range(k + 1):
-                N[s] = 0.0
-                dN[s] = 0.0
-            return 0
-        code = j if j >= k and j <= n - 2 - k else -1 - j
-    _local_basis_inl(grid, inv, i, j, xv, k, N, dN, work, deriv)
-    return code
+                NT[r, s, u] = N[s]
+                if deriv:
+                    DT[r, s, u] = dN[s]
 
 
 def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, bx, W, Wb, k):
     """y[b, ob:ob+width] += sum over inputs i0..i1-1 of phi[i, o](x[b, i]), from the
-    tile's span codes JT and bases NT (row u); y's block is overwritten when i0 == 0.
+    tile's span codes JT[i, u] and bases NT[i, :, u] (lane u); y's block is overwritten when i0 == 0.
     Accumulates in ``acc``; W = coef * scale_sp * mask, Wb = scale_base * mask."""
     K = W.shape[1]
     for o in range(width):
         acc[o] = 0.0 if i0 == 0 else y[b, ob + o]
     for i in range(i0, i1):
-        j = JT[u, i]
+        j = JT[i, u]
         bv = bx[b, i]
         if j > 0:  # interior span: one fused pass, k+2 terms per output
             a = j - k
             for o in range(width):
                 v = bv * Wb[i, ob + o]
                 for s in range(k + 1):
-                    v += NT[u, i, s] * W[i, a + s, ob + o]
+                    v += NT[i, s, u] * W[i, a + s, ob + o]
                 acc[o] += v
         else:  # boundary span or outside the knots: only the bases that exist
             a = -1 - j - k
@@ -167,7 +224,7 @@ def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, bx, W, Wb, k):
                 acc[o] += bv * Wb[i, ob + o]
             for s in range(k + 1):
                 if a + s >= 0 and a + s < K:
-                    w = NT[u, i, s]
+                    w = NT[i, s, u]
                     for o in range(width):
                         acc[o] += w * W[i, a + s, ob + o]
     for o in range(width):
@@ -237,6 +294,7 @@ def _kernels(k, OB):
     """
     kp1 = k + 1
     W2 = 2 * kp1
+    KWN = 2 * k * TILE  # the knots around each lane's span
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
     def forward(y, x, bx, grid, inv, lo, scale, W, Wb, nchunk, IB):
@@ -248,20 +306,21 @@ def _kernels(k, OB):
         for c in prange(nchunk):
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
-            JT = np.empty((TILE, I), dtype=np.int64)      # span codes of the tile
-            NT = np.empty((TILE, I, kp1), dtype=y.dtype)  # local bases of the tile
+            JT = np.empty((I, TILE), dtype=np.int32)      # span codes of the tile
+            NT = np.empty((I, kp1, TILE), dtype=y.dtype)  # local bases of the tile
             acc_any = np.empty(OB, dtype=y.dtype)         # the partial block's accumulators
+            XS = local_array(TILE, y.dtype)
+            KW = local_array(KWN, y.dtype)
+            OK = local_array(TILE, np.int32)
             N = local_array(kp1, y.dtype)
             dN = local_array(kp1, y.dtype)
             work = local_array(W2, y.dtype)
             acc = local_array(OB, y.dtype)
             for t0 in range(b0, b1, TILE):
                 nb = min(TILE, b1 - t0)
-                for u in range(nb):
-                    for i in range(I):
-                        JT[u, i] = _bases_at(N, dN, work, grid, inv, lo, scale, i, x[t0 + u, i], k, False)
-                        for s in range(kp1):
-                            NT[u, i, s] = N[s]
+                for i in range(I):
+                    _tile_bases(NT, NT, JT, i, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale,
+                                i, k, False)
                 # A sample's block of OB outputs stays in registers across a block of
                 # IB inputs, whose coefficient rows stay in L1 across the tile's samples.
                 # (A while loop: with 'for ob in range(0, O, OB)' LLVM no longer keeps
@@ -294,10 +353,13 @@ def _kernels(k, OB):
             i1 = min(i0 + IB, I)
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
-            JT = np.empty((TILE, IB), dtype=np.int64)
-            NT = np.empty((TILE, IB, kp1), dtype=dy.dtype)
-            DT = np.empty((TILE, IB, kp1), dtype=dy.dtype)
-            BT = np.empty((TILE, IB, 2), dtype=dy.dtype)  # b(x), b'(x)
+            JT = np.empty((IB, TILE), dtype=np.int32)
+            NT = np.empty((IB, kp1, TILE), dtype=dy.dtype)
+            DT = np.empty((IB, kp1, TILE), dtype=dy.dtype)
+            BT = np.empty((IB, 2, TILE), dtype=dy.dtype)  # b(x), b'(x)
+            XS = local_array(TILE, dy.dtype)
+            KW = local_array(KWN, dy.dtype)
+            OK = local_array(TILE, np.int32)
             gl_any = np.empty(OB, dtype=dy.dtype)
             N_any = np.empty(kp1, dtype=dy.dtype)
             dN_any = np.empty(kp1, dtype=dy.dtype)
@@ -309,31 +371,31 @@ def _kernels(k, OB):
             zero = dy.dtype.type(0)
             for t0 in range(b0, b1, TILE):
                 nb = min(TILE, b1 - t0)
-                for u in range(nb):
-                    for i in range(i0, i1):
-                        xv = x[t0 + u, i]
-                        JT[u, i - i0] = _bases_at(N, dN, work, grid, inv, lo, scale, i, xv, k, True)
-                        for s in range(kp1):
-                            NT[u, i - i0, s] = N[s]
-                            DT[u, i - i0, s] = dN[s]
+                for i in range(i0, i1):
+                    r = i - i0
+                    _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale,
+                                i, k, True)
+                    for u in range(nb):
+                        xv = XS[u]
                         if code == SILU:  # b = x s, b' = s (1 + x (1 - s)), s = sigmoid(x)
                             sg = S[t0 + u, i]
-                            BT[u, i - i0, 0] = xv * sg
-                            BT[u, i - i0, 1] = sg * (one + xv * (one - sg))
+                            BT[r, 0, u] = xv * sg
+                            BT[r, 1, u] = sg * (one + xv * (one - sg))
                         elif code == IDENTITY:
-                            BT[u, i - i0, 0] = xv
-                            BT[u, i - i0, 1] = one
+                            BT[r, 0, u] = xv
+                            BT[r, 1, u] = one
                         else:
-                            BT[u, i - i0, 0] = zero
-                            BT[u, i - i0, 1] = zero
+                            BT[r, 0, u] = zero
+                            BT[r, 1, u] = zero
                 for i in range(i0, i1):
+                    r = i - i0
                     for u in range(nb):
                         for s in range(kp1):
-                            N[s] = NT[u, i - i0, s]
-                            dN[s] = DT[u, i - i0, s]
-                        bv = BT[u, i - i0, 0]
-                        bd = BT[u, i - i0, 1]
-                        j = JT[u, i - i0]
+                            N[s] = NT[r, s, u]
+                            dN[s] = DT[r, s, u]
+                        bv = BT[r, 0, u]
+                        bd = BT[r, 1, u]
+                        j = JT[r, u]
                         ob = 0
                         while ob + OB <= O:
                             _grad_block_full(dx, P, PB, gl, OB, c, t0 + u, i, ob, N, dN, bv, bd, j,
@@ -397,11 +459,11 @@ def _reciprocals(grid, k):
     return inv
 
 
-def _span_guess(grid):
-    """t[0] and (n-1) / (t[-1] - t[0]) per input, in float64: a uniform grid's span index of
-    x is int((x - t[0]) * scale); the kernels check that guess against the knots."""
+def _span_guess(grid, dtype):
+    """t[0] and (n-1) / (t[-1] - t[0]) per input, in the kernels' dtype: a uniform grid's
+    span index of x is int((x - t[0]) * scale); the kernels check that guess against the knots."""
     lo = grid[:, 0].astype(np.float64)
-    return lo, (grid.shape[1] - 1) / (grid[:, -1] - lo)
+    return lo.astype(dtype), ((grid.shape[1] - 1) / (grid[:, -1] - lo)).astype(dtype)
 
 
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
@@ -410,7 +472,7 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     Wb = np.multiply(scale_base, mask, out=empty(mask.shape, mask.dtype))
     B, I = x.shape
     nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
-    lo, scale = _span_guess(grid)
+    lo, scale = _span_guess(grid, x.dtype)
     with threads_for(B * I * y.shape[1]):
         bx = _base_values(x, base_fun)
         _kernels(k, OUTPUT_BLOCK)[0](y, x, bx, grid, _reciprocals(grid, k), lo, scale, W, Wb, nchunk,
@@ -436,7 +498,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     PB = zeros((nchunk,) + scale_base.shape, coef.dtype)
     spm = np.multiply(scale_sp, mask, out=empty(mask.shape, mask.dtype))
     Wb = np.multiply(scale_base, mask, out=empty(mask.shape, mask.dtype))
-    lo, scale = _span_guess(grid)
+    lo, scale = _span_guess(grid, x.dtype)
     with threads_for(B * I * dy.shape[1]):
         _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, _sigmoid(x, base_fun), grid, _reciprocals(grid, k),
                                          lo, scale, coef, spm, Wb, BASE_CODES[base_fun], nchunk, IB)
