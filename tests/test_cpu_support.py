@@ -1,5 +1,6 @@
-"""The CPU backend's support code: its vectorised exp, silu and sigmoid (``_vexp``)
-against NumPy, and its aligned storage (``cpu.empty``, ``zeros``, ``asarray``).
+"""The CPU backend's support code: its vectorised exp (``_vexp``) and the kernels'
+b(x), b'(x) built on it (``cpu._base_lanes``) against NumPy and the reference,
+and its aligned storage (``cpu.empty``, ``zeros``, ``asarray``).
 
 The layer kernels that use both are checked against the reference in
 test_kernels.py; these tests pin the pieces down on their own, over the whole
@@ -15,6 +16,7 @@ cpu = pytest.importorskip("numkan.kernels.cpu", reason="numba is not installed")
 from numba import njit  # noqa: E402  (numba is there: cpu imported)
 
 from numkan.kernels import _vexp  # noqa: E402
+from numkan.kernels._scalar import BASE_CODES  # noqa: E402
 
 # (dtype, lowest and highest x where vexp is exact, largest relative error allowed: 2 ulp)
 EXP_RANGES = [(np.float64, -708.0, 709.0, 2 * np.finfo(np.float64).eps),
@@ -54,28 +56,44 @@ def test_vexp_is_inf_above_and_zero_below_its_range(dtype, lo, hi, tol):
     assert np.all(np.isfinite(vexp(np.array([hi, lo], dtype)))) and vexp(np.array([lo], dtype))[0] > 0
 
 
+@njit(fastmath={"contract", "reassoc"})  # the kernels' flags: vexp must stay exact under them
+def _base_lanes_all(bv, bd, x, code):
+    """b(x) and b'(x) through the kernels' lane helper, one tile of TILE lanes at a time."""
+    XS = np.empty(cpu.TILE, dtype=x.dtype)
+    BV = np.empty((1, cpu.TILE), dtype=x.dtype)
+    BD = np.empty((1, cpu.TILE), dtype=x.dtype)
+    for t0 in range(0, x.size, cpu.TILE):
+        for u in range(cpu.TILE):
+            XS[u] = x[t0 + u]
+        cpu._base_lanes(BV, BD, 0, XS, code, True)
+        for u in range(cpu.TILE):
+            bv[t0 + u] = BV[0, u]
+            bd[t0 + u] = BD[0, u]
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_silu_and_sigmoid_match_numpy(dtype):
+@pytest.mark.parametrize("base_fun", ["silu", "identity", "zero"])
+def test_kernel_base_values_match_reference(dtype, base_fun):
     rng = np.random.default_rng(1)
     big = float(np.finfo(dtype).max)
     x = np.concatenate([rng.uniform(-10, 10, 5000), np.linspace(-120, 120, 2401),
                         [0.0, -0.0, 1e-20, -1e-20, 700.0, -700.0, 1e30, -1e30, big, -big],
-                        np.linspace(-800, 800, 1601)]).astype(dtype).reshape(-1, 2)
+                        np.linspace(-800, 800, 1601)]).astype(dtype)
+    x = np.concatenate([x, np.zeros(-x.size % cpu.TILE, dtype)])
+    bv, bd = np.empty_like(x), np.empty_like(x)
+    _base_lanes_all(bv, bd, x, BASE_CODES[base_fun])
     xs = x.astype(np.float64)
-    with np.errstate(over="ignore"):
-        sig = 1.0 / (1.0 + np.exp(-xs))
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = (reference.base_value(xs, base_fun), reference.base_deriv(xs, base_fun))
     eps = np.finfo(dtype).eps
-    for sigmoid, expected in ((True, sig), (False, reference.base_value(xs, "silu"))):
-        out = cpu.empty(x.shape, dtype)
-        _vexp.silu_sigmoid(out, x, sigmoid)
-        name = "sigmoid" if sigmoid else "silu"
-        assert out.dtype == dtype
-        # 4 ulp of the value, or 2^-100 (float32) / 2^-1000 (float64) absolute:
-        # values that small may be flushed to 0 where exp saturates
-        floor = 2.0 ** (-100 if dtype == np.float32 else -1000)
-        bound = np.maximum(4 * eps * np.abs(expected), floor)
-        excess = np.abs(out - expected) / bound
-        assert excess.max() <= 1, f"{name} {np.dtype(dtype).name}: x={x.flat[excess.argmax()]!r}"
+    # 4 ulp of the value, or 2^-100 (float32) / 2^-1000 (float64) absolute:
+    # values that small may be flushed to 0 where exp saturates
+    floor = 2.0 ** (-100 if dtype == np.float32 else -1000)
+    # b' = s (1 + x (1 - s)) cancels where it crosses 0: absolute there, on the scale of its terms (1)
+    for name, out, exp, scale in (("b", bv, expected[0], 0.0), ("b'", bd, expected[1], 1.0)):
+        bound = np.maximum(8 * eps * np.maximum(np.abs(exp), scale), floor)
+        excess = np.abs(out - exp) / bound
+        assert excess.max() <= 1, f"{base_fun} {name} {np.dtype(dtype).name}: x={x[excess.argmax()]!r}"
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

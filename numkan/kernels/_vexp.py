@@ -1,12 +1,13 @@
-"""exp(x), silu(x) and sigmoid(x) written so that LLVM vectorises them, for the CPU kernels.
+"""exp(x) written so that LLVM vectorises it, for the CPU kernels' silu and sigmoid.
 
 Numba compiles ``math.exp`` to a call into the C library, one value at a
 time, and a loop with such a call is never vectorised. NumPy's ``np.exp`` is
 vectorised but single-threaded, and silu(x) = x / (1 + exp(-x)) through NumPy
-is three passes over a (B, I) array. Before this module, those passes were the
-serial part of each layer call: about a fifth of a (1024, 64, 64) forward pass
-on two threads. Here exp is plain arithmetic, so a parallel loop over the
-batch vectorises it (8 float32 or 4 float64 lanes per AVX2 instruction).
+is three passes over a (B, I) array: about a fifth of a (1024, 64, 64)
+forward pass on two threads, and a (B, I) buffer. Here exp is plain
+arithmetic, so the kernels evaluate b(x) and b'(x) for a tile of samples in
+a loop that LLVM vectorises (8 float32 or 4 float64 lanes per AVX2
+instruction; ``cpu._base_lanes``).
 
 The method (Cody and Waite's argument reduction, then a polynomial):
 
@@ -30,16 +31,13 @@ true exp soon overflows, and below it 0 (the true value is under 2^-1020 or
 2^-125 there). So silu(x) = x / (1 + exp(-x)) is x for large x and -0 for
 very negative x, as in the reference, and sigmoid(x) is 1 and 0; values
 below 2^-1000 (float64) or 2^-100 (float32) in magnitude may come out as 0.
+
+``vexp`` is compiled as its own function, without reassociation, even when
+the caller allows it: LLVM keeps each instruction's flags when it inlines.
 """
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
-
-from ._parallel import TASKS
-
-# 'contract' (fusing a*b+c) keeps every step exact or correctly rounded; the other
-# fastmath flags are off: reassociation would fold (t + c) - c into t.
-_jit = dict(nogil=True, cache=True, fastmath={"contract"})
 
 
 @intrinsic
@@ -81,7 +79,9 @@ _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7 = _T32
 _D = _TAYLOR_64  # float64 coefficients 1/n!, n = 0..13
 
 
-@njit(fastmath={"contract"})
+# 'contract' (fusing a*b+c) keeps every step exact or correctly rounded; the other
+# fastmath flags stay off: reassociation would fold (t + c) - c into t.
+@njit(fastmath={"contract"}, cache=True)
 def _exp64(x0):
     x = min(max(x0, _LO_64), _HI_64)
     ts = x * _LOG2E_64 + _SHIFT_64
@@ -106,7 +106,7 @@ def _exp64(x0):
     return 0.0 if x0 < _LO_64 else (np.inf if x0 > _HI_64 else v)
 
 
-@njit(fastmath={"contract"})
+@njit(fastmath={"contract"}, cache=True)
 def _exp32(x0):
     x = min(max(x0, _LO_32), _HI_32)
     ts = x * _LOG2E_32 + _SHIFT_32
@@ -136,20 +136,3 @@ def _vexp_impl(x):
     if x == types.float32:
         return lambda x: _exp32(x)
     return None
-
-
-@njit(parallel=True, **_jit)
-def silu_sigmoid(out, x, sigmoid):
-    """out = sigmoid(x) = 1 / (1 + exp(-x)) when ``sigmoid``, else silu(x) = x / (1 + exp(-x)),
-    elementwise over (B, I); a parallel loop over chunks of rows, vectorised along them."""
-    B, I = x.shape
-    one = x.dtype.type(1)
-    nchunk = max(1, min(B, TASKS))
-    for c in prange(nchunk):
-        for b in range(c * B // nchunk, (c + 1) * B // nchunk):
-            if sigmoid:
-                for i in range(I):
-                    out[b, i] = one / (one + vexp(-x[b, i]))
-            else:
-                for i in range(I):
-                    out[b, i] = x[b, i] / (one + vexp(-x[b, i]))

@@ -30,9 +30,9 @@ Why it is fast:
   must assume it overlaps, so there are no run-time overlap checks in the loops;
 - the bases of a tile are vectorised across its samples: the only loads that
   differ between lanes are the 2k knots around each span; the span guess
-  multiplies by a per-input scale computed once per call, and b(x) (forward)
-  or sigmoid(x) (backward) come from one parallel pass over the batch whose
-  exp is plain arithmetic that LLVM vectorises (``_vexp``);
+  multiplies by a per-input scale computed once per call, and b(x) and b'(x)
+  are computed in the same lanes, with an exp that is plain arithmetic LLVM
+  vectorises (``_vexp``);
 - all storage of this backend, and every buffer of the wrappers, starts on a
   64-byte boundary (``empty``), so no 32-byte load or store of a row of
   coefficients, outputs or raw sums straddles two cache lines;
@@ -47,9 +47,10 @@ Parallelism without data races:
   give ``TASKS`` tasks there is a single chunk, so no extra buffer.
 - chunk counts depend on shapes only (results are the same for any number of
   threads), and small layers run on one thread (``_parallel.threads_for``).
-Scratch: the wrappers' NumPy arrays (b(x) or sigmoid(x), the knot
-reciprocals, W = coef * scale_sp * mask in the forward, the raw sums in the
-backward) and, per task, the tile's bases (TILE x inputs x (k+2) numbers).
+Scratch: the wrappers' NumPy arrays (the knot reciprocals, W = coef *
+scale_sp * mask in the forward, the raw sums in the backward) and, per task,
+the tile's bases and b(x) (TILE x inputs x (k+2) numbers, and b'(x) in the
+backward).
 """
 from functools import lru_cache
 
@@ -60,10 +61,9 @@ from . import _scalar
 from ._parallel import TASKS, batch_chunks, input_block, threads_for
 from ._scalar import BASE_CODES, IDENTITY, SILU
 from ._stack import local_array
-from ._vexp import silu_sigmoid
+from ._vexp import vexp
 from . import reference
 from .reference import all_finite, copy_into, fill, to_host  # host storage, as in the reference
-from .reference import base_value as base_value_array
 
 name = "cpu"
 TILE = 16          # samples whose local bases are computed together, then contracted
@@ -201,16 +201,42 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
                     DT[r, s, u] = dN[s]
 
 
-def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, bx, W, Wb, k):
+@njit(**_inline)
+def _base_lanes(BV, BD, r, XS, code, deriv):
+    """b(x) into BV[r, u] and, when ``deriv``, b'(x) into BD[r, u] for the tile's lanes
+    x = XS[u]; vectorised across the lanes. silu: b = x s, b' = s (1 + x (1 - s)) with
+    s = sigmoid(x) = 1 / (1 + exp(-x)), exp from ``_vexp`` (compiled apart, without
+    reassociation, and inlined by LLVM)."""
+    one = XS.dtype.type(1)  # typed constants: a bare 1 would promote float32 to float64
+    zero = XS.dtype.type(0)
+    for u in range(TILE):
+        xv = XS[u]
+        if code == SILU:
+            sg = one / (one + vexp(-xv))
+            BV[r, u] = xv * sg
+            if deriv:
+                BD[r, u] = sg * (one + xv * (one - sg))
+        elif code == IDENTITY:
+            BV[r, u] = xv
+            if deriv:
+                BD[r, u] = one
+        else:
+            BV[r, u] = zero
+            if deriv:
+                BD[r, u] = zero
+
+
+def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, BXT, W, Wb, k):
     """y[b, ob:ob+width] += sum over inputs i0..i1-1 of phi[i, o](x[b, i]), from the
-    tile's span codes JT[i, u] and bases NT[i, :, u] (lane u); y's block is overwritten when i0 == 0.
+    tile's span codes JT[i, u], bases NT[i, :, u] and b(x) BXT[i, u] (lane u); y's block is
+    overwritten when i0 == 0.
     Accumulates in ``acc``; W = coef * scale_sp * mask, Wb = scale_base * mask."""
     K = W.shape[1]
     for o in range(width):
         acc[o] = 0.0 if i0 == 0 else y[b, ob + o]
     for i in range(i0, i1):
         j = JT[i, u]
-        bv = bx[b, i]
+        bv = BXT[i, u]
         if j > 0:  # interior span: one fused pass, k+2 terms per output
             a = j - k
             for o in range(width):
@@ -297,8 +323,8 @@ def _kernels(k, OB):
     KWN = 2 * k * TILE  # the knots around each lane's span
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def forward(y, x, bx, grid, inv, lo, scale, W, Wb, nchunk, IB):
-        # y (B, O) out; x (B, I); bx = b(x) (B, I); grid (I, n); inv: knot reciprocals;
+    def forward(y, x, grid, inv, lo, scale, W, Wb, code, nchunk, IB):
+        # y (B, O) out; x (B, I); grid (I, n); inv: knot reciprocals; code: base_fun;
         # lo, scale (I,): the span guess; W = coef * scale_sp * mask (I, K, O);
         # Wb = scale_base * mask (I, O). prange over batch chunks: each owns its rows of y.
         B, I = x.shape
@@ -308,6 +334,7 @@ def _kernels(k, OB):
             b1 = (c + 1) * B // nchunk
             JT = np.empty((I, TILE), dtype=np.int32)      # span codes of the tile
             NT = np.empty((I, kp1, TILE), dtype=y.dtype)  # local bases of the tile
+            BXT = np.empty((I, TILE), dtype=y.dtype)      # b(x) of the tile
             acc_any = np.empty(OB, dtype=y.dtype)         # the partial block's accumulators
             XS = local_array(TILE, y.dtype)
             KW = local_array(KWN, y.dtype)
@@ -321,6 +348,7 @@ def _kernels(k, OB):
                 for i in range(I):
                     _tile_bases(NT, NT, JT, i, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale,
                                 i, k, False)
+                    _base_lanes(BXT, BXT, i, XS, code, False)
                 # A sample's block of OB outputs stays in registers across a block of
                 # IB inputs, whose coefficient rows stay in L1 across the tile's samples.
                 # (A while loop: with 'for ob in range(0, O, OB)' LLVM no longer keeps
@@ -331,16 +359,15 @@ def _kernels(k, OB):
                         i1 = min(i0 + IB, I)
                         for u in range(nb):
                             if ob + OB <= O:
-                                _contract_block(y, acc, OB, t0 + u, u, ob, i0, i1, JT, NT, bx, W, Wb, k)
+                                _contract_block(y, acc, OB, t0 + u, u, ob, i0, i1, JT, NT, BXT, W, Wb, k)
                             else:
-                                _contract_any(y, acc_any, O - ob, t0 + u, u, ob, i0, i1, JT, NT, bx, W, Wb, k)
+                                _contract_any(y, acc_any, O - ob, t0 + u, u, ob, i0, i1, JT, NT, BXT, W, Wb, k)
                     ob += OB
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def backward(dx, P, PB, dy, x, S, grid, inv, lo, scale, coef, spm, Wb, code, nchunk, IB):
+    def backward(dx, P, PB, dy, x, grid, inv, lo, scale, coef, spm, Wb, code, nchunk, IB):
         # dx (B, I) +=; P (nchunk, I, K, O) += sum_b g * B[m](x);
-        # PB (nchunk, I, O) += sum_b g * b(x); S = sigmoid(x) (B, I) for silu;
-        # spm = scale_sp * mask (I, O).
+        # PB (nchunk, I, O) += sum_b g * b(x); spm = scale_sp * mask (I, O); code: base_fun.
         # Tasks: (batch chunk, block of IB inputs). A task owns dx[chunk, block] and
         # P[c, block]; its tile of dy rows is reused by the IB inputs, and each
         # input's rows of P by the tile's samples.
@@ -356,7 +383,8 @@ def _kernels(k, OB):
             JT = np.empty((IB, TILE), dtype=np.int32)
             NT = np.empty((IB, kp1, TILE), dtype=dy.dtype)
             DT = np.empty((IB, kp1, TILE), dtype=dy.dtype)
-            BT = np.empty((IB, 2, TILE), dtype=dy.dtype)  # b(x), b'(x)
+            BV = np.empty((IB, TILE), dtype=dy.dtype)  # b(x)
+            BD = np.empty((IB, TILE), dtype=dy.dtype)  # b'(x)
             XS = local_array(TILE, dy.dtype)
             KW = local_array(KWN, dy.dtype)
             OK = local_array(TILE, np.int32)
@@ -367,34 +395,21 @@ def _kernels(k, OB):
             dN = local_array(kp1, dy.dtype)
             work = local_array(W2, dy.dtype)
             gl = local_array(OB, dy.dtype)
-            one = dy.dtype.type(1)  # typed constants: a bare 1 would promote float32 to float64
-            zero = dy.dtype.type(0)
             for t0 in range(b0, b1, TILE):
                 nb = min(TILE, b1 - t0)
                 for i in range(i0, i1):
                     r = i - i0
                     _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale,
                                 i, k, True)
-                    for u in range(nb):
-                        xv = XS[u]
-                        if code == SILU:  # b = x s, b' = s (1 + x (1 - s)), s = sigmoid(x)
-                            sg = S[t0 + u, i]
-                            BT[r, 0, u] = xv * sg
-                            BT[r, 1, u] = sg * (one + xv * (one - sg))
-                        elif code == IDENTITY:
-                            BT[r, 0, u] = xv
-                            BT[r, 1, u] = one
-                        else:
-                            BT[r, 0, u] = zero
-                            BT[r, 1, u] = zero
+                    _base_lanes(BV, BD, r, XS, code, True)
                 for i in range(i0, i1):
                     r = i - i0
                     for u in range(nb):
                         for s in range(kp1):
                             N[s] = NT[r, s, u]
                             dN[s] = DT[r, s, u]
-                        bv = BT[r, 0, u]
-                        bd = BT[r, 1, u]
+                        bv = BV[r, u]
+                        bd = BD[r, u]
                         j = JT[r, u]
                         ob = 0
                         while ob + OB <= O:
@@ -433,26 +448,6 @@ def _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask):
             dscale_sp[i, o] += mask[i, o] * acc
 
 
-def _base_values(x, base_fun):
-    """b(x) for the whole batch in one (B, I) buffer: silu through ``_vexp`` (a parallel,
-    vectorised loop), the others as in the reference."""
-    if base_fun != "silu":
-        return base_value_array(x, base_fun)
-    out = empty(x.shape, x.dtype)
-    silu_sigmoid(out, x, False)
-    return out
-
-
-def _sigmoid(x, base_fun):
-    """sigmoid(x) (B, I) in one buffer for silu (a (1, 1) placeholder otherwise):
-    the backward pass takes b and b' from it."""
-    if base_fun != "silu":
-        return np.zeros((1, 1), dtype=x.dtype)
-    out = empty(x.shape, x.dtype)
-    silu_sigmoid(out, x, True)
-    return out
-
-
 def _reciprocals(grid, k):
     inv = np.zeros((grid.shape[0], k + 1, grid.shape[1]), dtype=grid.dtype)
     knot_reciprocals(inv, grid, k)
@@ -474,9 +469,8 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
     lo, scale = _span_guess(grid, x.dtype)
     with threads_for(B * I * y.shape[1]):
-        bx = _base_values(x, base_fun)
-        _kernels(k, OUTPUT_BLOCK)[0](y, x, bx, grid, _reciprocals(grid, k), lo, scale, W, Wb, nchunk,
-                                        INPUTS_PER_BLOCK)
+        _kernels(k, OUTPUT_BLOCK)[0](y, x, grid, _reciprocals(grid, k), lo, scale, W, Wb, BASE_CODES[base_fun],
+                                     nchunk, INPUTS_PER_BLOCK)
     return y
 
 
@@ -500,8 +494,8 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     Wb = np.multiply(scale_base, mask, out=empty(mask.shape, mask.dtype))
     lo, scale = _span_guess(grid, x.dtype)
     with threads_for(B * I * dy.shape[1]):
-        _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, _sigmoid(x, base_fun), grid, _reciprocals(grid, k),
-                                         lo, scale, coef, spm, Wb, BASE_CODES[base_fun], nchunk, IB)
+        _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, grid, _reciprocals(grid, k), lo, scale, coef, spm, Wb,
+                                     BASE_CODES[base_fun], nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
 
 
