@@ -3,8 +3,8 @@
 Numba compiles ``math.exp`` to a call into the C library, one value at a
 time, and a loop with such a call is never vectorised. NumPy's ``np.exp`` is
 vectorised but single-threaded, and silu(x) = x / (1 + exp(-x)) through NumPy
-is three passes over a (B, I) array and a (B, I) buffer: 0.1-0.2 ms of a
-1-1.5 ms (1024, 64, 64) forward pass on two threads, where they ran alone. Here exp is plain
+is three serial passes over a (B, I) array, into a (B, I) buffer: 0.1-0.2 ms
+of a 1-1.5 ms (1024, 64, 64) forward pass on two threads. Here exp is plain
 arithmetic, so the kernels evaluate b(x) and b'(x) for a tile of samples in
 a loop that LLVM vectorises (8 float32 or 4 float64 lanes per AVX2
 instruction; ``cpu._base_lanes``).
