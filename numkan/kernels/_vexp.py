@@ -63,7 +63,8 @@ _LN2_LO_64 = 1.90821492927058770002e-10
 _SHIFT_64 = 6755399441055744.0  # 1.5 * 2^52
 _SHIFT_BITS_64 = np.int64(0x4338000000000000)
 _LO_64, _HI_64 = -708.0, 709.0
-_TAYLOR_64 = tuple(1.0 / float(np.prod(np.arange(1, n + 1, dtype=np.float64))) for n in range(14))
+_TAYLOR_64 = tuple(1.0 / float(np.prod(np.arange(1, n + 1, dtype=np.float64))) for n in range(14))  # 1/n!
+_HORNER_64 = _TAYLOR_64[::-1]  # highest degree first
 
 # float32 (Cephes's split: ln2_hi = 0.693359375 has 9 significant bits)
 f32 = np.float32
@@ -74,9 +75,17 @@ _SHIFT_32 = f32(12582912.0)  # 1.5 * 2^23
 _SHIFT_BITS_32 = np.int64(0x4B400000)
 _LO_32, _HI_32 = f32(-87.0), f32(88.0)
 _ZERO_32, _INF_32 = f32(0.0), f32(np.inf)
-_T32 = tuple(f32(c) for c in _TAYLOR_64[:8])
-_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7 = _T32
-_D = _TAYLOR_64  # float64 coefficients 1/n!, n = 0..13
+_HORNER_32 = tuple(f32(c) for c in _TAYLOR_64[:8])[::-1]
+
+
+@njit(inline="always")
+def _horner(c, r):
+    """c[0] r^(m-1) + c[1] r^(m-2) + ... + c[m-1] for the m coefficients of the tuple c
+    (a constant trip count: the loop unrolls)."""
+    p = c[0]
+    for j in range(1, len(c)):
+        p = p * r + c[j]
+    return p
 
 
 # 'contract' (fusing a*b+c) keeps every step exact or correctly rounded; the other
@@ -87,20 +96,7 @@ def _exp64(x0):
     ts = x * _LOG2E_64 + _SHIFT_64
     nf = ts - _SHIFT_64                                  # round(x / ln 2), as a float
     r = (x - nf * _LN2_HI_64) - nf * _LN2_LO_64
-    p = _D[13]
-    p = p * r + _D[12]
-    p = p * r + _D[11]
-    p = p * r + _D[10]
-    p = p * r + _D[9]
-    p = p * r + _D[8]
-    p = p * r + _D[7]
-    p = p * r + _D[6]
-    p = p * r + _D[5]
-    p = p * r + _D[4]
-    p = p * r + _D[3]
-    p = p * r + _D[2]
-    p = p * r + _D[1]
-    p = p * r + _D[0]
+    p = _horner(_HORNER_64, r)                           # exp(r), to degree 13
     n = bitcast(ts, np.int64) - _SHIFT_BITS_64          # the same n, as an integer
     v = p * bitcast((n + 1023) << 52, np.float64)
     return 0.0 if x0 < _LO_64 else (np.inf if x0 > _HI_64 else v)
@@ -112,13 +108,7 @@ def _exp32(x0):
     ts = x * _LOG2E_32 + _SHIFT_32
     nf = ts - _SHIFT_32
     r = (x - nf * _LN2_HI_32) - nf * _LN2_LO_32
-    p = _C7 * r + _C6
-    p = p * r + _C5
-    p = p * r + _C4
-    p = p * r + _C3
-    p = p * r + _C2
-    p = p * r + _C1
-    p = p * r + _C0
+    p = _horner(_HORNER_32, r)                           # exp(r), to degree 7
     n = bitcast(ts, np.int32) - _SHIFT_BITS_32
     v = p * bitcast(np.int32((n + 127) << 23), np.float32)
     return _ZERO_32 if x0 < _LO_32 else (_INF_32 if x0 > _HI_32 else v)
