@@ -547,7 +547,7 @@ def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, recor
 
 
 def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
-                           grid_margin):
+               grid_margin):
     flat = _Flat(model)
     s = 0
     while s < steps:

@@ -2,7 +2,11 @@
 
 These are plain Python functions with no decorator. ``cpu.py`` compiles them
 with ``numba.njit`` and ``cuda.py`` with ``numba.cuda.jit(device=True)``, so the
-B-spline recursion is written exactly once for all compiled kernels. The NumPy
+B-spline recursion is written once for every compiled kernel that evaluates one
+sample at a time. The exception is the CPU kernels' fast path: ``cpu._tile_bases``
+and ``cpu._base_lanes`` repeat the interior case of ``local_basis`` and silu with
+one SIMD lane per sample (knots gathered per lane, divisions instead of the
+reciprocal table, ``_vexp``'s exp), and send every other case here. The NumPy
 reference (``reference.py``) spells the same maths out over whole arrays.
 
 Notation follows KAN_MATH: knots ``t`` (one input's row, G + 2k + 1 values),
