@@ -12,7 +12,9 @@ A script, not a test. For each case (B, I, O, G), k = 3, float32 and float64:
   ``--gemm`` x ``--gemm`` matrix of the same dtype, measured in this run;
 - peak extra memory during forward + backward: NumPy allocations beyond x, y,
   dy, the parameters and all gradient buffers (all preallocated), seen by
-  tracemalloc, in numbers of the dtype, next to the budget B * I * (k+2);
+  tracemalloc, plus the backend's bound on the scratch its kernels allocate
+  inside Numba (``cpu.kernel_scratch_bytes``; tracemalloc does not see it), in
+  numbers of the dtype, next to the budget B * I * (k+2);
 - a dense formulation of the same layer: all K = G + k bases of every input
   in a (B, I*K) matrix (from ``reference.local_basis``, built once outside the
   timing, so the dense times are a lower bound for a dense layer), then
@@ -160,12 +162,17 @@ def dense_calls(layer, x, dy):
 
 
 def run_case(B, I, O, G, dtype, be, reps, gemm):
+    import numba
     layer, x, dy = make_case(B, I, O, G, dtype)
     k = layer.k
     fwd, fwdbwd = numkan_calls(be, layer, x, dy)
     t_f = median_time(fwd, reps["min"], reps["sec"], reps["max"])
     t_fb = median_time(fwdbwd, reps["min"], reps["sec"], reps["max"])
-    extra = peak_extra_bytes(fwdbwd) / np.dtype(dtype).itemsize
+    # NumPy allocations seen by tracemalloc, plus the bound on what the kernels
+    # allocate inside Numba (which tracemalloc does not see)
+    itemsize = np.dtype(dtype).itemsize
+    extra = (peak_extra_bytes(fwdbwd)
+             + be.kernel_scratch_bytes(B, I, O, k, itemsize, numba.get_num_threads())) / itemsize
     d_fwd, d_fwdbwd, basis_s = dense_calls(layer, x, dy)
     td_f = median_time(d_fwd, reps["min"], reps["sec"], reps["max"])
     td_fb = median_time(d_fwdbwd, reps["min"], reps["sec"], reps["max"])

@@ -90,13 +90,17 @@ def knot_reciprocals(inv, grid, k):
     of row r are unused. Filled once per kernel call (O(I k n) work), it turns
     every division of the local recursion into a multiplication.
     """
-    I = grid.shape[0]
+    for i in range(grid.shape[0]):
+        knot_reciprocals_row(inv, grid, i, k)
+
+
+def knot_reciprocals_row(inv, grid, i, k):
+    """``knot_reciprocals`` for input i only."""
     n = grid.shape[1]
-    for i in range(I):
-        for r in range(1, k + 1):
-            for m in range(n - r):
-                d = grid[i, m + r] - grid[i, m]
-                inv[i, r, m] = 1.0 / d if d > 0 else 0.0
+    for r in range(1, k + 1):
+        for m in range(n - r):
+            d = grid[i, m + r] - grid[i, m]
+            inv[i, r, m] = 1.0 / d if d > 0 else 0.0
 
 
 def local_basis(grid, inv, i, j, x, k, N, dN, work, deriv):

@@ -47,11 +47,17 @@ Parallelism without data races:
   give ``TASKS`` tasks there is a single chunk, so no extra buffer.
 - chunk counts depend on shapes only (results are the same for any number of
   threads), and small layers run on one thread (``_parallel.threads_for``).
-Scratch: the wrappers' NumPy arrays (the knot reciprocals, W = coef *
-scale_sp * mask in the forward, the raw sums in the backward) and, per task,
-the tile's bases and b(x) (TILE x inputs x (k+2) numbers, and b'(x) in the
-backward).
+Set-up inside the kernels: each kernel first fills, in parallel over the
+inputs, what its main loop reads of every input (knot reciprocals, the span
+guess, W = coef * scale_sp * mask or scale_sp * mask, scale_base * mask; the
+backward also zeroes its raw sums), so a call does no serial NumPy work.
+
+Scratch: the wrappers allocate those arrays (the knot reciprocals, W in the
+forward, the raw sums in the backward: I*K*O numbers each, and O(I*O) more),
+and each task allocates its tile's bases and b(x) (TILE x inputs x (k+2)
+numbers, and b'(x) in the backward).
 """
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -86,6 +92,7 @@ _FAST = {"contract", "reassoc"}
 # constants (k, the block width) become theirs, so their loops unroll.
 _inline = dict(inline="always", fastmath=_FAST)
 _local_basis_inl = njit(**_inline)(_scalar.local_basis)
+_knot_reciprocals_row = njit(**_inline)(_scalar.knot_reciprocals_row)
 
 
 # ---------------------------------------------------------------------------
@@ -95,9 +102,10 @@ _local_basis_inl = njit(**_inline)(_scalar.local_basis)
 # aligned, so on a misaligned row every other load spans two cache lines.
 def empty(shape, dtype):
     """An uninitialised C-contiguous ndarray whose data start on an ``ALIGN``-byte boundary."""
+    # (plain Python arithmetic: np.prod and np.isscalar alone cost more than the allocation)
     dtype = np.dtype(dtype)
-    shape = (int(shape),) if np.isscalar(shape) else tuple(int(n) for n in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
     start = -raw.ctypes.data % ALIGN
     return raw[start:start + nbytes].view(dtype).reshape(shape)
@@ -226,6 +234,23 @@ def _base_lanes(BV, BD, r, XS, code, deriv):
                 BD[r, u] = zero
 
 
+@njit(**_inline)
+def _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k):
+    """What both kernels need of input i, computed at the start of the kernel (in
+    parallel over the inputs): its knot reciprocals (``_scalar.knot_reciprocals``,
+    for ``_bases_at``), the span guess of ``_tile_bases`` (lo[i] = t[0] and
+    scale[i] = (n-1) / (t[-1] - t[0]), computed in float64 and rounded to the
+    kernel's dtype: a uniform grid's span index of x is int((x - t[0]) * scale))
+    and Wb[i] = scale_base[i] * mask[i]."""
+    n = grid.shape[1]
+    _knot_reciprocals_row(inv, grid, i, k)
+    t0 = np.float64(grid[i, 0])
+    lo[i] = t0
+    scale[i] = (n - 1) / (np.float64(grid[i, n - 1]) - t0)
+    for o in range(mask.shape[1]):
+        Wb[i, o] = scale_base[i, o] * mask[i, o]
+
+
 def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, BXT, W, Wb, k):
     """y[b, ob:ob+width] += sum over inputs i0..i1-1 of phi[i, o](x[b, i]), from the
     tile's span codes JT[i, u], bases NT[i, :, u] and b(x) BXT[i, u] (lane u); y's block is
@@ -323,12 +348,19 @@ def _kernels(k, OB):
     KWN = 2 * k * TILE  # the knots around each lane's span
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def forward(y, x, grid, inv, lo, scale, W, Wb, code, nchunk, IB):
-        # y (B, O) out; x (B, I); grid (I, n); inv: knot reciprocals; code: base_fun;
-        # lo, scale (I,): the span guess; W = coef * scale_sp * mask (I, K, O);
-        # Wb = scale_base * mask (I, O). prange over batch chunks: each owns its rows of y.
+    def forward(y, x, grid, coef, scale_base, scale_sp, mask, inv, lo, scale, W, Wb, code, nchunk, IB):
+        # y (B, O) out; x (B, I); grid (I, n); code: base_fun. Scratch filled here first,
+        # in parallel over the inputs: inv, the knot reciprocals; lo, scale (I,), the span
+        # guess; W = coef * scale_sp * mask (I, K, O); Wb = scale_base * mask (I, O).
+        # Then prange over batch chunks: each owns its rows of y.
         B, I = x.shape
         O = y.shape[1]
+        K = coef.shape[1]
+        for i in prange(I):
+            _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k)
+            for m in range(K):
+                for o in range(O):
+                    W[i, m, o] = coef[i, m, o] * (scale_sp[i, o] * mask[i, o])
         for c in prange(nchunk):
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
@@ -365,14 +397,28 @@ def _kernels(k, OB):
                     ob += OB
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def backward(dx, P, PB, dy, x, grid, inv, lo, scale, coef, spm, Wb, code, nchunk, IB):
-        # dx (B, I) +=; P (nchunk, I, K, O) += sum_b g * B[m](x);
-        # PB (nchunk, I, O) += sum_b g * b(x); spm = scale_sp * mask (I, O); code: base_fun.
-        # Tasks: (batch chunk, block of IB inputs). A task owns dx[chunk, block] and
-        # P[c, block]; its tile of dy rows is reused by the IB inputs, and each
-        # input's rows of P by the tile's samples.
+    def backward(dx, P, PB, dy, x, grid, coef, scale_base, scale_sp, mask, inv, lo, scale, spm, Wb, code,
+                 nchunk, IB):
+        # dx (B, I) +=; P (nchunk, I, K, O) = sum_b g * B[m](x); PB (nchunk, I, O) =
+        # sum_b g * b(x); code: base_fun. Filled here first, in parallel over the inputs:
+        # inv, lo, scale, Wb as in the forward pass, spm = scale_sp * mask (I, O), and
+        # P, PB zeroed. Then tasks: (batch chunk, block of IB inputs). A task owns
+        # dx[chunk, block] and P[c, block]; its tile of dy rows is reused by the IB
+        # inputs, and each input's rows of P by the tile's samples.
         B, I = x.shape
         O = dy.shape[1]
+        K = coef.shape[1]
+        zero = dy.dtype.type(0)
+        for i in prange(I):
+            _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k)
+            for o in range(O):
+                spm[i, o] = scale_sp[i, o] * mask[i, o]
+            for c in range(nchunk):
+                for o in range(O):
+                    PB[c, i, o] = zero
+                for m in range(K):
+                    for o in range(O):
+                        P[c, i, m, o] = zero
         nblk = -(-I // IB)
         for task in prange(nchunk * nblk):
             c = task // nblk
@@ -454,23 +500,36 @@ def _reciprocals(grid, k):
     return inv
 
 
-def _span_guess(grid, dtype):
-    """t[0] and (n-1) / (t[-1] - t[0]) per input, in the kernels' dtype: a uniform grid's
-    span index of x is int((x - t[0]) * scale); the kernels check that guess against the knots."""
-    lo = grid[:, 0].astype(np.float64)
-    return lo.astype(dtype), ((grid.shape[1] - 1) / (grid[:, -1] - lo)).astype(dtype)
+def _scratch_inv(grid, k):
+    """Room for the knot reciprocals that the kernels fill (``_setup_input``); zeroed,
+    so that the entries no knot difference fills (never read) are defined."""
+    return np.zeros((grid.shape[0], k + 1, grid.shape[1]), grid.dtype)
+
+
+def kernel_scratch_bytes(B, I, O, k, itemsize, threads):
+    """Upper bound on the bytes the kernels allocate inside Numba at once (not seen by
+    Python's allocators, tracemalloc included): per running task, the tile's span
+    codes, bases and b(x) (forward: all I inputs; backward: its block of inputs, with
+    the derivatives), at most ``threads`` tasks at a time; the larger of the two passes."""
+    kp1 = k + 1
+    fwd_tasks = max(1, min(B, TASKS))
+    fwd = I * TILE * 4 + (I * kp1 * TILE + I * TILE + OUTPUT_BLOCK) * itemsize
+    IB = input_block(I)
+    nblk = -(-I // IB)
+    bwd_tasks = batch_chunks(B, nblk) * nblk
+    bwd = IB * TILE * 4 + (2 * IB * kp1 * TILE + 2 * IB * TILE + OUTPUT_BLOCK + 2 * kp1) * itemsize
+    return max(min(fwd_tasks, threads) * fwd, min(bwd_tasks, threads) * bwd)
 
 
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     """Compiled ``reference.spline_forward``: y (B, O) overwritten."""
-    W = np.multiply(coef, (scale_sp * mask)[:, None, :], out=empty(coef.shape, coef.dtype))
-    Wb = np.multiply(scale_base, mask, out=empty(mask.shape, mask.dtype))
     B, I = x.shape
+    dt = coef.dtype
     nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
-    lo, scale = _span_guess(grid, x.dtype)
     with threads_for(B * I * y.shape[1]):
-        _kernels(k, OUTPUT_BLOCK)[0](y, x, grid, _reciprocals(grid, k), lo, scale, W, Wb, BASE_CODES[base_fun],
-                                     nchunk, INPUTS_PER_BLOCK)
+        _kernels(k, OUTPUT_BLOCK)[0](y, x, grid, coef, scale_base, scale_sp, mask, _scratch_inv(grid, k),
+                                     np.empty(I, dt), np.empty(I, dt), empty(coef.shape, dt), empty(mask.shape, dt),
+                                     BASE_CODES[base_fun], nchunk, INPUTS_PER_BLOCK)
     return y
 
 
@@ -486,16 +545,16 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     one when the input blocks alone give ``_parallel.TASKS`` tasks).
     """
     B, I = x.shape
+    dt = coef.dtype
     IB = input_block(I)
     nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
-    P = zeros((nchunk,) + coef.shape, coef.dtype)
-    PB = zeros((nchunk,) + scale_base.shape, coef.dtype)
-    spm = np.multiply(scale_sp, mask, out=empty(mask.shape, mask.dtype))
-    Wb = np.multiply(scale_base, mask, out=empty(mask.shape, mask.dtype))
-    lo, scale = _span_guess(grid, x.dtype)
+    P = empty((nchunk,) + coef.shape, dt)  # zeroed by the kernel
+    PB = empty((nchunk,) + scale_base.shape, dt)
+    spm = empty(mask.shape, dt)
     with threads_for(B * I * dy.shape[1]):
-        _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, grid, _reciprocals(grid, k), lo, scale, coef, spm, Wb,
-                                     BASE_CODES[base_fun], nchunk, IB)
+        _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, grid, coef, scale_base, scale_sp, mask, _scratch_inv(grid, k),
+                                     np.empty(I, dt), np.empty(I, dt), spm, empty(mask.shape, dt), BASE_CODES[base_fun],
+                                     nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
 
 
