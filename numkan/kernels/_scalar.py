@@ -83,19 +83,14 @@ def find_span(grid, i, x):
     return lo
 
 
-def knot_reciprocals(inv, grid, k):
-    """inv[i, r, m] = 1 / (t[m+r] - t[m]) for r = 1..k (0 where the knots coincide).
+def knot_reciprocals(inv, grid, i, k):
+    """inv[i, r, m] = 1 / (t[m+r] - t[m]) for r = 1..k (0 where the knots coincide),
+    for input i's knots t = grid[i].
 
     inv (I, k+1, n) with n knots per input; row r = 0 and the last r entries
-    of row r are unused. Filled once per kernel call (O(I k n) work), it turns
-    every division of the local recursion into a multiplication.
+    of row r are unused. Filled once per kernel call (O(k n) work per input), it
+    turns every division of the local recursion into a multiplication.
     """
-    for i in range(grid.shape[0]):
-        knot_reciprocals_row(inv, grid, i, k)
-
-
-def knot_reciprocals_row(inv, grid, i, k):
-    """``knot_reciprocals`` for input i only."""
     n = grid.shape[1]
     for r in range(1, k + 1):
         for m in range(n - r):

@@ -83,7 +83,6 @@ _jit = dict(nogil=True, cache=True)
 base_pair = njit(**_jit)(_scalar.base_pair)
 find_span = njit(**_jit)(_scalar.find_span)
 local_basis = njit(**_jit)(_scalar.local_basis)
-knot_reciprocals = njit(**_jit)(_scalar.knot_reciprocals)
 # 'contract' fuses a*b+c into FMA; 'reassoc' lets LLVM vectorise the
 # dot products over outputs in the backward pass. No NaN/inf assumptions.
 _FAST = {"contract", "reassoc"}
@@ -92,7 +91,7 @@ _FAST = {"contract", "reassoc"}
 # constants (k, the block width) become theirs, so their loops unroll.
 _inline = dict(inline="always", fastmath=_FAST)
 _local_basis_inl = njit(**_inline)(_scalar.local_basis)
-_knot_reciprocals_row = njit(**_inline)(_scalar.knot_reciprocals_row)
+_knot_reciprocals = njit(**_inline)(_scalar.knot_reciprocals)
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +242,7 @@ def _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k):
     kernel's dtype: a uniform grid's span index of x is int((x - t[0]) * scale))
     and Wb[i] = scale_base[i] * mask[i]."""
     n = grid.shape[1]
-    _knot_reciprocals_row(inv, grid, i, k)
+    _knot_reciprocals(inv, grid, i, k)
     t0 = np.float64(grid[i, 0])
     lo[i] = t0
     scale[i] = (n - 1) / (np.float64(grid[i, n - 1]) - t0)
@@ -262,12 +261,13 @@ def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, BXT, W, Wb, k):
     for i in range(i0, i1):
         j = JT[i, u]
         bv = BXT[i, u]
-        if j > 0:  # interior span: one fused pass, k+2 terms per output
+        if j >= k:  # interior span (j >= k tells LLVM the rows a + s are not negative)
             a = j - k
             for o in range(width):
-                v = bv * Wb[i, ob + o]
-                for s in range(k + 1):
+                v = NT[i, 0, u] * W[i, a, ob + o]  # the k+1 spline terms, then the base term
+                for s in range(1, k + 1):
                     v += NT[i, s, u] * W[i, a + s, ob + o]
+                acc[o] += bv * Wb[i, ob + o]
                 acc[o] += v
         else:  # boundary span or outside the knots: only the bases that exist
             a = -1 - j - k
@@ -282,9 +282,10 @@ def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, BXT, W, Wb, k):
         y[b, ob + o] = acc[o]
 
 
-def _grad_block(dx, P, PB, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef, spm, Wb, k):
+def _grad_block(dx, P, pb, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef, spm, Wb, k):
     """One sample b, input i (span code ``code``), outputs ob:ob+width: adds
-    dx[b, i] and the raw sums P[c, i] (sum of g * B) and PB[c, i] (sum of g * b).
+    dx[b, i], the raw sums P[c, i] (sum of g * B), and g * b into ``pb`` (the
+    caller's accumulator of PB[c, i, ob:ob+width], added to PB once per tile).
 
     dy's block is first copied into ``gl``, and every read of the parameters
     comes before the first write to P: LLVM then vectorises both loops without
@@ -295,7 +296,7 @@ def _grad_block(dx, P, PB, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef
     for o in range(width):
         gl[o] = dy[b, ob + o]
     d = zero
-    if code > 0:  # interior span
+    if code >= k:  # interior span (code >= k tells LLVM the rows a + s are not negative)
         a = code - k
         for o in range(width):
             t = zero
@@ -303,7 +304,7 @@ def _grad_block(dx, P, PB, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef
                 t += dN[s] * coef[i, a + s, ob + o]
             d += gl[o] * (bd * Wb[i, ob + o] + spm[i, ob + o] * t)
         for o in range(width):
-            PB[c, i, ob + o] += bv * gl[o]
+            pb[o] += bv * gl[o]
         for s in range(k + 1):
             for o in range(width):
                 P[c, i, a + s, ob + o] += N[s] * gl[o]
@@ -316,7 +317,7 @@ def _grad_block(dx, P, PB, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef
                 for o in range(width):
                     d += gl[o] * spm[i, ob + o] * dN[s] * coef[i, a + s, ob + o]
         for o in range(width):
-            PB[c, i, ob + o] += bv * gl[o]
+            pb[o] += bv * gl[o]
         for s in range(k + 1):
             if a + s >= 0 and a + s < K:
                 for o in range(width):
@@ -435,39 +436,50 @@ def _kernels(k, OB):
             KW = local_array(KWN, dy.dtype)
             OK = local_array(TILE, np.int32)
             gl_any = np.empty(OB, dtype=dy.dtype)
+            pb_any = np.empty(OB, dtype=dy.dtype)
             N_any = np.empty(kp1, dtype=dy.dtype)
             dN_any = np.empty(kp1, dtype=dy.dtype)
             N = local_array(kp1, dy.dtype)
             dN = local_array(kp1, dy.dtype)
             work = local_array(W2, dy.dtype)
             gl = local_array(OB, dy.dtype)
+            pb = local_array(OB, dy.dtype)
             for t0 in range(b0, b1, TILE):
                 nb = min(TILE, b1 - t0)
-                for i in range(i0, i1):
-                    r = i - i0
+                # r counts from 0 (not i - i0): LLVM then knows the scratch rows are not
+                # negative, and vectorises the tile's stores without index wrap-around
+                for r in range(i1 - i0):
                     _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale,
-                                i, k, True)
+                                i0 + r, k, True)
                     _base_lanes(BV, BD, r, XS, code, True)
-                for i in range(i0, i1):
-                    r = i - i0
-                    for u in range(nb):
-                        for s in range(kp1):
-                            N[s] = NT[r, s, u]
-                            dN[s] = DT[r, s, u]
-                        bv = BV[r, u]
-                        bd = BD[r, u]
-                        j = JT[r, u]
-                        ob = 0
-                        while ob + OB <= O:
-                            _grad_block_full(dx, P, PB, gl, OB, c, t0 + u, i, ob, N, dN, bv, bd, j,
-                                             dy, coef, spm, Wb, k)
-                            ob += OB
-                        if ob < O:  # the last, partial block (heap copies: N, dN stay in registers)
+                for r in range(i1 - i0):
+                    i = i0 + r
+                    # each block of outputs: the tile's samples, with the base raw sum
+                    # of the block in pb (registers), added to PB once
+                    ob = 0
+                    while ob + OB <= O:
+                        for o in range(OB):
+                            pb[o] = zero
+                        for u in range(nb):
                             for s in range(kp1):
-                                N_any[s] = N[s]
-                                dN_any[s] = dN[s]
-                            _grad_block_any(dx, P, PB, gl_any, O - ob, c, t0 + u, i, ob, N_any, dN_any, bv, bd,
-                                            j, dy, coef, spm, Wb, k)
+                                N[s] = NT[r, s, u]
+                                dN[s] = DT[r, s, u]
+                            _grad_block_full(dx, P, pb, gl, OB, c, t0 + u, i, ob, N, dN, BV[r, u], BD[r, u],
+                                             JT[r, u], dy, coef, spm, Wb, k)
+                        for o in range(OB):
+                            PB[c, i, ob + o] += pb[o]
+                        ob += OB
+                    if ob < O:  # the last, partial block (heap scratch)
+                        for o in range(O - ob):
+                            pb_any[o] = zero
+                        for u in range(nb):
+                            for s in range(kp1):
+                                N_any[s] = NT[r, s, u]
+                                dN_any[s] = DT[r, s, u]
+                            _grad_block_any(dx, P, pb_any, gl_any, O - ob, c, t0 + u, i, ob, N_any, dN_any,
+                                            BV[r, u], BD[r, u], JT[r, u], dy, coef, spm, Wb, k)
+                        for o in range(O - ob):
+                            PB[c, i, ob + o] += pb_any[o]
 
     return forward, backward
 
@@ -494,9 +506,17 @@ def _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask):
             dscale_sp[i, o] += mask[i, o] * acc
 
 
+@njit(**_jit)
+def _fill_reciprocals(inv, grid, k):
+    for i in range(grid.shape[0]):
+        _knot_reciprocals(inv, grid, i, k)
+
+
 def _reciprocals(grid, k):
+    """The knot reciprocals of every input (``_scalar.knot_reciprocals``), for the
+    training kernels (``cpu_train``)."""
     inv = np.zeros((grid.shape[0], k + 1, grid.shape[1]), dtype=grid.dtype)
-    knot_reciprocals(inv, grid, k)
+    _fill_reciprocals(inv, grid, k)
     return inv
 
 
