@@ -47,10 +47,11 @@ Parallelism without data races:
   give ``TASKS`` tasks there is a single chunk, so no extra buffer.
 - chunk counts depend on shapes only (results are the same for any number of
   threads), and small layers run on one thread (``_parallel.threads_for``).
-Set-up inside the kernels: each kernel first fills, in parallel over the
-inputs, what its main loop reads of every input (knot reciprocals, the span
-guess, W = coef * scale_sp * mask or scale_sp * mask, scale_base * mask; the
-backward also zeroes its raw sums), so a call does no serial NumPy work.
+Set-up: before each kernel, one compiled pass in parallel over the inputs
+(``_setup_forward``, ``_setup_backward``) fills what the kernel reads of every
+input (knot reciprocals, the span guess, W = coef * scale_sp * mask or
+scale_sp * mask, scale_base * mask; the backward's also zeroes its raw sums),
+so a call does no serial NumPy work.
 
 Scratch: the wrappers allocate those arrays (the knot reciprocals, W in the
 forward, the raw sums in the backward: I*K*O numbers each, and O(I*O) more),
@@ -235,8 +236,8 @@ def _base_lanes(BV, BD, r, XS, code, deriv):
 
 @njit(**_inline)
 def _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k):
-    """What both kernels need of input i, computed at the start of the kernel (in
-    parallel over the inputs): its knot reciprocals (``_scalar.knot_reciprocals``,
+    """What both kernels need of input i, computed before the kernel (in parallel
+    over the inputs, ``_setup_forward`` / ``_setup_backward``): its knot reciprocals (``_scalar.knot_reciprocals``,
     for ``_bases_at``), the span guess of ``_tile_bases`` (lo[i] = t[0] and
     scale[i] = (n-1) / (t[-1] - t[0]), computed in float64 and rounded to the
     kernel's dtype: a uniform grid's span index of x is int((x - t[0]) * scale))
@@ -248,6 +249,36 @@ def _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k):
     scale[i] = (n - 1) / (np.float64(grid[i, n - 1]) - t0)
     for o in range(mask.shape[1]):
         Wb[i, o] = scale_base[i, o] * mask[i, o]
+
+
+@njit(parallel=True, **_jit)
+def _setup_forward(inv, lo, scale, W, Wb, grid, coef, scale_base, scale_sp, mask, k):
+    """The forward kernel's per-input scratch, in parallel over the inputs:
+    ``_setup_input`` and W = coef * scale_sp * mask. Compiled once per dtype (k is an
+    argument here, not a constant of the code)."""
+    for i in prange(grid.shape[0]):
+        _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k)
+        for m in range(coef.shape[1]):
+            for o in range(coef.shape[2]):
+                W[i, m, o] = coef[i, m, o] * (scale_sp[i, o] * mask[i, o])
+
+
+@njit(parallel=True, **_jit)
+def _setup_backward(inv, lo, scale, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k):
+    """The backward kernel's per-input scratch, in parallel over the inputs:
+    ``_setup_input``, spm = scale_sp * mask, and the raw sums P, PB zeroed."""
+    nchunk, I, K, O = P.shape
+    zero = P.dtype.type(0)
+    for i in prange(I):
+        _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k)
+        for o in range(O):
+            spm[i, o] = scale_sp[i, o] * mask[i, o]
+        for c in range(nchunk):
+            for o in range(O):
+                PB[c, i, o] = zero
+            for m in range(K):
+                for o in range(O):
+                    P[c, i, m, o] = zero
 
 
 def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, BXT, W, Wb, k):
@@ -349,19 +380,13 @@ def _kernels(k, OB):
     KWN = 2 * k * TILE  # the knots around each lane's span
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def forward(y, x, grid, coef, scale_base, scale_sp, mask, inv, lo, scale, W, Wb, code, nchunk, IB):
-        # y (B, O) out; x (B, I); grid (I, n); code: base_fun. Scratch filled here first,
-        # in parallel over the inputs: inv, the knot reciprocals; lo, scale (I,), the span
-        # guess; W = coef * scale_sp * mask (I, K, O); Wb = scale_base * mask (I, O).
-        # Then prange over batch chunks: each owns its rows of y.
+    def forward(y, x, grid, inv, lo, scale, W, Wb, code, nchunk, IB):
+        # y (B, O) out; x (B, I); grid (I, n); code: base_fun; from _setup_forward: inv,
+        # the knot reciprocals; lo, scale (I,), the span guess; W = coef * scale_sp * mask
+        # (I, K, O); Wb = scale_base * mask (I, O). prange over batch chunks: each owns
+        # its rows of y.
         B, I = x.shape
         O = y.shape[1]
-        K = coef.shape[1]
-        for i in prange(I):
-            _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k)
-            for m in range(K):
-                for o in range(O):
-                    W[i, m, o] = coef[i, m, o] * (scale_sp[i, o] * mask[i, o])
         for c in prange(nchunk):
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
@@ -398,28 +423,16 @@ def _kernels(k, OB):
                     ob += OB
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def backward(dx, P, PB, dy, x, grid, coef, scale_base, scale_sp, mask, inv, lo, scale, spm, Wb, code,
-                 nchunk, IB):
-        # dx (B, I) +=; P (nchunk, I, K, O) = sum_b g * B[m](x); PB (nchunk, I, O) =
-        # sum_b g * b(x); code: base_fun. Filled here first, in parallel over the inputs:
-        # inv, lo, scale, Wb as in the forward pass, spm = scale_sp * mask (I, O), and
-        # P, PB zeroed. Then tasks: (batch chunk, block of IB inputs). A task owns
-        # dx[chunk, block] and P[c, block]; its tile of dy rows is reused by the IB
-        # inputs, and each input's rows of P by the tile's samples.
+    def backward(dx, P, PB, dy, x, grid, inv, lo, scale, coef, spm, Wb, code, nchunk, IB):
+        # dx (B, I) +=; P (nchunk, I, K, O) += sum_b g * B[m](x); PB (nchunk, I, O) +=
+        # sum_b g * b(x); code: base_fun; from _setup_backward: inv, lo, scale, Wb as in
+        # the forward pass, spm = scale_sp * mask (I, O), P and PB zeroed.
+        # Tasks: (batch chunk, block of IB inputs). A task owns dx[chunk, block] and
+        # P[c, block]; its tile of dy rows is reused by the IB inputs, and each input's
+        # rows of P by the tile's samples.
         B, I = x.shape
         O = dy.shape[1]
-        K = coef.shape[1]
         zero = dy.dtype.type(0)
-        for i in prange(I):
-            _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k)
-            for o in range(O):
-                spm[i, o] = scale_sp[i, o] * mask[i, o]
-            for c in range(nchunk):
-                for o in range(O):
-                    PB[c, i, o] = zero
-                for m in range(K):
-                    for o in range(O):
-                        P[c, i, m, o] = zero
         nblk = -(-I // IB)
         for task in prange(nchunk * nblk):
             c = task // nblk
@@ -546,10 +559,12 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     B, I = x.shape
     dt = coef.dtype
     nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
+    inv, lo, scale = _scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt)
+    W, Wb = empty(coef.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * y.shape[1]):
-        _kernels(k, OUTPUT_BLOCK)[0](y, x, grid, coef, scale_base, scale_sp, mask, _scratch_inv(grid, k),
-                                     np.empty(I, dt), np.empty(I, dt), empty(coef.shape, dt), empty(mask.shape, dt),
-                                     BASE_CODES[base_fun], nchunk, INPUTS_PER_BLOCK)
+        _setup_forward(inv, lo, scale, W, Wb, grid, coef, scale_base, scale_sp, mask, k)
+        _kernels(k, OUTPUT_BLOCK)[0](y, x, grid, inv, lo, scale, W, Wb, BASE_CODES[base_fun], nchunk,
+                                     INPUTS_PER_BLOCK)
     return y
 
 
@@ -568,12 +583,13 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     dt = coef.dtype
     IB = input_block(I)
     nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
-    P = empty((nchunk,) + coef.shape, dt)  # zeroed by the kernel
+    P = empty((nchunk,) + coef.shape, dt)  # zeroed by _setup_backward
     PB = empty((nchunk,) + scale_base.shape, dt)
-    spm = empty(mask.shape, dt)
+    inv, lo, scale = _scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt)
+    spm, Wb = empty(mask.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * dy.shape[1]):
-        _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, grid, coef, scale_base, scale_sp, mask, _scratch_inv(grid, k),
-                                     np.empty(I, dt), np.empty(I, dt), spm, empty(mask.shape, dt), BASE_CODES[base_fun],
+        _setup_backward(inv, lo, scale, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k)
+        _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, grid, inv, lo, scale, coef, spm, Wb, BASE_CODES[base_fun],
                                      nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
 
