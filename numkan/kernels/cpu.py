@@ -147,14 +147,17 @@ def _bases_at(N, dN, work, grid, inv, i, xv, k, deriv):
 
 
 @njit(**_inline)
-def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale, i, k, deriv):
+def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale, span, i, k, deriv):
     """Span codes and local bases of input i for the TILE samples t0, t0+1, ...
     (lanes u < nb are real): JT[r, u], NT[r, s, u] and, when ``deriv``, DT[r, s, u].
 
     Vectorised across the samples (one lane per sample) for the common case,
     an interior span:
-    1. the span guess of a uniform grid, j = int((x - t[0]) * scale), clamped
-       to the interior spans k .. n-2-k (``lo``, ``scale``: one per input);
+    1. the span guess: x's bucket among M equal buckets between the first and
+       the last knot, int((x - t[0]) * scale), gives the span of the bucket's
+       left edge, ``span[i, bucket]`` (clamped to the interior spans k .. n-2-k),
+       moved one span up when x is at or past the next knot (``lo``, ``scale``,
+       ``span``: from ``_setup_input``);
     2. the 2k knots t[j-k+1 .. j+k] of each lane into KW (one row per knot:
        the only loads that differ between lanes);
     3. Cox-de Boor on the local triangle (``_scalar.local_basis``, with the
@@ -168,14 +171,21 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
     one = XS.dtype.type(1)  # typed constants: a bare 1 would promote float32 to float64
     zero = XS.dtype.type(0)
     kk = XS.dtype.type(k)
-    last = XS.dtype.type(n - 2 - k)
-    for u in range(TILE):
+    M = span.shape[1] - 1  # buckets; span[i, M] = 1 when the table is that of a uniform grid
+    mlast = XS.dtype.type(M - 1)
+    uniform = span[i, M] == 1
+    for u in range(TILE):  # vectorised; the branch is the same for every lane
         xv = x[t0 + u, i] if u < nb else x[t0, i]  # idle lanes repeat the first sample
         XS[u] = xv
         g = (xv - lo[i]) * scale[i]
-        g = kk if g < kk else (last if g > last else g)
-        JT[r, u] = np.int32(g)
-    for u in range(TILE):
+        g = zero if g < zero else (mlast if g > mlast else g)
+        b = np.int32(g)
+        if uniform:  # no table load: the bucket's span is b // SPAN_BUCKETS, clamped
+            jg = b // SPAN_BUCKETS
+            JT[r, u] = k if jg < k else (n - 2 - k if jg > n - 2 - k else jg)
+        else:
+            JT[r, u] = span[i, b]
+    for u in range(TILE):  # the knots around the spans (one load per lane and knot)
         a = JT[r, u] - k + 1
         for m in range(2 * k):
             KW[m * TILE + u] = grid[i, a + m]
@@ -235,42 +245,60 @@ def _base_lanes(BV, BD, r, XS, code, deriv):
 
 
 @njit(**_inline)
-def _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k):
+def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
     """What both kernels need of input i, computed before the kernel (in parallel
     over the inputs, ``_setup_forward`` / ``_setup_backward``): its knot reciprocals (``_scalar.knot_reciprocals``,
-    for ``_bases_at``), the span guess of ``_tile_bases`` (lo[i] = t[0] and
-    scale[i] = (n-1) / (t[-1] - t[0]), computed in float64 and rounded to the
-    kernel's dtype: a uniform grid's span index of x is int((x - t[0]) * scale))
-    and Wb[i] = scale_base[i] * mask[i]."""
+    for ``_bases_at``), the span guess of ``_tile_bases`` and Wb[i] = scale_base[i]
+    * mask[i]. The span guess: M = span.shape[1] equal buckets between the first
+    and the last knot; x's bucket is int((x - lo[i]) * scale[i]) with lo[i] = t[0]
+    and scale[i] = M / (t[-1] - t[0]) (float64, rounded to the kernel's dtype), and
+    span[i, b] is the span of the bucket's left edge, clamped to the interior spans
+    k .. n-2-k. On a uniform grid a bucket lies inside one span; on a grid with
+    knots placed by sample quantiles (``update_grid``) most buckets do too, and a
+    bucket that holds a knot is handled by ``_tile_bases``' step up, or else by
+    ``_bases_at``."""
     n = grid.shape[1]
+    M = span.shape[1] - 1
     _knot_reciprocals(inv, grid, i, k)
     t0 = np.float64(grid[i, 0])
+    width = np.float64(grid[i, n - 1]) - t0
     lo[i] = t0
-    scale[i] = (n - 1) / (np.float64(grid[i, n - 1]) - t0)
+    scale[i] = M / width
+    j = 0
+    for b in range(M):
+        mid = t0 + (b + 0.5) * width / M
+        while j + 1 < n - 1 and grid[i, j + 1] <= mid:
+            j += 1
+        span[i, b] = min(max(j, k), n - 2 - k)
+    uniform = 1
+    for b in range(M):
+        if span[i, b] != min(max(b // SPAN_BUCKETS, k), n - 2 - k):
+            uniform = 0
+    span[i, M] = uniform
     for o in range(mask.shape[1]):
         Wb[i, o] = scale_base[i, o] * mask[i, o]
 
 
 @njit(parallel=True, **_jit)
-def _setup_forward(inv, lo, scale, W, Wb, grid, coef, scale_base, scale_sp, mask, k):
+def _setup_forward(inv, lo, scale, span, W, Wb, grid, coef, scale_base, scale_sp, mask, k):
     """The forward kernel's per-input scratch, in parallel over the inputs:
     ``_setup_input`` and W = coef * scale_sp * mask. Compiled once per dtype (k is an
     argument here, not a constant of the code)."""
     for i in prange(grid.shape[0]):
-        _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k)
+        _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k)
         for m in range(coef.shape[1]):
             for o in range(coef.shape[2]):
                 W[i, m, o] = coef[i, m, o] * (scale_sp[i, o] * mask[i, o])
 
 
 @njit(parallel=True, **_jit)
-def _setup_backward(inv, lo, scale, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k):
+def _setup_backward(inv, lo, scale, span, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k):
     """The backward kernel's per-input scratch, in parallel over the inputs:
     ``_setup_input``, spm = scale_sp * mask, and the raw sums P, PB zeroed."""
     nchunk, I, K, O = P.shape
     zero = P.dtype.type(0)
     for i in prange(I):
-        _setup_input(inv, lo, scale, Wb, grid, scale_base, mask, i, k)
+        _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k)
         for o in range(O):
             spm[i, o] = scale_sp[i, o] * mask[i, o]
         for c in range(nchunk):
@@ -380,9 +408,9 @@ def _kernels(k, OB):
     KWN = 2 * k * TILE  # the knots around each lane's span
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def forward(y, x, grid, inv, lo, scale, W, Wb, code, nchunk, IB):
+    def forward(y, x, grid, inv, lo, scale, span, W, Wb, code, nchunk, IB):
         # y (B, O) out; x (B, I); grid (I, n); code: base_fun; from _setup_forward: inv,
-        # the knot reciprocals; lo, scale (I,), the span guess; W = coef * scale_sp * mask
+        # the knot reciprocals; lo, scale (I,), span (I, M): the span guess; W = coef * scale_sp * mask
         # (I, K, O); Wb = scale_base * mask (I, O). prange over batch chunks: each owns
         # its rows of y.
         B, I = x.shape
@@ -404,7 +432,7 @@ def _kernels(k, OB):
             for t0 in range(b0, b1, TILE):
                 nb = min(TILE, b1 - t0)
                 for i in range(I):
-                    _tile_bases(NT, NT, JT, i, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale,
+                    _tile_bases(NT, NT, JT, i, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale, span,
                                 i, k, False)
                     _base_lanes(BXT, BXT, i, XS, code, False)
                 # A sample's block of OB outputs stays in registers across a block of
@@ -423,9 +451,9 @@ def _kernels(k, OB):
                     ob += OB
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def backward(dx, P, PB, dy, x, grid, inv, lo, scale, coef, spm, Wb, code, nchunk, IB):
+    def backward(dx, P, PB, dy, x, grid, inv, lo, scale, span, coef, spm, Wb, code, nchunk, IB):
         # dx (B, I) +=; P (nchunk, I, K, O) += sum_b g * B[m](x); PB (nchunk, I, O) +=
-        # sum_b g * b(x); code: base_fun; from _setup_backward: inv, lo, scale, Wb as in
+        # sum_b g * b(x); code: base_fun; from _setup_backward: inv, lo, scale, span, Wb as in
         # the forward pass, spm = scale_sp * mask (I, O), P and PB zeroed.
         # Tasks: (batch chunk, block of IB inputs). A task owns dx[chunk, block] and
         # P[c, block]; its tile of dy rows is reused by the IB inputs, and each input's
@@ -462,7 +490,7 @@ def _kernels(k, OB):
                 # r counts from 0 (not i - i0): LLVM then knows the scratch rows are not
                 # negative, and vectorises the tile's stores without index wrap-around
                 for r in range(i1 - i0):
-                    _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale,
+                    _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale, span,
                                 i0 + r, k, True)
                     _base_lanes(BV, BD, r, XS, code, True)
                 for r in range(i1 - i0):
@@ -533,6 +561,15 @@ def _reciprocals(grid, k):
     return inv
 
 
+SPAN_BUCKETS = 4  # buckets of the span guess per knot interval (``_setup_input``)
+
+
+def _scratch_span(grid):
+    """Room for the span guess's table: SPAN_BUCKETS buckets per knot interval, per input,
+    and a last column that flags a uniform grid's table (``_setup_input``)."""
+    return np.empty((grid.shape[0], SPAN_BUCKETS * (grid.shape[1] - 1) + 1), np.int32)
+
+
 def _scratch_inv(grid, k):
     """Room for the knot reciprocals that the kernels fill (``_setup_input``); zeroed,
     so that the entries no knot difference fills (never read) are defined."""
@@ -559,11 +596,11 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     B, I = x.shape
     dt = coef.dtype
     nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
-    inv, lo, scale = _scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt)
+    inv, lo, scale, span = _scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt), _scratch_span(grid)
     W, Wb = empty(coef.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * y.shape[1]):
-        _setup_forward(inv, lo, scale, W, Wb, grid, coef, scale_base, scale_sp, mask, k)
-        _kernels(k, OUTPUT_BLOCK)[0](y, x, grid, inv, lo, scale, W, Wb, BASE_CODES[base_fun], nchunk,
+        _setup_forward(inv, lo, scale, span, W, Wb, grid, coef, scale_base, scale_sp, mask, k)
+        _kernels(k, OUTPUT_BLOCK)[0](y, x, grid, inv, lo, scale, span, W, Wb, BASE_CODES[base_fun], nchunk,
                                      INPUTS_PER_BLOCK)
     return y
 
@@ -585,11 +622,11 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
     P = empty((nchunk,) + coef.shape, dt)  # zeroed by _setup_backward
     PB = empty((nchunk,) + scale_base.shape, dt)
-    inv, lo, scale = _scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt)
+    inv, lo, scale, span = _scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt), _scratch_span(grid)
     spm, Wb = empty(mask.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * dy.shape[1]):
-        _setup_backward(inv, lo, scale, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k)
-        _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, grid, inv, lo, scale, coef, spm, Wb, BASE_CODES[base_fun],
+        _setup_backward(inv, lo, scale, span, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k)
+        _kernels(k, OUTPUT_BLOCK)[1](dx, P, PB, dy, x, grid, inv, lo, scale, span, coef, spm, Wb, BASE_CODES[base_fun],
                                      nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
 
