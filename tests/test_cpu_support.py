@@ -126,3 +126,58 @@ def test_cpu_model_storage_is_aligned():
     for group in (model.params, model.grads):
         for name, a in group.items():
             assert a.ctypes.data % cpu.ALIGN == 0, name
+
+
+def _span_table(grid, k):
+    I = grid.shape[0]
+    dt = grid.dtype
+    inv, lo, scale, span = cpu._scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt), cpu._scratch_span(grid)
+    K = grid.shape[1] - k - 1
+    ones = cpu.asarray(np.ones((I, 3)), dt)
+    cpu._setup_forward(inv, lo, scale, span, cpu.empty((I, K, 3), dt), cpu.empty((I, 3), dt), grid,
+                       cpu.zeros((I, K, 3), dt), ones, ones, ones, k)
+    return lo, scale, span
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k", [1, 3])
+def test_span_guess_table(dtype, k):
+    """Each bucket of the span guess holds the span (clamped to the interior ones) at
+    its middle, and the last column flags exactly the uniform grids."""
+    rng = np.random.default_rng(k)
+    G = 7
+    uniform = np.linspace(-1 - k * 2 / G, 1 + k * 2 / G, G + 2 * k + 1)
+    sampled = np.sort(np.concatenate([[-1.3, 1.3], rng.normal(0, 0.3, G + 2 * k - 1)]))
+    grid = np.array([uniform, sampled]).astype(dtype)
+    lo, scale, span = _span_table(grid, k)
+    n = grid.shape[1]
+    M = span.shape[1] - 1
+    assert M == cpu.SPAN_BUCKETS * (n - 1)
+    for i in range(2):
+        t = grid[i].astype(np.float64)
+        mids = t[0] + (np.arange(M) + 0.5) * (t[-1] - t[0]) / M
+        want = np.clip(np.searchsorted(t, mids, side="right") - 1, k, n - 2 - k)
+        np.testing.assert_array_equal(span[i, :M], want)
+    assert span[0, M] == 1 and span[1, M] == 0
+    assert lo[1] == grid[1, 0] and scale[1] == np.asarray(M / (t[-1] - t[0]), dtype)
+
+
+def test_span_guess_hits_on_grids_placed_by_samples():
+    """On knots at sample quantiles the table's guess is the span for most samples
+    (the arithmetic guess of a uniform grid would miss for most of them)."""
+    rng = np.random.default_rng(0)
+    k, G, I = 3, 20, 4
+    rows = []
+    for _ in range(I):
+        core = np.quantile(np.clip(rng.normal(0, 0.3, 5000), -1, 1), np.linspace(0, 1, G + 1))
+        rows.append(np.concatenate([core[0] - (core[1] - core[0]) * np.arange(k, 0, -1), core,
+                                    core[-1] + (core[-1] - core[-2]) * np.arange(1, k + 1)]))
+    grid = np.array(rows)
+    lo, scale, span = _span_table(grid, k)
+    x = np.clip(rng.normal(0, 0.3, (2000, I)), -1, 1)
+    M = span.shape[1] - 1
+    b = np.clip((x - lo) * scale, 0, M - 1).astype(np.int64)
+    j = span[np.arange(I), b]
+    hit = (np.take_along_axis(grid.T, j, 0) <= x) & (x < np.take_along_axis(grid.T, j + 1, 0))
+    assert hit.mean() > 0.75
+    assert span[:, M].max() == 0

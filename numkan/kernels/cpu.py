@@ -30,7 +30,8 @@ Why it is fast:
   must assume it overlaps, so there are no run-time overlap checks in the loops;
 - the bases of a tile are vectorised across its samples: the only loads that
   differ between lanes are the 2k knots around each span; the span guess
-  multiplies by a per-input scale computed once per call, and b(x) and b'(x)
+  is a bucket index from a per-input scale, then one table load (none on a
+  uniform grid), both prepared once per call, and b(x) and b'(x)
   are computed in the same lanes, with an exp that is plain arithmetic LLVM
   vectorises (``_vexp``);
 - all storage of this backend, and every buffer of the wrappers, starts on a
@@ -154,10 +155,10 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
     Vectorised across the samples (one lane per sample) for the common case,
     an interior span:
     1. the span guess: x's bucket among M equal buckets between the first and
-       the last knot, int((x - t[0]) * scale), gives the span of the bucket's
-       left edge, ``span[i, bucket]`` (clamped to the interior spans k .. n-2-k),
-       moved one span up when x is at or past the next knot (``lo``, ``scale``,
-       ``span``: from ``_setup_input``);
+       the last knot, int((x - t[0]) * scale), and the span at the bucket's
+       middle, ``span[i, bucket]`` (clamped to the interior spans k .. n-2-k;
+       on a uniform grid bucket // SPAN_BUCKETS, without the table load);
+       ``lo``, ``scale``, ``span`` come from ``_setup_input``;
     2. the 2k knots t[j-k+1 .. j+k] of each lane into KW (one row per knot:
        the only loads that differ between lanes);
     3. Cox-de Boor on the local triangle (``_scalar.local_basis``, with the
@@ -172,19 +173,23 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
     zero = XS.dtype.type(0)
     kk = XS.dtype.type(k)
     M = span.shape[1] - 1  # buckets; span[i, M] = 1 when the table is that of a uniform grid
-    mlast = XS.dtype.type(M - 1)
-    uniform = span[i, M] == 1
-    for u in range(TILE):  # vectorised; the branch is the same for every lane
-        xv = x[t0 + u, i] if u < nb else x[t0, i]  # idle lanes repeat the first sample
-        XS[u] = xv
-        g = (xv - lo[i]) * scale[i]
-        g = zero if g < zero else (mlast if g > mlast else g)
-        b = np.int32(g)
-        if uniform:  # no table load: the bucket's span is b // SPAN_BUCKETS, clamped
-            jg = b // SPAN_BUCKETS
-            JT[r, u] = k if jg < k else (n - 2 - k if jg > n - 2 - k else jg)
-        else:
-            JT[r, u] = span[i, b]
+    if span[i, M] == 1:  # uniform: the span is the bucket's index / SPAN_BUCKETS, no table load
+        sc = scale[i] * XS.dtype.type(1 / SPAN_BUCKETS)  # exact: a power of two
+        last = XS.dtype.type(n - 2 - k)
+        for u in range(TILE):  # vectorised
+            xv = x[t0 + u, i] if u < nb else x[t0, i]  # idle lanes repeat the first sample
+            XS[u] = xv
+            g = (xv - lo[i]) * sc
+            g = kk if g < kk else (last if g > last else g)
+            JT[r, u] = np.int32(g)
+    else:
+        mlast = XS.dtype.type(M - 1)
+        for u in range(TILE):
+            xv = x[t0 + u, i] if u < nb else x[t0, i]
+            XS[u] = xv
+            g = (xv - lo[i]) * scale[i]
+            g = zero if g < zero else (mlast if g > mlast else g)
+            JT[r, u] = span[i, np.int32(g)]
     for u in range(TILE):  # the knots around the spans (one load per lane and knot)
         a = JT[r, u] - k + 1
         for m in range(2 * k):
@@ -247,16 +252,19 @@ def _base_lanes(BV, BD, r, XS, code, deriv):
 @njit(**_inline)
 def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
     """What both kernels need of input i, computed before the kernel (in parallel
-    over the inputs, ``_setup_forward`` / ``_setup_backward``): its knot reciprocals (``_scalar.knot_reciprocals``,
-    for ``_bases_at``), the span guess of ``_tile_bases`` and Wb[i] = scale_base[i]
-    * mask[i]. The span guess: M = span.shape[1] equal buckets between the first
-    and the last knot; x's bucket is int((x - lo[i]) * scale[i]) with lo[i] = t[0]
-    and scale[i] = M / (t[-1] - t[0]) (float64, rounded to the kernel's dtype), and
-    span[i, b] is the span of the bucket's left edge, clamped to the interior spans
-    k .. n-2-k. On a uniform grid a bucket lies inside one span; on a grid with
-    knots placed by sample quantiles (``update_grid``) most buckets do too, and a
-    bucket that holds a knot is handled by ``_tile_bases``' step up, or else by
-    ``_bases_at``."""
+    over the inputs, ``_setup_forward`` / ``_setup_backward``): its knot
+    reciprocals (``_scalar.knot_reciprocals``, for ``_bases_at``), the span guess
+    of ``_tile_bases`` and Wb[i] = scale_base[i] * mask[i].
+
+    The span guess: M = span.shape[1] - 1 = SPAN_BUCKETS * (n-1) equal buckets
+    between the first and the last knot; x's bucket is int((x - lo[i]) * scale[i])
+    with lo[i] = t[0] and scale[i] = M / (t[-1] - t[0]) (float64, rounded to the
+    kernel's dtype); span[i, b] is the span that holds the bucket's middle,
+    clamped to the interior spans k .. n-2-k, and span[i, M] is 1 when the table
+    is a uniform grid's (span[i, b] = b // SPAN_BUCKETS, clamped). On a uniform
+    grid no bucket holds a knot; on knots placed at sample quantiles
+    (``update_grid``) few do, and the samples of a bucket on the wrong side of
+    its knot go to ``_bases_at``."""
     n = grid.shape[1]
     M = span.shape[1] - 1
     _knot_reciprocals(inv, grid, i, k)
