@@ -131,7 +131,7 @@ def test_cpu_model_storage_is_aligned():
 def _span_table(grid, k):
     I = grid.shape[0]
     dt = grid.dtype
-    inv, lo, scale, span = cpu._scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt), cpu._scratch_span(grid)
+    inv, lo, scale, span = cpu._input_scratch(grid, k, dt)
     K = grid.shape[1] - k - 1
     ones = cpu.asarray(np.ones((I, 3)), dt)
     cpu._setup_forward(inv, lo, scale, span, cpu.empty((I, K, 3), dt), cpu.empty((I, 3), dt), grid,

@@ -273,13 +273,12 @@ def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
     lo[i] = t0
     scale[i] = M / width
     j = 0
+    uniform = 1
     for b in range(M):
         mid = t0 + (b + 0.5) * width / M
         while j + 1 < n - 1 and grid[i, j + 1] <= mid:
             j += 1
         span[i, b] = min(max(j, k), n - 2 - k)
-    uniform = 1
-    for b in range(M):
         if span[i, b] != min(max(b // SPAN_BUCKETS, k), n - 2 - k):
             uniform = 0
     span[i, M] = uniform
@@ -564,7 +563,7 @@ def _fill_reciprocals(inv, grid, k):
 def _reciprocals(grid, k):
     """The knot reciprocals of every input (``_scalar.knot_reciprocals``), for the
     training kernels (``cpu_train``)."""
-    inv = np.zeros((grid.shape[0], k + 1, grid.shape[1]), dtype=grid.dtype)
+    inv = _scratch_inv(grid, k)
     _fill_reciprocals(inv, grid, k)
     return inv
 
@@ -572,16 +571,19 @@ def _reciprocals(grid, k):
 SPAN_BUCKETS = 4  # buckets of the span guess per knot interval (``_setup_input``)
 
 
-def _scratch_span(grid):
-    """Room for the span guess's table: SPAN_BUCKETS buckets per knot interval, per input,
-    and a last column that flags a uniform grid's table (``_setup_input``)."""
-    return np.empty((grid.shape[0], SPAN_BUCKETS * (grid.shape[1] - 1) + 1), np.int32)
-
-
 def _scratch_inv(grid, k):
-    """Room for the knot reciprocals that the kernels fill (``_setup_input``); zeroed,
-    so that the entries no knot difference fills (never read) are defined."""
+    """Room for the knot reciprocals (``_scalar.knot_reciprocals``); zeroed, so that the
+    entries no knot difference fills (never read) are defined."""
     return np.zeros((grid.shape[0], k + 1, grid.shape[1]), grid.dtype)
+
+
+def _input_scratch(grid, k, dtype):
+    """Room for what ``_setup_input`` fills per input: the knot reciprocals, lo and scale
+    (I,) in the kernels' dtype, and the span guess's table: SPAN_BUCKETS buckets per
+    knot interval and a last column that flags a uniform grid's table."""
+    I, n = grid.shape
+    return (_scratch_inv(grid, k), np.empty(I, dtype), np.empty(I, dtype),
+            np.empty((I, SPAN_BUCKETS * (n - 1) + 1), np.int32))
 
 
 def kernel_scratch_bytes(B, I, O, k, itemsize, threads):
@@ -604,7 +606,7 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     B, I = x.shape
     dt = coef.dtype
     nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
-    inv, lo, scale, span = _scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt), _scratch_span(grid)
+    inv, lo, scale, span = _input_scratch(grid, k, dt)
     W, Wb = empty(coef.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * y.shape[1]):
         _setup_forward(inv, lo, scale, span, W, Wb, grid, coef, scale_base, scale_sp, mask, k)
@@ -630,7 +632,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
     P = empty((nchunk,) + coef.shape, dt)  # zeroed by _setup_backward
     PB = empty((nchunk,) + scale_base.shape, dt)
-    inv, lo, scale, span = _scratch_inv(grid, k), np.empty(I, dt), np.empty(I, dt), _scratch_span(grid)
+    inv, lo, scale, span = _input_scratch(grid, k, dt)
     spm, Wb = empty(mask.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * dy.shape[1]):
         _setup_backward(inv, lo, scale, span, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k)
