@@ -163,6 +163,16 @@ def test_cpu_matches_reference_every_order_and_grid(dtype, k):
         check_cpu_against_reference(p, dy, start, f"{np.dtype(dtype).name} k={k} G={G} B={B} {kind}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("k", [1, 3])
+def test_cpu_matches_reference_on_fine_uniform_grids(dtype, k):
+    """Fine uniform grids (G = 200, the knots rounded to the dtype), where the CPU kernels
+    compute the bases from x's position in units of h rather than from the knots."""
+    p, dy, start = random_layer(seed=k, B=300, I=2, O=3, G=200, k=k, kind="uniform",
+                                dtype=dtype, base_fun="silu")
+    check_cpu_against_reference(p, dy, start, f"{np.dtype(dtype).name} k={k} G=200 uniform")
+
+
 def test_cpu_forward_overwrites_and_backward_adds():
     """Forward ignores what y held; backward adds, so two calls give twice one call."""
     p, dy, _ = random_layer(seed=7, B=50, I=3, O=4, G=6, k=3, kind="nonuniform",
