@@ -28,13 +28,31 @@ from .cpu import _finish_backward, _reciprocals, base_pair as _base_pair  # noqa
 from .cpu import find_span as _find_span, local_basis as _local_basis  # noqa: E402
 
 
+@njit(inline="always")
+def _edge_row(phi, bv, j, N, W, Wb, i, k):
+    """phi[o] = phi_io(x) for every output o: b(x) * Wb[i, o] plus the local spline terms
+    N[s] * W[i, j-k+s, o] whose rows exist (j: x's span, -1 outside the knots, where only
+    the base term remains; N: its k+1 local bases)."""
+    O = W.shape[2]
+    K = W.shape[1]
+    for o in range(O):
+        phi[o] = bv * Wb[i, o]
+    if j >= 0:
+        for s in range(k + 1):
+            a = j - k + s
+            if a < 0 or a >= K:
+                continue
+            ns = N[s]
+            for o in range(O):
+                phi[o] += ns * W[i, a, o]
+
+
 @njit(parallel=True, **_jit)
 def _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, inv, W, Wb, k, code, nchunk):
     # S1, S2 (nchunk, I, O) and XS1, XS2 (nchunk, I): float64 partial sums.
     # W = coef * scale_sp * mask (I, K, O), Wb = scale_base * mask (I, O).
     B, I = x.shape
     O = W.shape[2]
-    K = W.shape[1]
     for task in prange(nchunk * I):
         c = task // I
         i = task - c * I
@@ -48,19 +66,10 @@ def _moments_forward_kernel(S1, S2, XS1, XS2, x, grid, inv, W, Wb, k, code, nchu
             xv = x[b, i]
             a1 += xv
             a2 += xv * xv
-            bv = _base_value(xv, code)
-            for o in range(O):
-                phi[o] = bv * Wb[i, o]
             j = _find_span(grid, i, xv)
             if j >= 0:
                 _local_basis(grid, inv, i, j, xv, k, N, dN, work, False)
-                for s in range(k + 1):
-                    a = j - k + s
-                    if a < 0 or a >= K:
-                        continue
-                    ns = N[s]
-                    for o in range(O):
-                        phi[o] += ns * W[i, a, o]
+            _edge_row(phi, _base_value(xv, code), j, N, W, Wb, i, k)
             for o in range(O):
                 S1[c, i, o] += phi[o]
                 S2[c, i, o] += phi[o] * phi[o]
@@ -84,18 +93,10 @@ def _moments_backward_kernel(dx, P, PB, ds1, ds2, dxs1, dxs2, x, grid, inv, W, W
         for b in range(c * B // nchunk, (c + 1) * B // nchunk):
             xv = x[b, i]
             bv, bd = _base_pair(xv, code)
-            for o in range(O):
-                g[o] = bv * Wb[i, o]  # phi first; turned into gphi below
             j = _find_span(grid, i, xv)
             if j >= 0:
                 _local_basis(grid, inv, i, j, xv, k, N, dN, work, True)
-                for s in range(k + 1):
-                    a = j - k + s
-                    if a < 0 or a >= K:
-                        continue
-                    ns = N[s]
-                    for o in range(O):
-                        g[o] += ns * W[i, a, o]
+            _edge_row(g, bv, j, N, W, Wb, i, k)  # phi first; turned into gphi below
             acc_b = 0.0
             for o in range(O):
                 g[o] = ds1[i, o] + 2.0 * ds2[i, o] * g[o]
