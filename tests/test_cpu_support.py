@@ -65,7 +65,7 @@ def _base_lanes_all(bv, bd, x, code):
     for t0 in range(0, x.size, cpu.TILE):
         for u in range(cpu.TILE):
             XS[u] = x[t0 + u]
-        cpu._base_lanes(BV, BD, 0, XS, code, True)
+        cpu._base_lanes(BV, BD, 0, XS, code, True, cpu.TILE)
         for u in range(cpu.TILE):
             bv[t0 + u] = BV[0, u]
             bd[t0 + u] = BD[0, u]
