@@ -11,8 +11,8 @@ Cost per edge does not depend on the grid size G.
 How the work is laid out (a tile = ``forward_tile`` or ``TILE`` consecutive samples):
 1. bases: for each input, the spans and k+1 local bases of the tile's
    samples, computed with one SIMD lane per sample (``_tile_bases``: a
-   guess from a uniform grid, checked against the knots; the lanes where it
-   missed are redone one by one with a binary search), kept in a small
+   span guess from a per-input table of buckets, checked against the knots;
+   the lanes where it missed are redone one by one with a binary search), kept in a small
    (I, k+1, tile) scratch;
 2. contraction: the forward pass holds one block of OB outputs of one sample
    in registers (``OUTPUT_BLOCK``) while it adds the terms of

@@ -29,6 +29,13 @@ from .cpu import find_span as _find_span, local_basis as _local_basis  # noqa: E
 
 
 @njit(inline="always")
+def _existing_rows(j, k, K):
+    """The local bases s in range(lo, hi) of span j >= 0 whose coefficient row j-k+s
+    exists (0 <= j-k+s < K): all k+1 of an interior span, fewer near the ends."""
+    return max(0, k - j), min(k + 1, K + k - j)
+
+
+@njit(inline="always")
 def _edge_row(phi, bv, j, N, W, Wb, i, k):
     """phi[o] = phi_io(x) for every output o: b(x) * Wb[i, o] plus the local spline terms
     N[s] * W[i, j-k+s, o] whose rows exist (j: x's span, -1 outside the knots, where only
@@ -38,13 +45,11 @@ def _edge_row(phi, bv, j, N, W, Wb, i, k):
     for o in range(O):
         phi[o] = bv * Wb[i, o]
     if j >= 0:
-        for s in range(k + 1):
-            a = j - k + s
-            if a < 0 or a >= K:
-                continue
+        s0, s1 = _existing_rows(j, k, K)
+        for s in range(s0, s1):
             ns = N[s]
             for o in range(O):
-                phi[o] += ns * W[i, a, o]
+                phi[o] += ns * W[i, j - k + s, o]
 
 
 @njit(parallel=True, **_jit)
@@ -104,10 +109,9 @@ def _moments_backward_kernel(dx, P, PB, ds1, ds2, dxs1, dxs2, x, grid, inv, W, W
                 acc_b += g[o] * Wb[i, o]
             d = acc_b * bd + dxs1[i] + 2.0 * xv * dxs2[i]
             if j >= 0:
-                for s in range(k + 1):
+                s0, s1 = _existing_rows(j, k, K)
+                for s in range(s0, s1):
                     a = j - k + s
-                    if a < 0 or a >= K:
-                        continue
                     ns = N[s]
                     acc = 0.0
                     for o in range(O):
