@@ -106,6 +106,19 @@ _local_basis_inl = njit(**_inline)(_scalar.local_basis)
 _knot_reciprocals = njit(**_inline)(_scalar.knot_reciprocals)
 
 
+@njit(inline="always")
+def _u(i):
+    """i as an unsigned index, for indices that are never negative. Numba indexes with a
+    signed integer as Python does, -1 being the last element: a compare and a select
+    per index wherever LLVM cannot prove the index non-negative, and in the forward's
+    hot loops it could not. An unsigned index has no such code. Measured (2026-11-29,
+    float32, interleaved, 2 threads): the knot and x loads of ``_tile_bases`` unsigned,
+    forward 1.15-1.27x; the spans, bases and coefficient rows of ``_contract`` as well,
+    1.09-1.16x more. Not y's and not the output index: that made the forward 0.67-0.82x
+    (LLVM no longer kept the output block in registers). The backward gained nothing."""
+    return np.uint64(i)
+
+
 # ---------------------------------------------------------------------------
 # storage: host ndarrays, as in the reference, whose data start on a cache line.
 # The kernels read and write rows of coefficients, outputs and gradients with
@@ -188,7 +201,7 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
         sc = scale[i] * XS.dtype.type(1 / SPAN_BUCKETS)  # exact: a power of two
         last = XS.dtype.type(n - 2 - k)
         for u in range(T):  # vectorised
-            xv = x[t0 + u, i] if u < nb else x[t0, i]  # idle lanes repeat the first sample
+            xv = x[_u(t0 + u), i] if u < nb else x[_u(t0), i]  # idle lanes repeat the first sample
             XS[u] = xv
             g = (xv - lo[i]) * sc
             g = kk if g < kk else (last if g > last else g)
@@ -196,15 +209,15 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
     else:
         mlast = XS.dtype.type(M - 1)
         for u in range(T):
-            xv = x[t0 + u, i] if u < nb else x[t0, i]
+            xv = x[_u(t0 + u), i] if u < nb else x[_u(t0), i]
             XS[u] = xv
             g = (xv - lo[i]) * scale[i]
             g = zero if g < zero else (mlast if g > mlast else g)
-            JT[r, u] = span[i, np.int32(g)]
+            JT[r, u] = span[i, _u(np.int32(g))]
     for u in range(T):  # the knots around the spans (one load per lane and knot)
         a = JT[r, u] - k + 1
         for m in range(2 * k):
-            KW[m * T + u] = grid[i, a + m]
+            KW[m * T + u] = grid[i, _u(a + m)]
     for u in range(T):
         xv = XS[u]
         N[0] = one
@@ -336,15 +349,16 @@ def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, BXT, W, Wb, k):
     for o in range(width):
         acc[o] = 0.0 if i0 == 0 else y[b, ob + o]
     for i in range(i0, i1):
-        j = JT[i, u]
-        bv = BXT[i, u]
+        ui = _u(i)
+        j = JT[ui, _u(u)]
+        bv = BXT[ui, _u(u)]
         if j >= k:  # interior span (j >= k tells LLVM the rows a + s are not negative)
             a = j - k
             for o in range(width):
-                v = NT[i, 0, u] * W[i, a, ob + o]  # the k+1 spline terms, then the base term
+                v = NT[ui, 0, _u(u)] * W[ui, _u(a), ob + o]  # the k+1 spline terms, then the base term
                 for s in range(1, k + 1):
-                    v += NT[i, s, u] * W[i, a + s, ob + o]
-                acc[o] += bv * Wb[i, ob + o]
+                    v += NT[ui, s, _u(u)] * W[ui, _u(a + s), ob + o]
+                acc[o] += bv * Wb[ui, ob + o]
                 acc[o] += v
         else:  # boundary span or outside the knots: only the bases that exist
             a = -1 - j - k
