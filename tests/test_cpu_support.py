@@ -56,17 +56,20 @@ def test_vexp_is_inf_above_and_zero_below_its_range(dtype, lo, hi, tol):
     assert np.all(np.isfinite(vexp(np.array([hi, lo], dtype)))) and vexp(np.array([lo], dtype))[0] > 0
 
 
+LANES = cpu.tile(4)  # lanes per call of the helper, a constant of its compiled code
+
+
 @njit(fastmath={"contract", "reassoc"})  # the kernels' flags: vexp must stay exact under them
 def _base_lanes_all(bv, bd, x, code):
-    """b(x) and b'(x) through the kernels' lane helper, one tile of TILE lanes at a time."""
-    XS = np.empty(cpu.TILE, dtype=x.dtype)
-    BV = np.empty((1, cpu.TILE), dtype=x.dtype)
-    BD = np.empty((1, cpu.TILE), dtype=x.dtype)
-    for t0 in range(0, x.size, cpu.TILE):
-        for u in range(cpu.TILE):
+    """b(x) and b'(x) through the kernels' lane helper, LANES lanes at a time."""
+    XS = np.empty(LANES, dtype=x.dtype)
+    BV = np.empty((1, LANES), dtype=x.dtype)
+    BD = np.empty((1, LANES), dtype=x.dtype)
+    for t0 in range(0, x.size, LANES):
+        for u in range(LANES):
             XS[u] = x[t0 + u]
-        cpu._base_lanes(BV, BD, 0, XS, code, True, cpu.TILE)
-        for u in range(cpu.TILE):
+        cpu._base_lanes(BV, BD, 0, XS, code, True, LANES)
+        for u in range(LANES):
             bv[t0 + u] = BV[0, u]
             bd[t0 + u] = BD[0, u]
 
@@ -79,7 +82,7 @@ def test_kernel_base_values_match_reference(dtype, base_fun):
     x = np.concatenate([rng.uniform(-10, 10, 5000), np.linspace(-120, 120, 2401),
                         [0.0, -0.0, 1e-20, -1e-20, 700.0, -700.0, 1e30, -1e30, big, -big],
                         np.linspace(-800, 800, 1601)]).astype(dtype)
-    x = np.concatenate([x, np.zeros(-x.size % cpu.TILE, dtype)])
+    x = np.concatenate([x, np.zeros(-x.size % LANES, dtype)])
     bv, bd = np.empty_like(x), np.empty_like(x)
     _base_lanes_all(bv, bd, x, BASE_CODES[base_fun])
     xs = x.astype(np.float64)

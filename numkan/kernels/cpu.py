@@ -8,7 +8,7 @@ Work per sample and input: one span search, the k+1 local bases, then k+2
 coefficient rows (k+1 spline rows and the base row) added into the outputs.
 Cost per edge does not depend on the grid size G.
 
-How the work is laid out (a tile = ``forward_tile`` or ``TILE`` consecutive samples):
+How the work is laid out (a tile = ``tile(itemsize)`` consecutive samples):
 1. bases: for each input, the spans and k+1 local bases of the tile's
    samples, computed with one SIMD lane per sample (``_tile_bases``: a
    span guess from a per-input table of buckets, checked against the knots;
@@ -22,7 +22,7 @@ How the work is laid out (a tile = ``forward_tile`` or ``TILE`` consecutive samp
 
 Why it is fast:
 - the kernels are compiled once per spline order k, block width OB and
-  forward tile FT (``_kernels(k, OB, FT)``); they are constants of the code, so the loops over the
+  tile T (``_kernels(k, OB, T)``); they are constants of the code, so the loops over the
   k+1 bases and over a block of outputs unroll and vectorise (AVX2 FMAs);
 - the scratch of the local triangle and the block accumulators are stack
   arrays (``_stack.local_array``) used only inside inlined helpers, which LLVM
@@ -74,7 +74,6 @@ from . import reference
 from .reference import all_finite, copy_into, fill, to_host  # host storage, as in the reference
 
 name = "cpu"
-TILE = 16          # backward: samples whose local bases are computed together, then used
 OUTPUT_BLOCK = 64  # outputs per register block: 8 AVX2 registers of float32 (16 of float64;
                    # measured: 32 float64 outputs per block made the backward 3x slower)
 INPUTS_PER_BLOCK = 4  # forward: inputs whose coefficient rows the tile's samples share in L1
@@ -84,11 +83,13 @@ INPUTS_PER_BLOCK = 4  # forward: inputs whose coefficient rows the tile's sample
 ALIGN = 64         # bytes: storage starts on a cache line (see ``empty``)
 
 
-def forward_tile(itemsize):
-    """Forward: samples whose local bases are computed together, then contracted: four
-    AVX2 registers of lanes (32 float32, 16 float64). Measured against 16 float32 lanes
-    (2026-11-29, one thread): the forward 1.10-1.19x faster; the backward gained nothing
-    from it, and keeps ``TILE``."""
+def tile(itemsize):
+    """Samples whose local bases are computed together, then used: four AVX2 registers
+    of lanes (32 float32, 16 float64), in both passes. Measured against 16 float32
+    lanes (2026-11-29, interleaved): the forward 1.06-1.10x faster (2 threads; 1.10-1.19x
+    on one), and the backward 1.03-1.18x once the bases' loads had lost their
+    negative-index code (``_u``). A 32-sample float64 tile was 0.89-1.02x (forward) and
+    0.95-1.11x (backward); 8 float32 samples, 1.2-1.6x slower."""
     return 128 // itemsize
 
 _jit = dict(nogil=True, cache=True)
@@ -427,9 +428,9 @@ _grad_block_any = njit(fastmath=_FAST, **_jit)(_grad_block)
 
 
 @lru_cache(maxsize=None)
-def _kernels(k, OB, FT):
+def _kernels(k, OB, T):
     """Forward and backward kernels compiled for spline order ``k``, output block ``OB``
-    and the forward's tile of ``FT`` samples (``forward_tile``; the backward's is ``TILE``).
+    and a tile of ``T`` samples (``tile``).
 
     All are constants of the compiled code: the loops over the k+1 local
     bases and over a block of OB outputs have constant trip counts, so LLVM
@@ -438,7 +439,7 @@ def _kernels(k, OB, FT):
     """
     kp1 = k + 1
     W2 = 2 * kp1
-    KWF, KWB = 2 * k * FT, 2 * k * TILE  # the knots around each lane's span (forward, backward)
+    KW2 = 2 * k * T  # the knots around each lane's span
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
     def forward(y, x, grid, inv, lo, scale, span, W, Wb, code, nchunk, IB):
@@ -451,23 +452,23 @@ def _kernels(k, OB, FT):
         for c in prange(nchunk):
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
-            JT = np.empty((I, FT), dtype=np.int32)      # span codes of the tile
-            NT = np.empty((I, kp1, FT), dtype=y.dtype)  # local bases of the tile
-            BXT = np.empty((I, FT), dtype=y.dtype)      # b(x) of the tile
+            JT = np.empty((I, T), dtype=np.int32)      # span codes of the tile
+            NT = np.empty((I, kp1, T), dtype=y.dtype)  # local bases of the tile
+            BXT = np.empty((I, T), dtype=y.dtype)      # b(x) of the tile
             acc_any = np.empty(OB, dtype=y.dtype)         # the partial block's accumulators
-            XS = local_array(FT, y.dtype)
-            KW = local_array(KWF, y.dtype)
-            OK = local_array(FT, np.int32)
+            XS = local_array(T, y.dtype)
+            KW = local_array(KW2, y.dtype)
+            OK = local_array(T, np.int32)
             N = local_array(kp1, y.dtype)
             dN = local_array(kp1, y.dtype)
             work = local_array(W2, y.dtype)
             acc = local_array(OB, y.dtype)
-            for t0 in range(b0, b1, FT):
-                nb = min(FT, b1 - t0)
+            for t0 in range(b0, b1, T):
+                nb = min(T, b1 - t0)
                 for i in range(I):
                     _tile_bases(NT, NT, JT, i, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale, span,
-                                i, k, False, FT)
-                    _base_lanes(BXT, BXT, i, XS, code, False, FT)
+                                i, k, False, T)
+                    _base_lanes(BXT, BXT, i, XS, code, False, T)
                 # A sample's block of OB outputs stays in registers across a block of
                 # IB inputs, whose coefficient rows stay in L1 across the tile's samples.
                 # (A while loop: with 'for ob in range(0, O, OB)' LLVM no longer keeps
@@ -501,14 +502,14 @@ def _kernels(k, OB, FT):
             i1 = min(i0 + IB, I)
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
-            JT = np.empty((IB, TILE), dtype=np.int32)
-            NT = np.empty((IB, kp1, TILE), dtype=dy.dtype)
-            DT = np.empty((IB, kp1, TILE), dtype=dy.dtype)
-            BV = np.empty((IB, TILE), dtype=dy.dtype)  # b(x)
-            BD = np.empty((IB, TILE), dtype=dy.dtype)  # b'(x)
-            XS = local_array(TILE, dy.dtype)
-            KW = local_array(KWB, dy.dtype)
-            OK = local_array(TILE, np.int32)
+            JT = np.empty((IB, T), dtype=np.int32)
+            NT = np.empty((IB, kp1, T), dtype=dy.dtype)
+            DT = np.empty((IB, kp1, T), dtype=dy.dtype)
+            BV = np.empty((IB, T), dtype=dy.dtype)  # b(x)
+            BD = np.empty((IB, T), dtype=dy.dtype)  # b'(x)
+            XS = local_array(T, dy.dtype)
+            KW = local_array(KW2, dy.dtype)
+            OK = local_array(T, np.int32)
             gl_any = np.empty(OB, dtype=dy.dtype)
             pb_any = np.empty(OB, dtype=dy.dtype)
             N_any = np.empty(kp1, dtype=dy.dtype)
@@ -518,14 +519,14 @@ def _kernels(k, OB, FT):
             work = local_array(W2, dy.dtype)
             gl = local_array(OB, dy.dtype)
             pb = local_array(OB, dy.dtype)
-            for t0 in range(b0, b1, TILE):
-                nb = min(TILE, b1 - t0)
+            for t0 in range(b0, b1, T):
+                nb = min(T, b1 - t0)
                 # r counts from 0 (not i - i0): LLVM then knows the scratch rows are not
                 # negative, and vectorises the tile's stores without index wrap-around
                 for r in range(i1 - i0):
                     _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale, span,
-                                i0 + r, k, True, TILE)
-                    _base_lanes(BV, BD, r, XS, code, True, TILE)
+                                i0 + r, k, True, T)
+                    _base_lanes(BV, BD, r, XS, code, True, T)
                 for r in range(i1 - i0):
                     i = i0 + r
                     # each block of outputs: the tile's samples, with the base raw sum
@@ -619,12 +620,12 @@ def kernel_scratch_bytes(B, I, O, k, itemsize, threads):
     the derivatives), at most ``threads`` tasks at a time; the larger of the two passes."""
     kp1 = k + 1
     fwd_tasks = max(1, min(B, TASKS))
-    FT = forward_tile(itemsize)
-    fwd = I * FT * 4 + (I * kp1 * FT + I * FT + OUTPUT_BLOCK) * itemsize
+    T = tile(itemsize)
+    fwd = I * T * 4 + (I * kp1 * T + I * T + OUTPUT_BLOCK) * itemsize
     IB = input_block(I)
     nblk = -(-I // IB)
     bwd_tasks = batch_chunks(B, nblk) * nblk
-    bwd = IB * TILE * 4 + (2 * IB * kp1 * TILE + 2 * IB * TILE + OUTPUT_BLOCK + 2 * kp1) * itemsize
+    bwd = IB * T * 4 + (2 * IB * kp1 * T + 2 * IB * T + OUTPUT_BLOCK + 2 * kp1) * itemsize
     return max(min(fwd_tasks, threads) * fwd, min(bwd_tasks, threads) * bwd)
 
 
@@ -637,7 +638,7 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     W, Wb = empty(coef.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * y.shape[1]):
         _setup_forward(inv, lo, scale, span, W, Wb, grid, coef, scale_base, scale_sp, mask, k)
-        forward = _kernels(k, OUTPUT_BLOCK, forward_tile(dt.itemsize))[0]
+        forward = _kernels(k, OUTPUT_BLOCK, tile(dt.itemsize))[0]
         forward(y, x, grid, inv, lo, scale, span, W, Wb, BASE_CODES[base_fun], nchunk, INPUTS_PER_BLOCK)
     return y
 
@@ -663,7 +664,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     spm, Wb = empty(mask.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * dy.shape[1]):
         _setup_backward(inv, lo, scale, span, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k)
-        backward = _kernels(k, OUTPUT_BLOCK, forward_tile(dt.itemsize))[1]
+        backward = _kernels(k, OUTPUT_BLOCK, tile(dt.itemsize))[1]
         backward(dx, P, PB, dy, x, grid, inv, lo, scale, span, coef, spm, Wb, BASE_CODES[base_fun],
                  nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
