@@ -9,16 +9,18 @@ coefficient rows (k+1 spline rows and the base row) added into the outputs.
 Cost per edge does not depend on the grid size G.
 
 How the work is laid out (a tile = ``tile(itemsize)`` consecutive samples):
-1. bases: for each input, the spans and k+1 local bases of the tile's
+1. bases: for each input, the spans and k+1 local bases of a tile's
    samples, computed with one SIMD lane per sample (``_tile_bases``: a
    span guess from a per-input table of buckets, checked against the knots;
    the lanes where it missed are redone one by one with a binary search), kept in a small
-   (I, k+1, tile) scratch;
+   scratch (the forward's: a block of inputs times a block of tiles; the backward's:
+   a block of inputs times one tile);
 2. contraction: the forward pass holds one block of OB outputs of one sample
-   in registers (``OUTPUT_BLOCK``) while it adds the terms of
-   a block of ``INPUTS_PER_BLOCK`` inputs, whose coefficient rows stay in L1
-   across the tile; the backward pass holds dy's block in registers, reads the
-   parameters for dx, then adds into the raw sums of the coefficient gradient.
+   in registers (``OUTPUT_BLOCK``) while it adds the terms of a block of
+   ``INPUTS_PER_BLOCK`` inputs, whose coefficient rows stay in cache across a
+   block of ``TILES_PER_BLOCK`` tiles of samples; the backward pass holds dy's
+   block in registers, reads the parameters for dx, then adds into the raw sums
+   of the coefficient gradient.
 
 Why it is fast:
 - the kernels are compiled once per spline order k, block width OB and
@@ -76,9 +78,14 @@ from .reference import all_finite, copy_into, fill, to_host  # host storage, as 
 name = "cpu"
 OUTPUT_BLOCK = 64  # outputs per register block: 8 AVX2 registers of float32 (16 of float64;
                    # measured: 32 float64 outputs per block made the backward 3x slower)
-INPUTS_PER_BLOCK = 4  # forward: inputs whose coefficient rows the tile's samples share in L1
+INPUTS_PER_BLOCK = 4  # forward: inputs whose coefficient rows a block of samples shares in cache
                       # (measured with the 32-sample float32 tile: 4 was 1.00-1.10x faster than 8
                       # on the benchmark's cases, float32 and float64; any value gives the same y)
+
+TILES_PER_BLOCK = 4  # forward: tiles of samples that share a block of inputs' coefficient rows
+                     # (measured against one tile, 2026-11-29, interleaved, 2 threads: float32
+                     # 1.02-1.11x, float64 0.96-1.10x; the gain is where the rows outgrow L1,
+                     # at G = 50 and on (4096, 128, 128, 10); 8 tiles: no further gain)
 
 ALIGN = 64         # bytes: storage starts on a cache line (see ``empty``)
 
@@ -341,9 +348,10 @@ def _setup_backward(inv, lo, scale, span, spm, Wb, P, PB, grid, scale_base, scal
                     P[c, i, m, o] = zero
 
 
-def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, BXT, W, Wb, k):
+def _contract(y, acc, width, b, t, u, ob, i0, i1, nt, JT, NT, BXT, W, Wb, k):
     """y[b, ob:ob+width] += sum over inputs i0..i1-1 of phi[i, o](x[b, i]), from the
-    tile's span codes JT[i, u], bases NT[i, :, u] and b(x) BXT[i, u] (lane u); y's block is
+    span codes JT[r, u], bases NT[r, :, u] and b(x) BXT[r, u] of tile t, lane u, in the
+    scratch row r = (i - i0) * nt + t (``nt`` tiles per input); y's block is
     overwritten when i0 == 0.
     Accumulates in ``acc``; W = coef * scale_sp * mask, Wb = scale_base * mask."""
     K = W.shape[1]
@@ -351,14 +359,15 @@ def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, BXT, W, Wb, k):
         acc[o] = 0.0 if i0 == 0 else y[b, ob + o]
     for i in range(i0, i1):
         ui = _u(i)
-        j = JT[ui, _u(u)]
-        bv = BXT[ui, _u(u)]
+        r = _u((i - i0) * nt + t)
+        j = JT[r, _u(u)]
+        bv = BXT[r, _u(u)]
         if j >= k:  # interior span (j >= k tells LLVM the rows a + s are not negative)
             a = j - k
             for o in range(width):
-                v = NT[ui, 0, _u(u)] * W[ui, _u(a), ob + o]  # the k+1 spline terms, then the base term
+                v = NT[r, 0, _u(u)] * W[ui, _u(a), ob + o]  # the k+1 spline terms, then the base term
                 for s in range(1, k + 1):
-                    v += NT[ui, s, _u(u)] * W[ui, _u(a + s), ob + o]
+                    v += NT[r, s, _u(u)] * W[ui, _u(a + s), ob + o]
                 acc[o] += bv * Wb[ui, ob + o]
                 acc[o] += v
         else:  # boundary span or outside the knots: only the bases that exist
@@ -367,7 +376,7 @@ def _contract(y, acc, width, b, u, ob, i0, i1, JT, NT, BXT, W, Wb, k):
                 acc[o] += bv * Wb[i, ob + o]
             for s in range(k + 1):
                 if a + s >= 0 and a + s < K:
-                    w = NT[i, s, u]
+                    w = NT[r, s, _u(u)]
                     for o in range(width):
                         acc[o] += w * W[i, a + s, ob + o]
     for o in range(width):
@@ -440,6 +449,7 @@ def _kernels(k, OB, T):
     kp1 = k + 1
     W2 = 2 * kp1
     KW2 = 2 * k * T  # the knots around each lane's span
+    NTB = TILES_PER_BLOCK
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
     def forward(y, x, grid, inv, lo, scale, span, W, Wb, code, nchunk, IB):
@@ -452,9 +462,9 @@ def _kernels(k, OB, T):
         for c in prange(nchunk):
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
-            JT = np.empty((I, T), dtype=np.int32)      # span codes of the tile
-            NT = np.empty((I, kp1, T), dtype=y.dtype)  # local bases of the tile
-            BXT = np.empty((I, T), dtype=y.dtype)      # b(x) of the tile
+            JT = np.empty((IB * NTB, T), dtype=np.int32)      # span codes, row (i - i0) * NTB + tile
+            NT = np.empty((IB * NTB, kp1, T), dtype=y.dtype)  # local bases
+            BXT = np.empty((IB * NTB, T), dtype=y.dtype)      # b(x)
             acc_any = np.empty(OB, dtype=y.dtype)         # the partial block's accumulators
             XS = local_array(T, y.dtype)
             KW = local_array(KW2, y.dtype)
@@ -463,26 +473,32 @@ def _kernels(k, OB, T):
             dN = local_array(kp1, y.dtype)
             work = local_array(W2, y.dtype)
             acc = local_array(OB, y.dtype)
-            for t0 in range(b0, b1, T):
-                nb = min(T, b1 - t0)
-                for i in range(I):
-                    _tile_bases(NT, NT, JT, i, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale, span,
-                                i, k, False, T)
-                    _base_lanes(BXT, BXT, i, XS, code, False, T)
-                # A sample's block of OB outputs stays in registers across a block of
-                # IB inputs, whose coefficient rows stay in L1 across the tile's samples.
-                # (A while loop: with 'for ob in range(0, O, OB)' LLVM no longer keeps
-                # the block in registers, and the pass runs 3x slower.)
-                ob = 0
-                while ob < O:
-                    for i0 in range(0, I, IB):
-                        i1 = min(i0 + IB, I)
-                        for u in range(nb):
-                            if ob + OB <= O:
-                                _contract_block(y, acc, OB, t0 + u, u, ob, i0, i1, JT, NT, BXT, W, Wb, k)
-                            else:
-                                _contract_any(y, acc_any, O - ob, t0 + u, u, ob, i0, i1, JT, NT, BXT, W, Wb, k)
-                    ob += OB
+            for s0 in range(b0, b1, NTB * T):  # blocks of NTB tiles of samples
+                s1 = min(s0 + NTB * T, b1)
+                nt = -(-(s1 - s0) // T)
+                for i0 in range(0, I, IB):  # blocks of IB inputs
+                    i1 = min(i0 + IB, I)
+                    for r in range(i1 - i0):
+                        for t in range(nt):
+                            t0 = s0 + t * T
+                            _tile_bases(NT, NT, JT, r * nt + t, XS, KW, OK, N, dN, work, x, t0, min(T, s1 - t0),
+                                        grid, inv, lo, scale, span, i0 + r, k, False, T)
+                            _base_lanes(BXT, BXT, r * nt + t, XS, code, False, T)
+                    # A sample's block of OB outputs stays in registers across the block of
+                    # inputs, whose coefficient rows stay in cache across the block of samples.
+                    # (A while loop: with 'for ob in range(0, O, OB)' LLVM no longer keeps
+                    # the block in registers, and the pass runs 3x slower.)
+                    ob = 0
+                    while ob < O:
+                        for t in range(nt):
+                            t0 = s0 + t * T
+                            for u in range(min(T, s1 - t0)):
+                                if ob + OB <= O:
+                                    _contract_block(y, acc, OB, t0 + u, t, u, ob, i0, i1, nt, JT, NT, BXT, W, Wb, k)
+                                else:
+                                    _contract_any(y, acc_any, O - ob, t0 + u, t, u, ob, i0, i1, nt, JT, NT, BXT,
+                                                  W, Wb, k)
+                        ob += OB
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
     def backward(dx, P, PB, dy, x, grid, inv, lo, scale, span, coef, spm, Wb, code, nchunk, IB):
