@@ -631,13 +631,15 @@ def _input_scratch(grid, k, dtype):
 
 def kernel_scratch_bytes(B, I, O, k, itemsize, threads):
     """Upper bound on the bytes the kernels allocate inside Numba at once (not seen by
-    Python's allocators, tracemalloc included): per running task, the tile's span
-    codes, bases and b(x) (forward: all I inputs; backward: its block of inputs, with
-    the derivatives), at most ``threads`` tasks at a time; the larger of the two passes."""
+    Python's allocators, tracemalloc included): per running task, the span codes, bases
+    and b(x) of its scratch rows (forward: ``INPUTS_PER_BLOCK`` inputs times
+    ``TILES_PER_BLOCK`` tiles; backward: its block of inputs times one tile, with the
+    derivatives), at most ``threads`` tasks at a time; the larger of the two passes."""
     kp1 = k + 1
     fwd_tasks = max(1, min(B, TASKS))
     T = tile(itemsize)
-    fwd = I * T * 4 + (I * kp1 * T + I * T + OUTPUT_BLOCK) * itemsize
+    R = INPUTS_PER_BLOCK * TILES_PER_BLOCK  # the forward's scratch rows
+    fwd = R * T * 4 + (R * kp1 * T + R * T + OUTPUT_BLOCK) * itemsize
     IB = input_block(I)
     nblk = -(-I // IB)
     bwd_tasks = batch_chunks(B, nblk) * nblk
