@@ -462,7 +462,7 @@ def _kernels(k, OB, T):
         for c in prange(nchunk):
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
-            JT = np.empty((IB * NTB, T), dtype=np.int32)      # span codes, row (i - i0) * NTB + tile
+            JT = np.empty((IB * NTB, T), dtype=np.int32)      # span codes, row (i - i0) * nt + tile
             NT = np.empty((IB * NTB, kp1, T), dtype=y.dtype)  # local bases
             BXT = np.empty((IB * NTB, T), dtype=y.dtype)      # b(x)
             acc_any = np.empty(OB, dtype=y.dtype)         # the partial block's accumulators
@@ -475,7 +475,7 @@ def _kernels(k, OB, T):
             acc = local_array(OB, y.dtype)
             for s0 in range(b0, b1, NTB * T):  # blocks of NTB tiles of samples
                 s1 = min(s0 + NTB * T, b1)
-                nt = -(-(s1 - s0) // T)
+                nt = -(-(s1 - s0) // T)  # tiles in this block (NTB but in the chunk's last block)
                 for i0 in range(0, I, IB):  # blocks of IB inputs
                     i1 = min(i0 + IB, I)
                     for r in range(i1 - i0):
