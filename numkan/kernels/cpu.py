@@ -577,24 +577,30 @@ def _kernels(k, OB, T):
 
 @njit(parallel=True, **_jit)
 def _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask):
-    """Parameter gradients from the chunks' raw sums, in place, no temporaries:
+    """Parameter gradients from the chunks' raw sums, in place:
     R = sum_c P[c]; dcoef += R * spm; dscale_sp += mask * sum_m coef * R;
-    dscale_base += mask * sum_c PB[c]."""
+    dscale_base += mask * sum_c PB[c].
+    Row by row (m outside, o inside: contiguous, vectorised; the sum over m of
+    each output is added in the same order as one output at a time would be),
+    with one row of O partial sums per input. Measured (2026-11-29, float32,
+    (64, 53, 64), 2 threads): 229 us with o outside, the order of the rows' strides."""
     nchunk, I, K, O = P.shape
     for i in prange(I):
+        acc = np.zeros(O, dtype=coef.dtype)
         for o in range(O):
             rb = PB[0, i, o]
             for c in range(1, nchunk):
                 rb += PB[c, i, o]
             dscale_base[i, o] += mask[i, o] * rb
-            acc = coef.dtype.type(0)
-            for m in range(K):
+        for m in range(K):
+            for o in range(O):
                 r = P[0, i, m, o]
                 for c in range(1, nchunk):
                     r += P[c, i, m, o]
                 dcoef[i, m, o] += r * spm[i, o]
-                acc += coef[i, m, o] * r
-            dscale_sp[i, o] += mask[i, o] * acc
+                acc[o] += coef[i, m, o] * r
+        for o in range(O):
+            dscale_sp[i, o] += mask[i, o] * acc[o]
 
 
 @njit(**_jit)
