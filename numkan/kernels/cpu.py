@@ -428,14 +428,19 @@ def _grad_block(dx, P, pb, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef
     dx[b, i] += d
 
 
-# Each helper compiled twice (one plain function, two builds): inlined for a
-# full block of OB outputs (constant width: unrolled, in registers), and as an
-# ordinary function for the last, partial block (any width; compiled once per
-# dtype, shared by every k).
+# Each helper inlined twice (one plain function, two builds): for a full block
+# of OB outputs (constant width: unrolled, in registers), and for the last,
+# partial block (a width known at run time; its scratch is separate stack
+# arrays, so the full block's stay in registers). Layers with fewer than OB
+# outputs (most hidden and output layers) run only the partial block. Measured
+# against the partial block as an ordinary compiled function with heap scratch
+# (2026-11-29, float32, k = 3, G = 5, 2 threads, interleaved): forward 1.5-2.9x
+# and backward 1.4-3.4x faster at O = 1, 8, 10 and 100; O = 64 unchanged; cold
+# compile 52.5 -> 54.5 s. A call per sample and input cost more than the work.
 _contract_block = njit(**_inline)(_contract)
-_contract_any = njit(fastmath=_FAST, **_jit)(_contract)
+_contract_any = njit(**_inline)(_contract)
 _grad_block_full = njit(**_inline)(_grad_block)
-_grad_block_any = njit(fastmath=_FAST, **_jit)(_grad_block)
+_grad_block_any = njit(**_inline)(_grad_block)
 
 
 @lru_cache(maxsize=None)
@@ -467,7 +472,7 @@ def _kernels(k, OB, T):
             JT = np.empty((IB * NTB, T), dtype=np.int32)      # span codes, row (i - i0) * nt + tile
             NT = np.empty((IB * NTB, kp1, T), dtype=y.dtype)  # local bases
             BXT = np.empty((IB * NTB, T), dtype=y.dtype)      # b(x)
-            acc_any = np.empty(OB, dtype=y.dtype)         # the partial block's accumulators
+            acc_any = local_array(OB, y.dtype)  # the partial block's accumulators
             XS = local_array(T, y.dtype)
             KW = local_array(KW2, y.dtype)
             OK = local_array(T, np.int32)
@@ -529,10 +534,10 @@ def _kernels(k, OB, T):
             XS = local_array(T, dy.dtype)
             KW = local_array(KW2, dy.dtype)
             OK = local_array(T, np.int32)
-            gl_any = np.empty(OB, dtype=dy.dtype)
-            pb_any = np.empty(OB, dtype=dy.dtype)
-            N_any = np.empty(kp1, dtype=dy.dtype)
-            dN_any = np.empty(kp1, dtype=dy.dtype)
+            gl_any = local_array(OB, dy.dtype)  # the partial block's scratch
+            pb_any = local_array(OB, dy.dtype)
+            N_any = local_array(kp1, dy.dtype)
+            dN_any = local_array(kp1, dy.dtype)
             N = local_array(kp1, dy.dtype)
             dN = local_array(kp1, dy.dtype)
             work = local_array(W2, dy.dtype)
@@ -563,7 +568,7 @@ def _kernels(k, OB, T):
                         for o in range(OB):
                             PB[c, i, ob + o] += pb[o]
                         ob += OB
-                    if ob < O:  # the last, partial block (heap scratch)
+                    if ob < O:  # the last, partial block
                         for o in range(O - ob):
                             pb_any[o] = zero
                         for u in range(nb):
@@ -643,16 +648,17 @@ def kernel_scratch_bytes(B, I, O, k, itemsize, threads):
     Python's allocators, tracemalloc included): per running task, the span codes, bases
     and b(x) of its scratch rows (forward: ``INPUTS_PER_BLOCK`` inputs times
     ``TILES_PER_BLOCK`` tiles; backward: its block of inputs times one tile, with the
-    derivatives), at most ``threads`` tasks at a time; the larger of the two passes."""
+    derivatives), at most ``threads`` tasks at a time; the larger of the two passes.
+    (The block accumulators are stack arrays, not counted.)"""
     kp1 = k + 1
     fwd_tasks = max(1, min(B, TASKS))
     T = tile(itemsize)
     R = INPUTS_PER_BLOCK * TILES_PER_BLOCK  # the forward's scratch rows
-    fwd = R * T * 4 + (R * kp1 * T + R * T + OUTPUT_BLOCK) * itemsize
+    fwd = R * T * 4 + (R * kp1 * T + R * T) * itemsize
     IB = input_block(I)
     nblk = -(-I // IB)
     bwd_tasks = batch_chunks(B, nblk) * nblk
-    bwd = IB * T * 4 + (2 * IB * kp1 * T + 2 * IB * T + OUTPUT_BLOCK + 2 * kp1) * itemsize
+    bwd = IB * T * 4 + (2 * IB * kp1 * T + 2 * IB * T) * itemsize
     return max(min(fwd_tasks, threads) * fwd, min(bwd_tasks, threads) * bwd)
 
 
