@@ -7,8 +7,9 @@
 2. ``cpu.spline_forward`` / ``cpu.spline_backward`` against the reference on
    the same inputs: non-uniform, per-input and repeated knots, inputs inside,
    outside and exactly on knots (the first and last included), k = 1..5,
-   G = 1..12, batches 1..200, every base_fun, float64 and float32; gradient
-   buffers start non-zero, so accumulation (+=) is checked too.
+   G = 1..12, batches 1..200, every base_fun, float64 and float32; widths
+   1..6, and 64, 70 and 130 (the CPU kernels' full and partial blocks of
+   outputs); gradient buffers start non-zero, so accumulation (+=) is checked too.
 """
 import numpy as np
 import pytest
@@ -172,6 +173,19 @@ def test_cpu_matches_reference_on_fine_uniform_grids(dtype, k):
     p, dy, start = random_layer(seed=k, B=300, I=2, O=3, G=200, k=k, kind="uniform",
                                 dtype=dtype, base_fun="silu")
     check_cpu_against_reference(p, dy, start, f"{np.dtype(dtype).name} k={k} G=200 uniform")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("O", [64, 70, 130])
+def test_cpu_matches_reference_on_wide_layers(dtype, O):
+    """Layers as wide as the CPU kernels' block of outputs (``cpu.OUTPUT_BLOCK``) and wider:
+    a full block alone, a full and a partial one, two full and a partial one; enough
+    samples and inputs for several tiles, sample blocks, input blocks and batch chunks."""
+    assert cpu.OUTPUT_BLOCK == 64  # the widths above are chosen around it
+    for B, I, G, kind in [(300, 5, 7, "nonuniform"), (97, 40, 3, "uniform"), (260, 17, 12, "repeated")]:
+        p, dy, start = random_layer(seed=O + B, B=B, I=I, O=O, G=G, k=3, kind=kind, dtype=dtype,
+                                    base_fun="silu")
+        check_cpu_against_reference(p, dy, start, f"{np.dtype(dtype).name} B={B} I={I} O={O} G={G} {kind}")
 
 
 def test_cpu_forward_overwrites_and_backward_adds():
