@@ -24,8 +24,9 @@ How the work is laid out (a tile = ``tile(itemsize)`` consecutive samples):
 
 Why it is fast:
 - the kernels are compiled once per spline order k, block width OB and
-  tile T (``_kernels(k, OB, T)``); they are constants of the code, so the loops over the
-  k+1 bases and over a block of outputs unroll and vectorise (AVX2 FMAs);
+  tile T (``_forward_kernel``, ``_backward_kernel``); they are constants of
+  the code, so the loops over the k+1 bases and over a block of outputs
+  unroll and vectorise (AVX2 FMAs);
 - the scratch of the local triangle and the block accumulators are stack
   arrays (``_stack.local_array``) used only inside inlined helpers, which LLVM
   keeps in registers, and no loop that writes memory reads an array that LLVM
@@ -50,6 +51,10 @@ Parallelism without data races:
   give ``TASKS`` tasks there is a single chunk, so no extra buffer.
 - chunk counts depend on shapes only (results are the same for any number of
   threads), and small layers run on one thread (``_parallel.threads_for``).
+- one caveat, from Numba: in the process that compiles a kernel, results can
+  differ in the last bit from those of a later process that loads the same
+  kernel from Numba's on-disk cache (seen 2026-11-29: float32 forward, 1 ulp in
+  61% of the outputs; each mode is repeatable). Both agree with the reference.
 Set-up: before each kernel, one compiled pass in parallel over the inputs
 (``_setup_forward``, ``_setup_backward``) fills what the kernel reads of every
 input (knot reciprocals, the span guess, W = coef * scale_sp * mask or
@@ -453,14 +458,17 @@ _grad_block_any = njit(**_inline)(_grad_block)
 
 
 @lru_cache(maxsize=None)
-def _kernels(k, OB, T):
-    """Forward and backward kernels compiled for spline order ``k``, output block ``OB``
-    and a tile of ``T`` samples (``tile``).
+def _forward_kernel(k, OB, T, FULL):
+    """The forward kernel compiled for spline order ``k``, output block ``OB``, a tile
+    of ``T`` samples (``tile``), and ``FULL``: whether it is for layers whose outputs
+    are whole blocks (O a multiple of OB).
 
     All are constants of the compiled code: the loops over the k+1 local
     bases and over a block of OB outputs have constant trip counts, so LLVM
     unrolls them and keeps the local triangle and the OB accumulators in
-    registers (``_stack.local_array``).
+    registers (``_stack.local_array``). The FULL kernel has no code for a
+    partial block: with it (inlined, and never run) the full blocks ran
+    0.90-0.97x as fast (2026-11-29, float32, the benchmark's cases, interleaved).
     """
     kp1 = k + 1
     W2 = 2 * kp1
@@ -510,12 +518,23 @@ def _kernels(k, OB, T):
                         for t in range(nt):
                             t0 = s0 + t * T
                             for u in range(min(T, s1 - t0)):
-                                if ob + OB <= O:
+                                if FULL or ob + OB <= O:
                                     _contract_block(y, acc, OB, t0 + u, t, u, ob, i0, i1, nt, JT, NT, BXT, W, Wb, k)
                                 else:
                                     _contract_any(y, acc_any, O - ob, t0 + u, t, u, ob, i0, i1, nt, JT, NT, BXT,
                                                   W, Wb, k)
                         ob += OB
+
+    return forward
+
+
+@lru_cache(maxsize=None)
+def _backward_kernel(k, OB, T):
+    """The backward kernel compiled for spline order ``k``, output block ``OB`` and a
+    tile of ``T`` samples, constants of its code as in ``_forward_kernel``."""
+    kp1 = k + 1
+    W2 = 2 * kp1
+    KW2 = 2 * k * T  # the knots around each lane's span
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
     def backward(dx, P, PB, dy, x, grid, inv, lo, scale, span, coef, spm, Wb, code, nchunk, IB):
@@ -589,7 +608,7 @@ def _kernels(k, OB, T):
                         for o in range(O - ob):
                             PB[c, i, ob + o] += pb_any[o]
 
-    return forward, backward
+    return backward
 
 
 @njit(parallel=True, **_jit)
@@ -680,7 +699,7 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     W, Wb = empty(coef.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * y.shape[1]):
         _setup_forward(inv, lo, scale, span, W, Wb, grid, coef, scale_base, scale_sp, mask, k)
-        forward = _kernels(k, OUTPUT_BLOCK, tile(dt.itemsize))[0]
+        forward = _forward_kernel(k, OUTPUT_BLOCK, tile(dt.itemsize), y.shape[1] % OUTPUT_BLOCK == 0)
         forward(y, x, grid, inv, lo, scale, span, W, Wb, BASE_CODES[base_fun], nchunk, INPUTS_PER_BLOCK)
     return y
 
@@ -706,7 +725,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     spm, Wb = empty(mask.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * dy.shape[1]):
         _setup_backward(inv, lo, scale, span, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k)
-        backward = _kernels(k, OUTPUT_BLOCK, tile(dt.itemsize))[1]
+        backward = _backward_kernel(k, OUTPUT_BLOCK, tile(dt.itemsize))
         backward(dx, P, PB, dy, x, grid, inv, lo, scale, span, coef, spm, Wb, BASE_CODES[base_fun],
                  nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
