@@ -68,6 +68,7 @@ and each task allocates the span codes, bases and b(x) of its scratch rows
 of inputs x one tile, with b'(x); see ``kernel_scratch_bytes``).
 """
 import math
+import types
 from functools import lru_cache
 
 import numpy as np
@@ -133,6 +134,12 @@ def _u(i):
     stores (dy, coef, the raw sums) it gained nothing on a full block of outputs
     (0.96-1.03x) and 2-3x on the partial block (``_grad_block``)."""
     return np.uint64(i)
+
+
+@njit(inline="always")
+def _signed(i):
+    """i unchanged: a signed index (see ``_u``)."""
+    return i
 
 
 # ---------------------------------------------------------------------------
@@ -399,32 +406,33 @@ def _grad_block(dx, P, pb, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef
     dy's block is first copied into ``gl``, and every read of the parameters
     comes before the first write to P: LLVM then vectorises both loops without
     overlap checks between P and the arrays it reads. The interior span's
-    indices are unsigned (``_u``): with a width known only at run time (the
-    partial block) LLVM otherwise kept each load and store scalar, behind
-    negative-index code. Measured (2026-11-29, float32, G = 5, 2 threads,
-    interleaved): backward 2.1x at O = 8, 2.0x at O = 10, 3.0x at O = 100;
-    O = 1 and 64 unchanged.
+    indices go through ``_ix``: unsigned (``_u``) in the partial block's build,
+    where with a width known only at run time LLVM otherwise kept each load
+    and store scalar, behind negative-index code; signed in the full block's.
+    Measured (2026-11-29, 2 threads, interleaved): unsigned, the partial
+    block's backward 2.1x at O = 8, 2.0x at O = 10, 3.0x at O = 100 (float32);
+    the full block's 0.93x in float64.
     """
     K = coef.shape[1]
     zero = dy.dtype.type(0)
-    ub = _u(b)
-    ui = _u(i)
-    uc = _u(c)
+    ub = _ix(b)
+    ui = _ix(i)
+    uc = _ix(c)
     for o in range(width):
-        gl[o] = dy[ub, _u(ob + o)]
+        gl[o] = dy[ub, _ix(ob + o)]
     d = zero
     if code >= k:  # interior span (code >= k tells LLVM the rows a + s are not negative)
         a = code - k
         for o in range(width):
             t = zero
             for s in range(k + 1):
-                t += dN[s] * coef[ui, _u(a + s), _u(ob + o)]
-            d += gl[o] * (bd * Wb[ui, _u(ob + o)] + spm[ui, _u(ob + o)] * t)
+                t += dN[s] * coef[ui, _ix(a + s), _ix(ob + o)]
+            d += gl[o] * (bd * Wb[ui, _ix(ob + o)] + spm[ui, _ix(ob + o)] * t)
         for o in range(width):
             pb[o] += bv * gl[o]
         for s in range(k + 1):
             for o in range(width):
-                P[uc, ui, _u(a + s), _u(ob + o)] += N[s] * gl[o]
+                P[uc, ui, _ix(a + s), _ix(ob + o)] += N[s] * gl[o]
     else:  # boundary span or outside the knots: only the bases that exist
         a = -1 - code - k
         for o in range(width):
@@ -442,6 +450,14 @@ def _grad_block(dx, P, pb, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef
     dx[b, i] += d
 
 
+def _with_index(f, ix):
+    """A copy of the plain function f whose global ``_ix`` (how it turns a
+    non-negative int into an index) is ix."""
+    g = types.FunctionType(f.__code__, {**f.__globals__, "_ix": ix}, f.__name__, f.__defaults__, f.__closure__)
+    g.__doc__ = f.__doc__
+    return g
+
+
 # Each helper inlined twice (one plain function, two builds): for a full block
 # of OB outputs (constant width: unrolled, in registers), and for the last,
 # partial block (a width known at run time; its scratch is separate stack
@@ -453,8 +469,8 @@ def _grad_block(dx, P, pb, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef
 # compile 52.5 -> 54.5 s. A call per sample and input cost more than the work.
 _contract_block = njit(**_inline)(_contract)
 _contract_any = njit(**_inline)(_contract)
-_grad_block_full = njit(**_inline)(_grad_block)
-_grad_block_any = njit(**_inline)(_grad_block)
+_grad_block_full = njit(**_inline)(_with_index(_grad_block, _signed))
+_grad_block_any = njit(**_inline)(_with_index(_grad_block, _u))
 
 
 @lru_cache(maxsize=None)
@@ -529,9 +545,11 @@ def _forward_kernel(k, OB, T, FULL):
 
 
 @lru_cache(maxsize=None)
-def _backward_kernel(k, OB, T):
-    """The backward kernel compiled for spline order ``k``, output block ``OB`` and a
-    tile of ``T`` samples, constants of its code as in ``_forward_kernel``."""
+def _backward_kernel(k, OB, T, FULL):
+    """The backward kernel compiled for spline order ``k``, output block ``OB``, a tile
+    of ``T`` samples and ``FULL`` (O a multiple of OB), constants of its code as in
+    ``_forward_kernel``. Without the partial block's code the full blocks' float64
+    backward ran 1.06-1.25x faster (2026-11-29, interleaved)."""
     kp1 = k + 1
     W2 = 2 * kp1
     KW2 = 2 * k * T  # the knots around each lane's span
@@ -596,7 +614,7 @@ def _backward_kernel(k, OB, T):
                         for o in range(OB):
                             PB[c, i, ob + o] += pb[o]
                         ob += OB
-                    if ob < O:  # the last, partial block
+                    if not FULL and ob < O:  # the last, partial block
                         for o in range(O - ob):
                             pb_any[o] = zero
                         for u in range(nb):
@@ -725,7 +743,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     spm, Wb = empty(mask.shape, dt), empty(mask.shape, dt)
     with threads_for(B * I * dy.shape[1]):
         _setup_backward(inv, lo, scale, span, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k)
-        backward = _backward_kernel(k, OUTPUT_BLOCK, tile(dt.itemsize))
+        backward = _backward_kernel(k, OUTPUT_BLOCK, tile(dt.itemsize), dy.shape[1] % OUTPUT_BLOCK == 0)
         backward(dx, P, PB, dy, x, grid, inv, lo, scale, span, coef, spm, Wb, BASE_CODES[base_fun],
                  nchunk, IB)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
