@@ -132,7 +132,8 @@ def _u(i):
     1.09-1.16x more. Not y's and not the output index: that made the forward 0.67-0.82x
     (LLVM no longer kept the output block in registers). In the backward's loads and
     stores (dy, coef, the raw sums) it gained nothing on a full block of outputs
-    (0.96-1.03x) and 2-3x on the partial block (``_grad_block``)."""
+    (0.96-1.03x float32, 0.84-0.91x float64) and 2-3x on the partial block
+    (``_grad_block``, whose partial-block build alone uses it)."""
     return np.uint64(i)
 
 
@@ -411,7 +412,7 @@ def _grad_block(dx, P, pb, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef
     and store scalar, behind negative-index code; signed in the full block's.
     Measured (2026-11-29, 2 threads, interleaved): unsigned, the partial
     block's backward 2.1x at O = 8, 2.0x at O = 10, 3.0x at O = 100 (float32);
-    the full block's 0.93x in float64.
+    the full block's 0.84-0.91x in float64.
     """
     K = coef.shape[1]
     zero = dy.dtype.type(0)
@@ -549,7 +550,7 @@ def _backward_kernel(k, OB, T, FULL):
     """The backward kernel compiled for spline order ``k``, output block ``OB``, a tile
     of ``T`` samples and ``FULL`` (O a multiple of OB), constants of its code as in
     ``_forward_kernel``. Without the partial block's code the full blocks' float64
-    backward ran 1.06-1.25x faster (2026-11-29, interleaved)."""
+    backward ran 1.03-1.11x faster (2026-11-29, interleaved)."""
     kp1 = k + 1
     W2 = 2 * kp1
     KW2 = 2 * k * T  # the knots around each lane's span
