@@ -453,7 +453,8 @@ def _grad_block(dx, P, pb, gl, width, c, b, i, ob, N, dN, bv, bd, code, dy, coef
 
 def _with_index(f, ix):
     """A copy of the plain function f whose global ``_ix`` (how it turns a
-    non-negative int into an index) is ix."""
+    non-negative int into an index) is ix. Its globals are a copy of the module's
+    as they stand here: f may only use names defined above this point."""
     g = types.FunctionType(f.__code__, {**f.__globals__, "_ix": ix}, f.__name__, f.__defaults__, f.__closure__)
     g.__doc__ = f.__doc__
     return g
