@@ -172,7 +172,7 @@ def run_case(B, I, O, G, dtype, be, reps, gemm):
     # allocate inside Numba (which tracemalloc does not see)
     itemsize = np.dtype(dtype).itemsize
     extra = (peak_extra_bytes(fwdbwd)
-             + be.kernel_scratch_bytes(B, I, O, k, itemsize, numba.get_num_threads())) / itemsize
+             + be.kernel_scratch_bytes(B, I, O, G, k, itemsize, numba.get_num_threads())) / itemsize
     d_fwd, d_fwdbwd, basis_s = dense_calls(layer, x, dy)
     td_f = median_time(d_fwd, reps["min"], reps["sec"], reps["max"])
     td_fb = median_time(d_fwdbwd, reps["min"], reps["sec"], reps["max"])

@@ -135,10 +135,9 @@ def _span_table(grid, k):
     I = grid.shape[0]
     dt = grid.dtype
     inv, lo, scale, span = cpu._input_scratch(grid, k, dt)
-    K = grid.shape[1] - k - 1
     ones = cpu.asarray(np.ones((I, 3)), dt)
-    cpu._setup_forward(inv, lo, scale, span, cpu.empty((I, K, 3), dt), cpu.empty((I, 3), dt), grid,
-                       cpu.zeros((I, K, 3), dt), ones, ones, ones, k)
+    cpu._setup_forward(inv, lo, scale, span, cpu.empty((I, 3), dt), cpu.empty((I, 3), dt), grid,
+                       ones, ones, ones, k)
     return lo, scale, span
 
 
@@ -158,7 +157,7 @@ def test_span_guess_table(dtype, k):
     assert M == cpu.SPAN_BUCKETS * (n - 1)
     for i in range(2):
         t = grid[i].astype(np.float64)
-        mids = t[0] + (np.arange(M) + 0.5) * (t[-1] - t[0]) / M
+        mids = t[0] + (np.arange(M) + 0.5) * ((t[-1] - t[0]) / M)
         want = np.clip(np.searchsorted(t, mids, side="right") - 1, k, n - 2 - k)
         np.testing.assert_array_equal(span[i, :M], want)
     assert span[0, M] == 1 and span[1, M] == 0

@@ -188,6 +188,34 @@ def test_cpu_matches_reference_on_wide_layers(dtype, O):
         check_cpu_against_reference(p, dy, start, f"{np.dtype(dtype).name} B={B} I={I} O={O} G={G} {kind}")
 
 
+def test_cpu_results_do_not_depend_on_threads_or_blocks(monkeypatch):
+    """The forward's split of the batch follows the number of threads and its blocks of
+    samples follow ``cpu.Y_BLOCK_BYTES``: neither may change a bit of any result, and
+    the results still agree with the reference."""
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one Numba thread only")
+    # 520 * 9 * 70 edges: above the size that runs on one thread (_parallel.SERIAL_EDGES)
+    p, dy, start = random_layer(seed=3, B=520, I=9, O=70, G=12, k=3, kind="nonuniform",
+                                dtype=np.float64, base_fun="silu")
+    before = numba.get_num_threads()
+    runs = {}
+    try:
+        for threads, y_block in [(1, None), (2, None), (2, 1), (1, 1)]:
+            numba.set_num_threads(threads)
+            if y_block is not None:  # one block of tiles of samples per sample block
+                monkeypatch.setattr(cpu, "Y_BLOCK_BYTES", y_block)
+            runs[threads, y_block] = run(cpu, p, dy, start)
+    finally:
+        numba.set_num_threads(before)
+    assert cpu.sample_block(70, 8) == cpu.TILES_PER_BLOCK * cpu.tile(8) < 520
+    first = runs[1, None]
+    for key, got in runs.items():
+        for name in first:
+            np.testing.assert_array_equal(got[name], first[name], err_msg=f"{name}, (threads, Y_BLOCK_BYTES) = {key}")
+    check_cpu_against_reference(p, dy, start, "float64 B=520 I=9 O=70 G=12 nonuniform")
+
+
 def test_cpu_forward_overwrites_and_backward_adds():
     """Forward ignores what y held; backward adds, so two calls give twice one call."""
     p, dy, _ = random_layer(seed=7, B=50, I=3, O=4, G=6, k=3, kind="nonuniform",

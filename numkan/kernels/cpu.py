@@ -17,8 +17,10 @@ How the work is laid out (a tile = ``tile(itemsize)`` consecutive samples):
    a block of inputs times one tile);
 2. contraction: the forward pass holds one block of OB outputs of one sample
    in registers (``OUTPUT_BLOCK``) while it adds the terms of a block of
-   ``INPUTS_PER_BLOCK`` inputs, whose coefficient rows stay in cache across a
-   block of ``TILES_PER_BLOCK`` tiles of samples; the backward pass holds dy's
+   ``INPUTS_PER_BLOCK`` inputs, whose coefficient rows, scaled by
+   scale_sp * mask into a small buffer of the task's own once per block of
+   samples (``sample_block``), stay in cache across a block of
+   ``TILES_PER_BLOCK`` tiles of samples; the backward pass holds dy's
    block in registers, reads the parameters for dx, then adds into the raw sums
    of the coefficient gradient.
 
@@ -44,33 +46,38 @@ Why it is fast:
   traffic shared between threads).
 
 Parallelism without data races:
-- forward: ``prange`` over chunks of the batch; each chunk owns its rows of y.
+- forward: ``prange`` over chunks of the batch, one per thread; each chunk owns
+  its rows of y, and a sample's outputs are summed in the same order whatever
+  the split, so y does not depend on the number of threads.
 - backward: ``prange`` over (batch chunk, block of inputs) tasks; dx[b, i] has
   exactly one owner. The reduction over the batch for the coefficient gradient
   goes into one partial buffer per batch chunk; when the input blocks alone
   give ``TASKS`` tasks there is a single chunk, so no extra buffer.
-- chunk counts depend on shapes only (results are the same for any number of
-  threads), and small layers run on one thread (``_parallel.threads_for``).
+- the backward's chunk counts depend on shapes only (its sums over the batch
+  are the same for any number of threads), and small layers run on one thread
+  (``_parallel.threads_for``).
 - one caveat, from Numba: in the process that compiles a kernel, results can
   differ in the last bit from those of a later process that loads the same
   kernel from Numba's on-disk cache (seen 2026-11-29: float32 forward, 1 ulp in
   61% of the outputs; each mode is repeatable). Both agree with the reference.
 Set-up: before each kernel, one compiled pass in parallel over the inputs
 (``_setup_forward``, ``_setup_backward``) fills what the kernel reads of every
-input (knot reciprocals, the span guess, W = coef * scale_sp * mask or
-scale_sp * mask, scale_base * mask; the backward's also zeroes its raw sums),
-so a call does no serial NumPy work.
+input (knot reciprocals, the span guess, scale_sp * mask, scale_base * mask;
+the backward's also zeroes its raw sums), so a call does no serial NumPy work.
 
-Scratch: the wrappers allocate those arrays (the knot reciprocals, W in the
-forward, the raw sums in the backward: I*K*O numbers each, and O(I*O) more),
-and each task allocates the span codes, bases and b(x) of its scratch rows
+Scratch: the wrappers allocate those arrays (the raw sums of the backward:
+I*K*O numbers per batch chunk; the rest O(I*(n+O)), n knots per input), and
+each task allocates the span codes, bases and b(x) of its scratch rows
 (forward: INPUTS_PER_BLOCK inputs x TILES_PER_BLOCK tiles; backward: its block
-of inputs x one tile, with b'(x); see ``kernel_scratch_bytes``).
+of inputs x one tile, with b'(x)) and, in the forward, its block of inputs'
+scaled coefficient rows (INPUTS_PER_BLOCK*K*O numbers); see
+``kernel_scratch_bytes``.
 """
 import math
 import types
 from functools import lru_cache
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -95,6 +102,25 @@ TILES_PER_BLOCK = 4  # forward: tiles of samples that share a block of inputs' c
                      # at G = 50 and on (4096, 128, 128, 10); 8 tiles: no further gain)
 
 ALIGN = 64         # bytes: storage starts on a cache line (see ``empty``)
+
+Y_BLOCK_BYTES = 256 * 1024  # forward: the rows of y a block of samples keeps in cache
+
+
+def forward_chunks(B, K, T, threads):
+    """Forward: batch chunks, one per thread, but none under max(T, 4K) samples. Each
+    chunk builds its own scaled coefficient rows (K per input and output), which
+    costs then at most 1/(4(k+2)) of the chunk's multiply-adds. Any split gives the
+    same y: each chunk owns its rows, and sums a sample's terms in the same order."""
+    return max(1, min(threads, B // max(T, 4 * K)))
+
+
+def sample_block(O, itemsize):
+    """Forward: samples per block whose rows of y stay in cache while the blocks of
+    inputs pass over them (each block of inputs' scaled coefficient rows is built once
+    per block of samples): about ``Y_BLOCK_BYTES`` of y, a whole number of blocks of
+    tiles, at least one."""
+    step = TILES_PER_BLOCK * tile(itemsize)
+    return max(1, Y_BLOCK_BYTES // (O * itemsize) // step) * step
 
 
 def tile(itemsize):
@@ -307,8 +333,8 @@ def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
     The span guess: M = span.shape[1] - 1 = SPAN_BUCKETS * (n-1) equal buckets
     between the first and the last knot; x's bucket is int((x - lo[i]) * scale[i])
     with lo[i] = t[0] and scale[i] = M / (t[-1] - t[0]) (float64, rounded to the
-    kernel's dtype); span[i, b] is the span that holds the bucket's middle,
-    clamped to the interior spans k .. n-2-k, and span[i, M] is 1 when the table
+    kernel's dtype); span[i, b] is the span that holds the bucket's middle
+    t[0] + (b + 1/2) * step, step = (t[-1] - t[0]) / M (float64), clamped to the interior spans k .. n-2-k, and span[i, M] is 1 when the table
     is a uniform grid's (span[i, b] = b // SPAN_BUCKETS, clamped). On a uniform
     grid no bucket holds a knot; on knots placed at sample quantiles
     (``update_grid``) few do, and the samples of a bucket on the wrong side of
@@ -319,31 +345,43 @@ def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
     t0 = np.float64(grid[i, 0])
     width = np.float64(grid[i, n - 1]) - t0
     lo[i] = t0
-    scale[i] = M / width
-    j = 0
+    rs = M / width
+    scale[i] = rs
+    # The table is filled knot by knot: span j >= k+1 begins at the first bucket whose
+    # middle t0 + (b + 1/2) * step is at or after t[j] (found by arithmetic, then
+    # checked against that same expression); O(n + M) work, and no division per
+    # bucket or knot (those divisions cost 60 us a call at G = 50, I = 64).
+    step = width / M
+    b0 = 0
+    for j in range(k + 1, n - 1 - k):
+        tj = np.float64(grid[i, j])
+        b1 = min(max(int(math.ceil((tj - t0) * rs - 0.5)), b0), M)
+        while b1 > b0 and t0 + (b1 - 0.5) * step >= tj:
+            b1 -= 1
+        while b1 < M and t0 + (b1 + 0.5) * step < tj:
+            b1 += 1
+        for b in range(b0, b1):
+            span[i, b] = j - 1
+        b0 = b1
+    for b in range(b0, M):
+        span[i, b] = n - 2 - k
     uniform = 1
     for b in range(M):
-        mid = t0 + (b + 0.5) * width / M
-        while j + 1 < n - 1 and grid[i, j + 1] <= mid:
-            j += 1
-        span[i, b] = min(max(j, k), n - 2 - k)
-        if span[i, b] != min(max(b // SPAN_BUCKETS, k), n - 2 - k):
-            uniform = 0
+        uniform &= np.int32(span[i, b] == min(max(b // SPAN_BUCKETS, k), n - 2 - k))
     span[i, M] = uniform
     for o in range(mask.shape[1]):
         Wb[i, o] = scale_base[i, o] * mask[i, o]
 
 
 @njit(parallel=True, **_jit)
-def _setup_forward(inv, lo, scale, span, W, Wb, grid, coef, scale_base, scale_sp, mask, k):
+def _setup_forward(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask, k):
     """The forward kernel's per-input scratch, in parallel over the inputs:
-    ``_setup_input`` and W = coef * scale_sp * mask. Compiled once per dtype (k is an
+    ``_setup_input`` and spm = scale_sp * mask. Compiled once per dtype (k is an
     argument here, not a constant of the code)."""
     for i in prange(grid.shape[0]):
         _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k)
-        for m in range(coef.shape[1]):
-            for o in range(coef.shape[2]):
-                W[i, m, o] = coef[i, m, o] * (scale_sp[i, o] * mask[i, o])
+        for o in range(mask.shape[1]):
+            spm[i, o] = scale_sp[i, o] * mask[i, o]
 
 
 @njit(parallel=True, **_jit)
@@ -369,21 +407,23 @@ def _contract(y, acc, width, b, t, u, ob, i0, i1, nt, JT, NT, BXT, W, Wb, k):
     span codes JT[r, u], bases NT[r, :, u] and b(x) BXT[r, u] of tile t, lane u, in the
     scratch row r = (i - i0) * nt + t (``nt`` tiles per input); y's block is
     overwritten when i0 == 0.
-    Accumulates in ``acc``; W = coef * scale_sp * mask, Wb = scale_base * mask."""
+    Accumulates in ``acc``; W[i - i0] = coef[i] * scale_sp[i] * mask[i] (the block
+    of inputs' rows), Wb = scale_base * mask."""
     K = W.shape[1]
     for o in range(width):
         acc[o] = 0.0 if i0 == 0 else y[b, ob + o]
     for i in range(i0, i1):
         ui = _u(i)
+        wi = _u(i - i0)
         r = _u((i - i0) * nt + t)
         j = JT[r, _u(u)]
         bv = BXT[r, _u(u)]
         if j >= k:  # interior span (j >= k tells LLVM the rows a + s are not negative)
             a = j - k
             for o in range(width):
-                v = NT[r, 0, _u(u)] * W[ui, _u(a), ob + o]  # the k+1 spline terms, then the base term
+                v = NT[r, 0, _u(u)] * W[wi, _u(a), ob + o]  # the k+1 spline terms, then the base term
                 for s in range(1, k + 1):
-                    v += NT[r, s, _u(u)] * W[ui, _u(a + s), ob + o]
+                    v += NT[r, s, _u(u)] * W[wi, _u(a + s), ob + o]
                 acc[o] += bv * Wb[ui, ob + o]
                 acc[o] += v
         else:  # boundary span or outside the knots: only the bases that exist
@@ -394,7 +434,7 @@ def _contract(y, acc, width, b, t, u, ob, i0, i1, nt, JT, NT, BXT, W, Wb, k):
                 if a + s >= 0 and a + s < K:
                     w = NT[r, s, _u(u)]
                     for o in range(width):
-                        acc[o] += w * W[i, a + s, ob + o]
+                        acc[o] += w * W[i - i0, a + s, ob + o]
     for o in range(width):
         y[b, ob + o] = acc[o]
 
@@ -494,16 +534,18 @@ def _forward_kernel(k, OB, T, FULL):
     NTB = TILES_PER_BLOCK
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def forward(y, x, grid, inv, lo, scale, span, W, Wb, code, nchunk, IB):
-        # y (B, O) out; x (B, I); grid (I, n); code: base_fun; from _setup_forward: inv,
-        # the knot reciprocals; lo, scale (I,), span (I, M): the span guess; W = coef * scale_sp * mask
-        # (I, K, O); Wb = scale_base * mask (I, O). prange over batch chunks: each owns
-        # its rows of y.
+    def forward(y, x, grid, inv, lo, scale, span, coef, spm, Wb, code, nchunk, IB, SB):
+        # y (B, O) out; x (B, I); grid (I, n); coef (I, K, O); code: base_fun; from
+        # _setup_forward: inv, the knot reciprocals; lo, scale (I,), span (I, M): the span
+        # guess; spm = scale_sp * mask, Wb = scale_base * mask (I, O). prange over batch
+        # chunks: each owns its rows of y.
         B, I = x.shape
+        K = coef.shape[1]
         O = y.shape[1]
         for c in prange(nchunk):
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
+            WL = np.empty((IB, K, O), dtype=y.dtype)         # coef * scale_sp * mask of a block of inputs
             JT = np.empty((IB * NTB, T), dtype=np.int32)      # span codes, row (i - i0) * nt + tile
             NT = np.empty((IB * NTB, kp1, T), dtype=y.dtype)  # local bases
             BXT = np.empty((IB * NTB, T), dtype=y.dtype)      # b(x)
@@ -515,33 +557,40 @@ def _forward_kernel(k, OB, T, FULL):
             dN = local_array(kp1, y.dtype)
             work = local_array(W2, y.dtype)
             acc = local_array(OB, y.dtype)
-            for s0 in range(b0, b1, NTB * T):  # blocks of NTB tiles of samples
-                s1 = min(s0 + NTB * T, b1)
-                nt = -(-(s1 - s0) // T)  # tiles in this block (NTB but in the chunk's last block)
+            for S0 in range(b0, b1, SB):  # blocks of SB samples, whose rows of y stay in cache
+                S1 = min(S0 + SB, b1)
                 for i0 in range(0, I, IB):  # blocks of IB inputs
                     i1 = min(i0 + IB, I)
-                    for r in range(i1 - i0):
-                        for t in range(nt):
-                            t0 = s0 + t * T
-                            row = r * nt + t
-                            _tile_bases(NT, NT, JT, row, XS, KW, OK, N, dN, work, x, t0, min(T, s1 - t0),
-                                        grid, inv, lo, scale, span, i0 + r, k, False, T)
-                            _base_lanes(BXT, BXT, row, XS, code, False, T)
-                    # A sample's block of OB outputs stays in registers across the block of
-                    # inputs, whose coefficient rows stay in cache across the block of samples.
-                    # (A while loop: with 'for ob in range(0, O, OB)' LLVM no longer keeps
-                    # the block in registers, and the pass runs 3x slower.)
-                    ob = 0
-                    while ob < O:
-                        for t in range(nt):
-                            t0 = s0 + t * T
-                            for u in range(min(T, s1 - t0)):
-                                if FULL or ob + OB <= O:
-                                    _contract_block(y, acc, OB, t0 + u, t, u, ob, i0, i1, nt, JT, NT, BXT, W, Wb, k)
-                                else:
-                                    _contract_any(y, acc_any, O - ob, t0 + u, t, u, ob, i0, i1, nt, JT, NT, BXT,
-                                                  W, Wb, k)
-                        ob += OB
+                    for r in range(i1 - i0):  # their coefficient rows, scaled, into WL
+                        for m in range(K):
+                            for o in range(O):
+                                WL[r, m, o] = coef[i0 + r, m, o] * spm[i0 + r, o]
+                    for s0 in range(S0, S1, NTB * T):  # blocks of NTB tiles of samples
+                        s1 = min(s0 + NTB * T, S1)
+                        nt = -(-(s1 - s0) // T)  # tiles in this block (NTB but in the last block)
+                        for r in range(i1 - i0):
+                            for t in range(nt):
+                                t0 = s0 + t * T
+                                row = r * nt + t
+                                _tile_bases(NT, NT, JT, row, XS, KW, OK, N, dN, work, x, t0, min(T, s1 - t0),
+                                            grid, inv, lo, scale, span, i0 + r, k, False, T)
+                                _base_lanes(BXT, BXT, row, XS, code, False, T)
+                        # A sample's block of OB outputs stays in registers across the block of
+                        # inputs, whose rows of WL stay in cache across the block of samples.
+                        # (A while loop: with 'for ob in range(0, O, OB)' LLVM no longer keeps
+                        # the block in registers, and the pass runs 3x slower.)
+                        ob = 0
+                        while ob < O:
+                            for t in range(nt):
+                                t0 = s0 + t * T
+                                for u in range(min(T, s1 - t0)):
+                                    if FULL or ob + OB <= O:
+                                        _contract_block(y, acc, OB, t0 + u, t, u, ob, i0, i1, nt, JT, NT, BXT,
+                                                        WL, Wb, k)
+                                    else:
+                                        _contract_any(y, acc_any, O - ob, t0 + u, t, u, ob, i0, i1, nt, JT, NT,
+                                                      BXT, WL, Wb, k)
+                            ob += OB
 
     return forward
 
@@ -691,36 +740,41 @@ def _input_scratch(grid, k, dtype):
             np.empty((I, SPAN_BUCKETS * (n - 1) + 1), np.int32))
 
 
-def kernel_scratch_bytes(B, I, O, k, itemsize, threads):
+def kernel_scratch_bytes(B, I, O, G, k, itemsize, threads):
     """Upper bound on the bytes the kernels allocate inside Numba at once (not seen by
-    Python's allocators, tracemalloc included): per running task, the span codes, bases
-    and b(x) of its scratch rows (forward: ``INPUTS_PER_BLOCK`` inputs times
-    ``TILES_PER_BLOCK`` tiles; backward: its block of inputs times one tile, with the
+    Python's allocators, tracemalloc included), for a layer of grid size G: per
+    running task, the span codes, bases and b(x) of its scratch rows (forward:
+    ``INPUTS_PER_BLOCK`` inputs times ``TILES_PER_BLOCK`` tiles, and those inputs'
+    scaled coefficient rows; backward: its block of inputs times one tile, with the
     derivatives), at most ``threads`` tasks at a time; the larger of the two passes.
     (The block accumulators are stack arrays, not counted.)"""
     kp1 = k + 1
-    fwd_tasks = max(1, min(B, TASKS))
+    K = G + k
     T = tile(itemsize)
+    fwd_tasks = forward_chunks(B, K, T, threads)
     R = INPUTS_PER_BLOCK * TILES_PER_BLOCK  # the forward's scratch rows
-    fwd = R * T * 4 + (R * kp1 * T + R * T) * itemsize
+    fwd = R * T * 4 + (R * kp1 * T + R * T + INPUTS_PER_BLOCK * K * O) * itemsize
     IB = input_block(I)
     nblk = -(-I // IB)
     bwd_tasks = batch_chunks(B, nblk) * nblk
     bwd = IB * T * 4 + (2 * IB * kp1 * T + 2 * IB * T) * itemsize
-    return max(min(fwd_tasks, threads) * fwd, min(bwd_tasks, threads) * bwd)
+    return max(fwd_tasks * fwd, min(bwd_tasks, threads) * bwd)
 
 
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     """Compiled ``reference.spline_forward``: y (B, O) overwritten."""
     B, I = x.shape
     dt = coef.dtype
-    nchunk = max(1, min(B, TASKS))  # each chunk owns its rows of y: any split gives the same y
+    O = y.shape[1]
     inv, lo, scale, span = _input_scratch(grid, k, dt)
-    W, Wb = empty(coef.shape, dt), empty(mask.shape, dt)
-    with threads_for(B * I * y.shape[1]):
-        _setup_forward(inv, lo, scale, span, W, Wb, grid, coef, scale_base, scale_sp, mask, k)
-        forward = _forward_kernel(k, OUTPUT_BLOCK, tile(dt.itemsize), y.shape[1] % OUTPUT_BLOCK == 0)
-        forward(y, x, grid, inv, lo, scale, span, W, Wb, BASE_CODES[base_fun], nchunk, INPUTS_PER_BLOCK)
+    spm, Wb = empty(mask.shape, dt), empty(mask.shape, dt)
+    T = tile(dt.itemsize)
+    with threads_for(B * I * O):
+        nchunk = forward_chunks(B, coef.shape[1], T, numba.get_num_threads())
+        _setup_forward(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask, k)
+        forward = _forward_kernel(k, OUTPUT_BLOCK, T, O % OUTPUT_BLOCK == 0)
+        forward(y, x, grid, inv, lo, scale, span, coef, spm, Wb, BASE_CODES[base_fun], nchunk,
+                INPUTS_PER_BLOCK, sample_block(O, dt.itemsize))
     return y
 
 
