@@ -9,7 +9,10 @@ A script, not a test. For each case (B, I, O, G), k = 3, float32 and float64:
 - GFLOP/s counting 2 * (k+1) flops per edge per pass; forward + backward
   counts three passes (forward, and a backward about twice the forward);
 - the same FLOP rate as a share of numpy's matrix product on a square
-  ``--gemm`` x ``--gemm`` matrix of the same dtype, measured in this run;
+  ``--gemm`` x ``--gemm`` matrix of the same dtype, measured in this run, in
+  turns with the case's own calls (``ROUNDS`` rounds of each, medians over
+  all): on a shared machine whose speed drifts within minutes, both sides of
+  the ratio then see the same machine;
 - peak extra memory during forward + backward: NumPy allocations beyond x, y,
   dy, the parameters and all gradient buffers (all preallocated), seen by
   tracemalloc, plus the backend's bound on the scratch its kernels allocate
@@ -52,6 +55,10 @@ from numkan.kernels import get_backend, reference
 CASES = [(1024, 64, 64, 5), (1024, 64, 64, 50), (4096, 128, 128, 10), (10000, 784, 64, 5)]
 QUICK_CASES = [(256, 16, 16, 5), (256, 16, 16, 50)]
 K_ORDER = 3
+ROUNDS = 5  # rounds in which a case's calls and the GEMM baseline take turns
+PAUSE = 0.3  # seconds between turns: OpenBLAS's threads spin for a while after a product
+             # (and Numba's OpenMP threads after a kernel), taking the cores from the next turn
+
 TARGETS = dict(g50_over_g5=1.3, fwd_gemm=0.30, fwdbwd_gemm=0.20)
 
 
@@ -81,13 +88,41 @@ def peak_extra_bytes(fn):
         tracemalloc.stop()
 
 
-def gemm_rate(n, dtype, reps):
-    """FLOP/s of numpy's n x n matrix product (2 n^3 flops)."""
+def interleaved_medians(fns, rounds, min_repeats, min_seconds, max_repeats, warmup=2):
+    """Median wall time of each of ``fns`` (name -> callable), the callables taking
+    turns: ``rounds`` rounds, each giving every callable at least
+    min_repeats / rounds calls and min_seconds / rounds seconds (at most
+    max_repeats / rounds calls), with a pause of ``PAUSE`` seconds before each
+    turn. A change of the machine's speed during the measurement then reaches
+    all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    per_min = max(1, -(-min_repeats // rounds))
+    per_max = max(per_min, max_repeats // rounds)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(PAUSE)
+            fn()  # a first call after the pause, untimed
+            n, spent = 0, 0.0
+            while n < per_max and (n < per_min or spent < min_seconds / rounds):
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+                times[name].append(dt)
+                spent += dt
+                n += 1
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def gemm_call(n, dtype):
+    """numpy's n x n matrix product (2 n^3 flops) as a callable, and its flop count."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
-    t = median_time(lambda: a @ b, reps["min"], reps["sec"], reps["max"])
-    return 2.0 * n ** 3 / t
+    out = np.empty((n, n), dtype)
+    return (lambda: np.matmul(a, b, out=out)), 2.0 * n ** 3
 
 
 # ---------------------------------------------------------------------------
@@ -161,13 +196,15 @@ def dense_calls(layer, x, dy):
     return forward, forward_backward, basis_seconds
 
 
-def run_case(B, I, O, G, dtype, be, reps, gemm):
+def run_case(B, I, O, G, dtype, be, reps, gemm_n):
     import numba
     layer, x, dy = make_case(B, I, O, G, dtype)
     k = layer.k
     fwd, fwdbwd = numkan_calls(be, layer, x, dy)
-    t_f = median_time(fwd, reps["min"], reps["sec"], reps["max"])
-    t_fb = median_time(fwdbwd, reps["min"], reps["sec"], reps["max"])
+    gemm_fn, gemm_flops = gemm_call(gemm_n, dtype)
+    t = interleaved_medians(dict(f=fwd, fb=fwdbwd, gemm=gemm_fn), ROUNDS, reps["min"], reps["sec"], reps["max"])
+    t_f, t_fb = t["f"], t["fb"]
+    gemm = gemm_flops / t["gemm"]
     # NumPy allocations seen by tracemalloc, plus the bound on what the kernels
     # allocate inside Numba (which tracemalloc does not see)
     itemsize = np.dtype(dtype).itemsize
@@ -182,7 +219,7 @@ def run_case(B, I, O, G, dtype, be, reps, gemm):
         dtype=np.dtype(dtype).name, B=B, I=I, O=O, G=G,
         t_f=t_f, t_fb=t_fb, edges_f=edges / t_f, edges_fb=edges / t_fb,
         gf_f=flops / t_f / 1e9, gf_fb=3 * flops / t_fb / 1e9,
-        gemm_f=flops / t_f / gemm[np.dtype(dtype).name], gemm_fb=3 * flops / t_fb / gemm[np.dtype(dtype).name],
+        gemm=gemm, gemm_f=flops / t_f / gemm, gemm_fb=3 * flops / t_fb / gemm,
         td_f=td_f, td_fb=td_fb, basis_s=basis_s,
         extra=extra, budget=B * I * (k + 2),
     )
@@ -251,7 +288,7 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def header(gemm, gemm_n, load):
+def header(rows, gemm_n, load):
     import numba
     env = {v: os.environ.get(v, "unset") for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     return "\n".join([
@@ -265,8 +302,11 @@ def header(gemm, gemm_n, load):
         f"- 1-minute load average at start / end of the run: {load[0]:.1f} / {load[1]:.1f}"
         + (" (above the core count: other processes shared the cores and the times are inflated)"
            if max(load) > (os.cpu_count() or 1) else ""),
-        f"- numpy GEMM ({gemm_n}x{gemm_n}): float32 {gemm['float32'] / 1e9:.1f} GFLOP/s, "
-        f"float64 {gemm['float64'] / 1e9:.1f} GFLOP/s",
+        f"- numpy GEMM ({gemm_n}x{gemm_n}), measured in turns with each case's calls (column "
+        "'GEMM GFLOP/s'; the '% GEMM' columns are shares of that row's rate): "
+        + ", ".join(f"{d} {min(r['gemm'] for r in rows if r['dtype'] == d) / 1e9:.1f}"
+                    f"-{max(r['gemm'] for r in rows if r['dtype'] == d) / 1e9:.1f} GFLOP/s"
+                    for d in dict.fromkeys(r["dtype"] for r in rows)),
         f"- k = {K_ORDER}; flops counted as 2(k+1) = {2 * (K_ORDER + 1)} per edge per pass, "
         "forward + backward = 3 passes; times are medians; 'dense' = all G+k bases in a (B, I*K) "
         "matrix (built outside the timing) and numpy matrix products; memory in numbers of the dtype",
@@ -275,7 +315,7 @@ def header(gemm, gemm_n, load):
 
 def table(rows):
     cols = ["dtype", "B", "I", "O", "G", "fwd ms", "fwd+bwd ms", "Gedge/s fwd", "Gedge/s f+b",
-            "GFLOP/s fwd", "GFLOP/s f+b", "% GEMM fwd", "% GEMM f+b", "dense fwd ms", "x dense fwd",
+            "GFLOP/s fwd", "GFLOP/s f+b", "GEMM GFLOP/s", "% GEMM fwd", "% GEMM f+b", "dense fwd ms", "x dense fwd",
             "dense f+b ms", "x dense f+b", "extra mem", "budget B·I·(k+2)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -283,7 +323,7 @@ def table(rows):
             r["dtype"], str(r["B"]), str(r["I"]), str(r["O"]), str(r["G"]),
             f"{r['t_f'] * 1e3:.3f}", f"{r['t_fb'] * 1e3:.3f}",
             f"{r['edges_f'] / 1e9:.2f}", f"{r['edges_fb'] / 1e9:.2f}",
-            f"{r['gf_f']:.1f}", f"{r['gf_fb']:.1f}",
+            f"{r['gf_f']:.1f}", f"{r['gf_fb']:.1f}", f"{r['gemm'] / 1e9:.1f}",
             f"{100 * r['gemm_f']:.0f}%", f"{100 * r['gemm_fb']:.0f}%",
             f"{r['td_f'] * 1e3:.3f}", f"{r['td_f'] / r['t_f']:.2f}x",
             f"{r['td_fb'] * 1e3:.3f}", f"{r['td_fb'] / r['t_fb']:.2f}x",
@@ -337,16 +377,15 @@ def main(argv=None):
         sys.exit("numba is not available: device='cpu' fell back to the reference")
 
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    gemm = {d: gemm_rate(gemm_n, d, reps) for d in ("float32", "float64")}
     rows = []
     for dtype in dtypes:
         for B, I, O, G in cases:
-            r = run_case(B, I, O, G, dtype, be, reps, gemm)
+            r = run_case(B, I, O, G, dtype, be, reps, gemm_n)
             print(f"  {r['dtype']} {(B, I, O, G)}: fwd {r['t_f'] * 1e3:.3f} ms, "
                   f"fwd+bwd {r['t_fb'] * 1e3:.3f} ms", file=sys.stderr, flush=True)
             rows.append(r)
     load = (load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
-    report = [header(gemm, gemm_n, load), "", table(rows), targets(rows)]
+    report = [header(rows, gemm_n, load), "", table(rows), targets(rows)]
     if not (args.no_startup or args.quick):
         cold, warm, bare = startup_times(np.float32)
         report += ["", "## Start-up (float32, k=3, case (1024, 64, 64, 5))", "",
