@@ -131,14 +131,18 @@ def test_cpu_model_storage_is_aligned():
             assert a.ctypes.data % cpu.ALIGN == 0, name
 
 
-def _span_table(grid, k):
+@njit
+def _fill_tables(grid, k):
     I = grid.shape[0]
-    dt = grid.dtype
-    inv, lo, scale, span = cpu._input_scratch(grid, k, dt)
-    ones = cpu.asarray(np.ones((I, 3)), dt)
-    cpu._setup_forward(inv, lo, scale, span, cpu.empty((I, 3), dt), cpu.empty((I, 3), dt), grid,
-                       ones, ones, ones, k)
+    inv, lo, scale, span, spm, Wb = cpu._input_arrays(grid, 3, k, grid.dtype)
+    ones = np.ones((I, 3), dtype=grid.dtype)
+    for i in range(I):
+        cpu._setup_input(inv, lo, scale, span, Wb, grid, ones, ones, i, k)
     return lo, scale, span
+
+
+def _span_table(grid, k):
+    return _fill_tables(cpu.asarray(grid, grid.dtype), k)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -189,9 +189,9 @@ def test_cpu_matches_reference_on_wide_layers(dtype, O):
 
 
 def test_cpu_results_do_not_depend_on_threads_or_blocks(monkeypatch):
-    """The forward's split of the batch follows the number of threads and its blocks of
-    samples follow ``cpu.Y_BLOCK_BYTES``: neither may change a bit of any result, and
-    the results still agree with the reference."""
+    """Neither the number of threads nor the forward's blocks of samples (from
+    ``cpu.Y_BLOCK_BYTES``) may change a bit of any result, and the results still agree
+    with the reference."""
     numba = pytest.importorskip("numba")
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("one Numba thread only")

@@ -46,38 +46,39 @@ Why it is fast:
   traffic shared between threads).
 
 Parallelism without data races:
-- forward: ``prange`` over chunks of the batch, one per thread; each chunk owns
-  its rows of y, and a sample's outputs are summed in the same order whatever
-  the split, so y does not depend on the number of threads.
+- forward: ``prange`` over chunks of the batch (``forward_chunks``); each chunk
+  owns its rows of y, and a sample's outputs are summed in the same order
+  whatever the split.
 - backward: ``prange`` over (batch chunk, block of inputs) tasks; dx[b, i] has
   exactly one owner. The reduction over the batch for the coefficient gradient
   goes into one partial buffer per batch chunk; when the input blocks alone
   give ``TASKS`` tasks there is a single chunk, so no extra buffer.
-- the backward's chunk counts depend on shapes only (its sums over the batch
-  are the same for any number of threads), and small layers run on one thread
-  (``_parallel.threads_for``).
+- chunk counts depend on shapes only (results are the same for any number of
+  threads), and small layers run on one thread (``_parallel.threads_for``).
 - one caveat, from Numba: in the process that compiles a kernel, results can
   differ in the last bit from those of a later process that loads the same
   kernel from Numba's on-disk cache (seen 2026-11-29: float32 forward, 1 ulp in
   61% of the outputs; each mode is repeatable). Both agree with the reference.
-Set-up: before each kernel, one compiled pass in parallel over the inputs
-(``_setup_forward``, ``_setup_backward``) fills what the kernel reads of every
-input (knot reciprocals, the span guess, scale_sp * mask, scale_base * mask;
-the backward's also zeroes its raw sums), so a call does no serial NumPy work.
+One compiled call per pass: each kernel allocates its scratch, then, in
+parallel over the inputs, fills what its main loop reads of every input (knot
+reciprocals, the span guess, scale_sp * mask, scale_base * mask; the
+backward's also zeroes its raw sums), runs its main loop, and (the backward)
+turns the raw sums into the parameter gradients. Python's part of a call is
+one dispatch (and, for a small layer, setting the thread count): allocating
+the scratch from Python and launching the set-up apart cost 40-60 us a call
+(2026-11-29, float32, (1024, 64, 64, 5) and (256, 2, 5, 5)).
 
-Scratch: the wrappers allocate those arrays (the raw sums of the backward:
-I*K*O numbers per batch chunk; the rest O(I*(n+O)), n knots per input), and
-each task allocates the span codes, bases and b(x) of its scratch rows
-(forward: INPUTS_PER_BLOCK inputs x TILES_PER_BLOCK tiles; backward: its block
-of inputs x one tile, with b'(x)) and, in the forward, its block of inputs'
-scaled coefficient rows (INPUTS_PER_BLOCK*K*O numbers); see
-``kernel_scratch_bytes``.
+Scratch, all allocated inside Numba: per input O(n + O) numbers (n knots per
+input), the backward's raw sums (I*K*O numbers per batch chunk), and per task
+the span codes, bases and b(x) of its scratch rows (forward: INPUTS_PER_BLOCK
+inputs x TILES_PER_BLOCK tiles; backward: its block of inputs x one tile, with
+b'(x)) and, in the forward, its block of inputs' scaled coefficient rows
+(INPUTS_PER_BLOCK*K*O numbers); see ``kernel_scratch_bytes``.
 """
 import math
 import types
 from functools import lru_cache
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -102,16 +103,18 @@ TILES_PER_BLOCK = 4  # forward: tiles of samples that share a block of inputs' c
                      # at G = 50 and on (4096, 128, 128, 10); 8 tiles: no further gain)
 
 ALIGN = 64         # bytes: storage starts on a cache line (see ``empty``)
+SPAN_BUCKETS = 4  # buckets of the span guess per knot interval (``_setup_input``)
 
 Y_BLOCK_BYTES = 256 * 1024  # forward: the rows of y a block of samples keeps in cache
 
 
-def forward_chunks(B, K, T, threads):
-    """Forward: batch chunks, one per thread, but none under max(T, 4K) samples. Each
-    chunk builds its own scaled coefficient rows (K per input and output), which
-    costs then at most 1/(4(k+2)) of the chunk's multiply-adds. Any split gives the
-    same y: each chunk owns its rows, and sums a sample's terms in the same order."""
-    return max(1, min(threads, B // max(T, 4 * K)))
+def forward_chunks(B, K, T):
+    """Forward: batch chunks, ``_parallel.TASKS`` at most, and none under max(T, 4K)
+    samples. Each chunk builds its own scaled coefficient rows (K per input and
+    output), which costs then at most 1/(4(k+2)) of the chunk's multiply-adds. Any
+    split gives the same y: each chunk owns its rows, and sums a sample's terms in
+    the same order."""
+    return max(1, min(TASKS, B // max(T, 4 * K)))
 
 
 def sample_block(O, itemsize):
@@ -324,9 +327,22 @@ def _base_lanes(BV, BD, r, XS, code, deriv, T):
 
 
 @njit(**_inline)
+def _input_arrays(grid, O, k, dtype):
+    """Room for what the set-up fills per input (``_setup_input``): the knot
+    reciprocals (zeroed: the entries no knot difference fills are never read but
+    defined), lo and scale (I,), the span guess's table (SPAN_BUCKETS buckets per
+    knot interval and a last column that flags a uniform grid's), and
+    spm = scale_sp * mask, Wb = scale_base * mask (I, O)."""
+    I, n = grid.shape
+    return (np.zeros((I, k + 1, n), dtype=grid.dtype), np.empty(I, dtype=dtype), np.empty(I, dtype=dtype),
+            np.empty((I, SPAN_BUCKETS * (n - 1) + 1), dtype=np.int32), np.empty((I, O), dtype=dtype),
+            np.empty((I, O), dtype=dtype))
+
+
+@njit(**_inline)
 def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
-    """What both kernels need of input i, computed before the kernel (in parallel
-    over the inputs, ``_setup_forward`` / ``_setup_backward``): its knot
+    """What both kernels need of input i, computed before their main loop (in
+    parallel over the inputs, in the kernel's set-up loop): its knot
     reciprocals (``_scalar.knot_reciprocals``, for ``_bases_at``), the span guess
     of ``_tile_bases`` and Wb[i] = scale_base[i] * mask[i].
 
@@ -371,35 +387,6 @@ def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
     span[i, M] = uniform
     for o in range(mask.shape[1]):
         Wb[i, o] = scale_base[i, o] * mask[i, o]
-
-
-@njit(parallel=True, **_jit)
-def _setup_forward(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask, k):
-    """The forward kernel's per-input scratch, in parallel over the inputs:
-    ``_setup_input`` and spm = scale_sp * mask. Compiled once per dtype (k is an
-    argument here, not a constant of the code)."""
-    for i in prange(grid.shape[0]):
-        _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k)
-        for o in range(mask.shape[1]):
-            spm[i, o] = scale_sp[i, o] * mask[i, o]
-
-
-@njit(parallel=True, **_jit)
-def _setup_backward(inv, lo, scale, span, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k):
-    """The backward kernel's per-input scratch, in parallel over the inputs:
-    ``_setup_input``, spm = scale_sp * mask, and the raw sums P, PB zeroed."""
-    nchunk, I, K, O = P.shape
-    zero = P.dtype.type(0)
-    for i in prange(I):
-        _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k)
-        for o in range(O):
-            spm[i, o] = scale_sp[i, o] * mask[i, o]
-        for c in range(nchunk):
-            for o in range(O):
-                PB[c, i, o] = zero
-            for m in range(K):
-                for o in range(O):
-                    P[c, i, m, o] = zero
 
 
 def _contract(y, acc, width, b, t, u, ob, i0, i1, nt, JT, NT, BXT, W, Wb, k):
@@ -534,15 +521,18 @@ def _forward_kernel(k, OB, T, FULL):
     NTB = TILES_PER_BLOCK
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def forward(y, x, grid, inv, lo, scale, span, coef, spm, Wb, code, nchunk, IB, SB):
-        # y (B, O) out; x (B, I); grid (I, n); coef (I, K, O); code: base_fun; from
-        # _setup_forward: inv, the knot reciprocals; lo, scale (I,), span (I, M): the span
-        # guess; spm = scale_sp * mask, Wb = scale_base * mask (I, O). prange over batch
-        # chunks: each owns its rows of y.
+    def forward(y, x, grid, coef, scale_base, scale_sp, mask, code, nchunk, IB, SB):
+        # y (B, O) out; x (B, I); grid (I, n); coef (I, K, O); code: base_fun; nchunk batch
+        # chunks (forward_chunks), IB inputs per block, SB samples per block (sample_block).
         B, I = x.shape
         K = coef.shape[1]
         O = y.shape[1]
-        for c in prange(nchunk):
+        inv, lo, scale, span, spm, Wb = _input_arrays(grid, O, k, y.dtype)
+        for i in prange(I):  # the set-up, in parallel over the inputs
+            _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k)
+            for o in range(O):
+                spm[i, o] = scale_sp[i, o] * mask[i, o]
+        for c in prange(nchunk):  # batch chunks: each owns its rows of y
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
             WL = np.empty((IB, K, O), dtype=y.dtype)         # coef * scale_sp * mask of a block of inputs
@@ -606,16 +596,31 @@ def _backward_kernel(k, OB, T, FULL):
     KW2 = 2 * k * T  # the knots around each lane's span
 
     @njit(parallel=True, fastmath=_FAST, **_jit)
-    def backward(dx, P, PB, dy, x, grid, inv, lo, scale, span, coef, spm, Wb, code, nchunk, IB):
-        # dx (B, I) +=; P (nchunk, I, K, O) += sum_b g * B[m](x); PB (nchunk, I, O) +=
-        # sum_b g * b(x); code: base_fun; from _setup_backward: inv, lo, scale, span, Wb as in
-        # the forward pass, spm = scale_sp * mask (I, O), P and PB zeroed.
+    def backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef, scale_base, scale_sp, mask, code,
+                 nchunk, IB):
+        # dx (B, I), dcoef, dscale_base, dscale_sp +=; code: base_fun; nchunk batch chunks
+        # and IB inputs per block (_parallel.batch_chunks, input_block).
+        # Raw sums: P (nchunk, I, K, O) = sum_b g * B[m](x), PB (nchunk, I, O) = sum_b g * b(x).
         # Tasks: (batch chunk, block of IB inputs). A task owns dx[chunk, block] and
         # P[c, block]; its tile of dy rows is reused by the IB inputs, and each input's
         # rows of P by the tile's samples.
         B, I = x.shape
+        K = coef.shape[1]
         O = dy.shape[1]
         zero = dy.dtype.type(0)
+        inv, lo, scale, span, spm, Wb = _input_arrays(grid, O, k, dy.dtype)
+        P = np.empty((nchunk, I, K, O), dtype=dy.dtype)
+        PB = np.empty((nchunk, I, O), dtype=dy.dtype)
+        for i in prange(I):  # the set-up, in parallel over the inputs
+            _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k)
+            for o in range(O):
+                spm[i, o] = scale_sp[i, o] * mask[i, o]
+            for c in range(nchunk):
+                for o in range(O):
+                    PB[c, i, o] = zero
+                for m in range(K):
+                    for o in range(O):
+                        P[c, i, m, o] = zero
         nblk = -(-I // IB)
         for task in prange(nchunk * nblk):
             c = task // nblk
@@ -676,36 +681,44 @@ def _backward_kernel(k, OB, T, FULL):
                                             BV[r, u], BD[r, u], JT[r, u], dy, coef, spm, Wb, k)
                         for o in range(O - ob):
                             PB[c, i, ob + o] += pb_any[o]
+        for i in prange(I):  # the parameter gradients from the raw sums
+            _finish_input(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask, i)
 
     return backward
 
 
-@njit(parallel=True, **_jit)
-def _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask):
-    """Parameter gradients from the chunks' raw sums, in place:
-    R = sum_c P[c]; dcoef += R * spm; dscale_sp += mask * sum_m coef * R;
-    dscale_base += mask * sum_c PB[c].
+@njit(**_inline)
+def _finish_input(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask, i):
+    """Input i's parameter gradients from the chunks' raw sums, in place:
+    R = sum_c P[c, i]; dcoef[i] += R * spm[i]; dscale_sp[i] += mask[i] * sum_m coef[i] * R;
+    dscale_base[i] += mask[i] * sum_c PB[c, i].
     Row by row (m outside, o inside: contiguous, vectorised; the sum over m of
     each output is added in the same order as one output at a time would be),
-    with one row of O partial sums per input. Measured (2026-11-29, float32,
-    (I, K, O) = (64, 53, 64), 2 threads): 58 us, against 229 us with o outside."""
+    with one row of O partial sums. Measured (2026-11-29, float32, (I, K, O) =
+    (64, 53, 64), 2 threads): 58 us for all inputs, against 229 us with o outside."""
     nchunk, I, K, O = P.shape
-    for i in prange(I):
-        acc = np.zeros(O, dtype=coef.dtype)
+    acc = np.zeros(O, dtype=coef.dtype)
+    for o in range(O):
+        rb = PB[0, i, o]
+        for c in range(1, nchunk):
+            rb += PB[c, i, o]
+        dscale_base[i, o] += mask[i, o] * rb
+    for m in range(K):
         for o in range(O):
-            rb = PB[0, i, o]
+            r = P[0, i, m, o]
             for c in range(1, nchunk):
-                rb += PB[c, i, o]
-            dscale_base[i, o] += mask[i, o] * rb
-        for m in range(K):
-            for o in range(O):
-                r = P[0, i, m, o]
-                for c in range(1, nchunk):
-                    r += P[c, i, m, o]
-                dcoef[i, m, o] += r * spm[i, o]
-                acc[o] += coef[i, m, o] * r
-        for o in range(O):
-            dscale_sp[i, o] += mask[i, o] * acc[o]
+                r += P[c, i, m, o]
+            dcoef[i, m, o] += r * spm[i, o]
+            acc[o] += coef[i, m, o] * r
+    for o in range(O):
+        dscale_sp[i, o] += mask[i, o] * acc[o]
+
+
+@njit(parallel=True, **_jit)
+def _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask):
+    """``_finish_input`` for every input, in parallel (the training kernels' finish)."""
+    for i in prange(P.shape[1]):
+        _finish_input(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask, i)
 
 
 @njit(**_jit)
@@ -722,59 +735,49 @@ def _reciprocals(grid, k):
     return inv
 
 
-SPAN_BUCKETS = 4  # buckets of the span guess per knot interval (``_setup_input``)
-
-
 def _scratch_inv(grid, k):
     """Room for the knot reciprocals (``_scalar.knot_reciprocals``); zeroed, so that the
     entries no knot difference fills (never read) are defined."""
     return np.zeros((grid.shape[0], k + 1, grid.shape[1]), grid.dtype)
 
 
-def _input_scratch(grid, k, dtype):
-    """Room for what ``_setup_input`` fills per input: the knot reciprocals, lo and scale
-    (I,) in the kernels' dtype, and the span guess's table: SPAN_BUCKETS buckets per
-    knot interval and a last column that flags a uniform grid's table."""
-    I, n = grid.shape
-    return (_scratch_inv(grid, k), np.empty(I, dtype), np.empty(I, dtype),
-            np.empty((I, SPAN_BUCKETS * (n - 1) + 1), np.int32))
-
-
 def kernel_scratch_bytes(B, I, O, G, k, itemsize, threads):
-    """Upper bound on the bytes the kernels allocate inside Numba at once (not seen by
-    Python's allocators, tracemalloc included), for a layer of grid size G: per
-    running task, the span codes, bases and b(x) of its scratch rows (forward:
-    ``INPUTS_PER_BLOCK`` inputs times ``TILES_PER_BLOCK`` tiles, and those inputs'
-    scaled coefficient rows; backward: its block of inputs times one tile, with the
-    derivatives), at most ``threads`` tasks at a time; the larger of the two passes.
-    (The block accumulators are stack arrays, not counted.)"""
+    """Upper bound on the bytes a call allocates inside Numba at once (not seen by
+    Python's allocators, tracemalloc included), for a layer of grid size G: the
+    per-input scratch of the set-up pass (knot reciprocals, span guess, scale_sp *
+    mask, scale_base * mask), the backward's raw sums (one coefficient-sized buffer
+    per batch chunk), and per running task the span codes, bases and b(x) of its
+    scratch rows (forward: ``INPUTS_PER_BLOCK`` inputs times ``TILES_PER_BLOCK``
+    tiles, and those inputs' scaled coefficient rows; backward: its block of inputs
+    times one tile, with the derivatives), at most ``threads`` tasks at a time; the
+    larger of the two passes. (The block accumulators are stack arrays, not counted.)"""
     kp1 = k + 1
     K = G + k
+    n = G + 2 * k + 1
+    per_input = I * (kp1 * n + 2 + 2 * O) * itemsize + I * (SPAN_BUCKETS * (n - 1) + 1) * 4
     T = tile(itemsize)
-    fwd_tasks = forward_chunks(B, K, T, threads)
+    fwd_tasks = min(forward_chunks(B, K, T), threads)
     R = INPUTS_PER_BLOCK * TILES_PER_BLOCK  # the forward's scratch rows
     fwd = R * T * 4 + (R * kp1 * T + R * T + INPUTS_PER_BLOCK * K * O) * itemsize
     IB = input_block(I)
     nblk = -(-I // IB)
-    bwd_tasks = batch_chunks(B, nblk) * nblk
+    nchunk = batch_chunks(B, nblk)
+    bwd_tasks = nchunk * nblk
     bwd = IB * T * 4 + (2 * IB * kp1 * T + 2 * IB * T) * itemsize
-    return max(fwd_tasks * fwd, min(bwd_tasks, threads) * bwd)
+    raw_sums = nchunk * I * (K + 1) * O * itemsize
+    return per_input + max(fwd_tasks * fwd, raw_sums + min(bwd_tasks, threads) * bwd)
 
 
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     """Compiled ``reference.spline_forward``: y (B, O) overwritten."""
     B, I = x.shape
-    dt = coef.dtype
     O = y.shape[1]
-    inv, lo, scale, span = _input_scratch(grid, k, dt)
-    spm, Wb = empty(mask.shape, dt), empty(mask.shape, dt)
-    T = tile(dt.itemsize)
+    itemsize = coef.dtype.itemsize
+    T = tile(itemsize)
+    forward = _forward_kernel(k, OUTPUT_BLOCK, T, O % OUTPUT_BLOCK == 0)
     with threads_for(B * I * O):
-        nchunk = forward_chunks(B, coef.shape[1], T, numba.get_num_threads())
-        _setup_forward(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask, k)
-        forward = _forward_kernel(k, OUTPUT_BLOCK, T, O % OUTPUT_BLOCK == 0)
-        forward(y, x, grid, inv, lo, scale, span, coef, spm, Wb, BASE_CODES[base_fun], nchunk,
-                INPUTS_PER_BLOCK, sample_block(O, dt.itemsize))
+        forward(y, x, grid, coef, scale_base, scale_sp, mask, BASE_CODES[base_fun],
+                forward_chunks(B, coef.shape[1], T), INPUTS_PER_BLOCK, sample_block(O, itemsize))
     return y
 
 
@@ -790,19 +793,13 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     one when the input blocks alone give ``_parallel.TASKS`` tasks).
     """
     B, I = x.shape
-    dt = coef.dtype
+    O = dy.shape[1]
     IB = input_block(I)
     nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
-    P = empty((nchunk,) + coef.shape, dt)  # zeroed by _setup_backward
-    PB = empty((nchunk,) + scale_base.shape, dt)
-    inv, lo, scale, span = _input_scratch(grid, k, dt)
-    spm, Wb = empty(mask.shape, dt), empty(mask.shape, dt)
-    with threads_for(B * I * dy.shape[1]):
-        _setup_backward(inv, lo, scale, span, spm, Wb, P, PB, grid, scale_base, scale_sp, mask, k)
-        backward = _backward_kernel(k, OUTPUT_BLOCK, tile(dt.itemsize), dy.shape[1] % OUTPUT_BLOCK == 0)
-        backward(dx, P, PB, dy, x, grid, inv, lo, scale, span, coef, spm, Wb, BASE_CODES[base_fun],
-                 nchunk, IB)
-        _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
+    backward = _backward_kernel(k, OUTPUT_BLOCK, tile(coef.dtype.itemsize), O % OUTPUT_BLOCK == 0)
+    with threads_for(B * I * O):
+        backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef, scale_base, scale_sp, mask,
+                 BASE_CODES[base_fun], nchunk, IB)
 
 
 # ===========================================================================
