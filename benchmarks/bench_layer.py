@@ -13,11 +13,12 @@ A script, not a test. For each case (B, I, O, G), k = 3, float32 and float64:
   turns with the case's own calls (``ROUNDS`` rounds of each, medians over
   all): on a shared machine whose speed drifts within minutes, both sides of
   the ratio then see the same machine;
-- peak extra memory during forward + backward: NumPy allocations beyond x, y,
-  dy, the parameters and all gradient buffers (all preallocated), seen by
-  tracemalloc, plus the backend's bound on the scratch its kernels allocate
-  inside Numba (``cpu.kernel_scratch_bytes``; tracemalloc does not see it), in
-  numbers of the dtype, next to the budget B * I * (k+2);
+- peak extra memory during forward + backward: allocations beyond x, y, dy,
+  the parameters and all gradient buffers (all preallocated), seen by
+  tracemalloc, which traces NumPy's and also those made inside Numba's
+  compiled code (its runtime allocates through Python's raw allocator), in
+  numbers of the dtype, next to the budget B * I * (k+2); the kernels' stack
+  arrays are not counted (a few KB per thread);
 - a dense formulation of the same layer: all K = G + k bases of every input
   in a (B, I*K) matrix (from ``reference.local_basis``, built once outside the
   timing, so the dense times are a lower bound for a dense layer), then
@@ -197,7 +198,6 @@ def dense_calls(layer, x, dy):
 
 
 def run_case(B, I, O, G, dtype, be, reps, gemm_n):
-    import numba
     layer, x, dy = make_case(B, I, O, G, dtype)
     k = layer.k
     fwd, fwdbwd = numkan_calls(be, layer, x, dy)
@@ -205,11 +205,8 @@ def run_case(B, I, O, G, dtype, be, reps, gemm_n):
     t = interleaved_medians(dict(f=fwd, fb=fwdbwd, gemm=gemm_fn), ROUNDS, reps["min"], reps["sec"], reps["max"])
     t_f, t_fb = t["f"], t["fb"]
     gemm = gemm_flops / t["gemm"]
-    # NumPy allocations seen by tracemalloc, plus the bound on what the kernels
-    # allocate inside Numba (which tracemalloc does not see)
-    itemsize = np.dtype(dtype).itemsize
-    extra = (peak_extra_bytes(fwdbwd)
-             + be.kernel_scratch_bytes(B, I, O, G, k, itemsize, numba.get_num_threads())) / itemsize
+    # NumPy's allocations and Numba's (tracemalloc sees both)
+    extra = peak_extra_bytes(fwdbwd) / np.dtype(dtype).itemsize
     d_fwd, d_fwdbwd, basis_s = dense_calls(layer, x, dy)
     td_f = median_time(d_fwd, reps["min"], reps["sec"], reps["max"])
     td_fb = median_time(d_fwdbwd, reps["min"], reps["sec"], reps["max"])

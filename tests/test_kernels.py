@@ -216,6 +216,38 @@ def test_cpu_results_do_not_depend_on_threads_or_blocks(monkeypatch):
     check_cpu_against_reference(p, dy, start, "float64 B=520 I=9 O=70 G=12 nonuniform")
 
 
+def test_cpu_scratch_within_its_bound_and_the_budget():
+    """A forward + backward allocates (as tracemalloc sees it: NumPy's and Numba's
+    allocations) no more than ``cpu.kernel_scratch_bytes`` says, and that stays within
+    B*I*(k+2) numbers on the benchmark's G = 50 layer."""
+    import tracemalloc
+    numba = pytest.importorskip("numba")
+    B, I, O, G, k = 1024, 64, 64, 50, 3
+    p, dy, start = random_layer(seed=5, B=B, I=I, O=O, G=G, k=k, kind="uniform", dtype=np.float64,
+                                base_fun="silu")
+    p = {n: cpu.asarray(a, a.dtype) if isinstance(a, np.ndarray) else a for n, a in p.items()}
+    g = {n: cpu.asarray(a, a.dtype) for n, a in start.items()}
+    y = cpu.zeros((B, O), np.float64)
+    dy = cpu.asarray(dy, dy.dtype)
+
+    def call():
+        cpu.spline_forward(y, p["x"], p["grid"], p["coef"], p["scale_base"], p["scale_sp"], p["mask"], k, "silu")
+        cpu.spline_backward(g["dx"], g["dcoef"], g["dscale_base"], g["dscale_sp"], dy, p["x"], p["grid"],
+                            p["coef"], p["scale_base"], p["scale_sp"], p["mask"], k, "silu")
+
+    call()  # compiled, and the thread pool started, outside the measurement
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        call()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    bound = cpu.kernel_scratch_bytes(B, I, O, G, k, 8, numba.get_num_threads())
+    assert 0.5 * bound < peak <= bound + 4096, (peak, bound)  # 4 KB: Python's own objects of the calls
+    assert bound <= B * I * (k + 2) * 8
+
+
 def test_cpu_forward_overwrites_and_backward_adds():
     """Forward ignores what y held; backward adds, so two calls give twice one call."""
     p, dy, _ = random_layer(seed=7, B=50, I=3, O=4, G=6, k=3, kind="nonuniform",

@@ -742,8 +742,9 @@ def _scratch_inv(grid, k):
 
 
 def kernel_scratch_bytes(B, I, O, G, k, itemsize, threads):
-    """Upper bound on the bytes a call allocates inside Numba at once (not seen by
-    Python's allocators, tracemalloc included), for a layer of grid size G: the
+    """Upper bound on the bytes a call allocates at once (all inside Numba, whose
+    runtime allocates through Python's raw allocator, so tracemalloc sees them;
+    ``tests/test_kernels.py`` checks the bound that way), for a layer of grid size G: the
     per-input scratch of the set-up pass (knot reciprocals, span guess, scale_sp *
     mask, scale_base * mask), the backward's raw sums (one coefficient-sized buffer
     per batch chunk), and per running task the span codes, bases and b(x) of its
