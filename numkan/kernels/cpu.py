@@ -350,8 +350,9 @@ def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
     between the first and the last knot; x's bucket is int((x - lo[i]) * scale[i])
     with lo[i] = t[0] and scale[i] = M / (t[-1] - t[0]) (float64, rounded to the
     kernel's dtype); span[i, b] is the span that holds the bucket's middle
-    t[0] + (b + 1/2) * step, step = (t[-1] - t[0]) / M (float64), clamped to the interior spans k .. n-2-k, and span[i, M] is 1 when the table
-    is a uniform grid's (span[i, b] = b // SPAN_BUCKETS, clamped). On a uniform
+    t[0] + (b + 1/2) * step, step = (t[-1] - t[0]) / M (float64), clamped to
+    the interior spans k .. n-2-k, and span[i, M] is 1 when the table is a
+    uniform grid's (span[i, b] = b // SPAN_BUCKETS, clamped). On a uniform
     grid no bucket holds a knot; on knots placed at sample quantiles
     (``update_grid``) few do, and the samples of a bucket on the wrong side of
     its knot go to ``_bases_at``."""
