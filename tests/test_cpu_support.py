@@ -137,7 +137,7 @@ def _fill_tables(grid, k):
     inv, lo, scale, span, spm, Wb = cpu._input_arrays(grid, 3, k, grid.dtype)
     ones = np.ones((I, 3), dtype=grid.dtype)
     for i in range(I):
-        cpu._setup_input(inv, lo, scale, span, Wb, grid, ones, ones, i, k)
+        cpu._setup_input(inv, lo, scale, span, spm, Wb, grid, ones, ones, ones, i, k)
     return lo, scale, span
 
 

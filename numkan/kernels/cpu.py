@@ -340,11 +340,11 @@ def _input_arrays(grid, O, k, dtype):
 
 
 @njit(**_inline)
-def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
+def _setup_input(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask, i, k):
     """What both kernels need of input i, computed before their main loop (in
     parallel over the inputs, in the kernel's set-up loop): its knot
     reciprocals (``_scalar.knot_reciprocals``, for ``_bases_at``), the span guess
-    of ``_tile_bases`` and Wb[i] = scale_base[i] * mask[i].
+    of ``_tile_bases``, spm[i] = scale_sp[i] * mask[i] and Wb[i] = scale_base[i] * mask[i].
 
     The span guess: M = span.shape[1] - 1 = SPAN_BUCKETS * (n-1) equal buckets
     between the first and the last knot; x's bucket is int((x - lo[i]) * scale[i])
@@ -387,6 +387,7 @@ def _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k):
         uniform &= np.int32(span[i, b] == min(max(b // SPAN_BUCKETS, k), n - 2 - k))
     span[i, M] = uniform
     for o in range(mask.shape[1]):
+        spm[i, o] = scale_sp[i, o] * mask[i, o]
         Wb[i, o] = scale_base[i, o] * mask[i, o]
 
 
@@ -530,9 +531,7 @@ def _forward_kernel(k, OB, T, FULL):
         O = y.shape[1]
         inv, lo, scale, span, spm, Wb = _input_arrays(grid, O, k, y.dtype)
         for i in prange(I):  # the set-up, in parallel over the inputs
-            _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k)
-            for o in range(O):
-                spm[i, o] = scale_sp[i, o] * mask[i, o]
+            _setup_input(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask, i, k)
         for c in prange(nchunk):  # batch chunks: each owns its rows of y
             b0 = c * B // nchunk
             b1 = (c + 1) * B // nchunk
@@ -613,9 +612,7 @@ def _backward_kernel(k, OB, T, FULL):
         P = np.empty((nchunk, I, K, O), dtype=dy.dtype)
         PB = np.empty((nchunk, I, O), dtype=dy.dtype)
         for i in prange(I):  # the set-up, in parallel over the inputs
-            _setup_input(inv, lo, scale, span, Wb, grid, scale_base, mask, i, k)
-            for o in range(O):
-                spm[i, o] = scale_sp[i, o] * mask[i, o]
+            _setup_input(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask, i, k)
             for c in range(nchunk):
                 for o in range(O):
                     PB[c, i, o] = zero
