@@ -131,6 +131,19 @@ def test_cpu_model_storage_is_aligned():
             assert a.ctypes.data % cpu.ALIGN == 0, name
 
 
+def test_kernel_builds_hold_their_constants_in_their_closures():
+    """Numba's on-disk cache tells compiled functions with the same code and argument
+    types apart by the contents of their closures alone (``cpu._CACHE_KEY``). Every
+    kernel build, and the serial part it calls, must hold all of its constants
+    there, or a build for one (k, OB, T, FULL) could be loaded for another."""
+    for make, part in ((cpu._forward_kernel, "_chunk"), (cpu._backward_kernel, "_task")):
+        kernel = make(2, cpu.OUTPUT_BLOCK, cpu.tile(8), False)
+        for f in (kernel.py_func, kernel.py_func.__globals__[part].py_func):
+            held = dict(zip(f.__code__.co_freevars, (c.cell_contents for c in f.__closure__)))
+            assert {name: held.get(name) for name in cpu._CACHE_KEY} == \
+                {"k": 2, "OB": cpu.OUTPUT_BLOCK, "T": cpu.tile(8), "FULL": False}, (make.__name__, f.__name__)
+
+
 @njit
 def _fill_tables(grid, k):
     I = grid.shape[0]

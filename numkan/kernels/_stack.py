@@ -14,32 +14,35 @@ stack frame instead of on the heap. That matters for speed, not for meaning:
 
 The array is uninitialised, like ``np.empty``, and must not escape the
 function that creates it (it dies with the stack frame): the kernels only
-pass it down to inlined helpers.
+pass it down to inlined helpers. It has no meminfo (nothing owns it, nothing
+counts references to it), so it can be made in functions compiled without
+Numba's reference counting (``cpu._SerialPartCompiler``).
 """
 import llvmlite.ir as llir
-import numba
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 
 @intrinsic
-def _stack_pointer(typingctx, size, dtype):
-    """A pointer to ``size`` (a literal int) elements of ``dtype``, alloca'd in the entry block."""
-    if not isinstance(size, types.IntegerLiteral) or not isinstance(dtype, (types.DType, types.NumberClass)):
+def local_array(typingctx, n, dtype):
+    """An uninitialised 1-d array of ``n`` (a compile-time constant) ``dtype`` values on the stack."""
+    if not isinstance(n, types.IntegerLiteral) or not isinstance(dtype, (types.DType, types.NumberClass)):
         return None
-    n = size.literal_value
+    size = n.literal_value
     elem = dtype.dtype
+    arrty = types.Array(elem, 1, "C")
 
     def codegen(context, builder, signature, args):
         ty = context.get_value_type(elem)
+        intp = context.get_value_type(types.intp)
+        itemsize = context.get_abi_sizeof(ty)
         # in the entry block, with a constant size: what scalar replacement needs
-        return cgutils.alloca_once(builder, ty, size=llir.Constant(llir.IntType(64), n))
+        data = cgutils.alloca_once(builder, ty, size=llir.Constant(llir.IntType(64), size))
+        ary = context.make_array(arrty)(context, builder)
+        populate_array(ary, data=data, shape=[llir.Constant(intp, size)], strides=[llir.Constant(intp, itemsize)],
+                       itemsize=llir.Constant(intp, itemsize), meminfo=None)  # no meminfo: nothing to count
+        return ary._getvalue()
 
-    return types.CPointer(elem)(size, dtype), codegen
-
-
-@njit(inline="always")
-def local_array(n, dtype):
-    """An uninitialised 1-d array of ``n`` (a compile-time constant) ``dtype`` values on the stack."""
-    return numba.carray(_stack_pointer(n, dtype), (n,))
+    return arrty(n, dtype), codegen
