@@ -68,6 +68,15 @@ one dispatch (and, for a small layer, setting the thread count): allocating
 the scratch from Python and launching the set-up apart cost 40-60 us a call
 (2026-11-29, float32, (1024, 64, 64, 5) and (256, 2, 5, 5)).
 
+Two levels of compiled code per kernel: the parallel function (its ``prange``
+loops and their scratch) and the serial part each loop iteration of the main
+loop runs (``chunk`` in the forward, ``task`` in the backward), compiled on
+its own as Numba compiles a ``prange`` body, without reference counting and
+with non-overlapping array arguments (``_SerialPartCompiler``), and inlined
+by LLVM. Numba's parallel passes then work on a few lines instead of the whole
+inlined pass: a forward and backward pair compiles in 38.6 s instead of 58.6 s
+(k = 3, float64, cold cache), at the same speed.
+
 Scratch, all allocated inside Numba: per input O(n + O) numbers (n knots per
 input), the backward's raw sums (I*K*O numbers per batch chunk), and per task
 the span codes, bases and b(x) of its scratch rows (forward: INPUTS_PER_BLOCK
