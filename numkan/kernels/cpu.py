@@ -838,7 +838,9 @@ def kernel_scratch_bytes(B, I, O, G, k, itemsize, threads):
 
 
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
-    """Compiled ``reference.spline_forward``: y (B, O) overwritten."""
+    """Compiled ``reference.spline_forward``: y (B, O) overwritten. y must not
+    overlap any input array (the compiled code assumes its arrays do not;
+    the layers always pass buffers of their own)."""
     B, I = x.shape
     O = y.shape[1]
     itemsize = coef.dtype.itemsize
@@ -852,7 +854,8 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
 
 def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
                     scale_base, scale_sp, mask, k, base_fun):
-    """Compiled ``reference.spline_backward``: adds into dx, dcoef, dscale_base, dscale_sp.
+    """Compiled ``reference.spline_backward``: adds into dx, dcoef, dscale_base, dscale_sp,
+    which must not overlap one another or the inputs (as in ``spline_forward``).
 
     The kernel gathers raw sums R[i,m,o] = sum_b g[b,o] B[m,k](x[b,i]) and
     Rb[i,o] = sum_b g[b,o] b(x[b,i]); the parameter gradients follow in
