@@ -225,10 +225,11 @@ def _empty_aligned(shape, dtype):
     """np.empty(shape, dtype) inside the kernels, but starting on an ``ALIGN``-byte
     boundary: a view into ``SLACK`` more elements. Numba's own allocations are only
     32-byte aligned, so with AVX-512 every 64-byte load of a row of the scratch
-    spanned two cache lines. Measured (2026-11-29, AMD EPYC with AVX-512, 2 threads,
-    interleaved, results bit-identical): the forward's scratch and set-up arrays
-    aligned, forward float32 1.23-1.31x on the benchmark's cases; the backward's
-    as well, forward + backward 1.07-1.26x."""
+    spanned two cache lines. Measured (2026-11-29, an AMD EPYC with AVX-512, 2 threads,
+    interleaved, the benchmark's first three cases, results bit-identical): the
+    forward's scratch and set-up arrays aligned, forward 1.23-1.31x (float32) and
+    1.21-1.35x (float64); the backward's as well, forward + backward 1.07-1.26x
+    (float32) and 1.22-1.29x (float64)."""
     n = 1
     for s in shape:
         n *= s
