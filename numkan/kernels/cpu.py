@@ -102,10 +102,12 @@ from .reference import all_finite, copy_into, fill, to_host  # host storage, as 
 
 name = "cpu"
 OUTPUT_BLOCK = 64  # outputs per register block: 8 AVX2 registers of float32 (16 of float64;
-                   # measured: 32 float64 outputs per block made the backward 3x slower)
+                   # 4 and 8 with AVX-512; measured: 32 float64 outputs per block made the
+                   # backward 3x slower)
 INPUTS_PER_BLOCK = 4  # forward: inputs whose coefficient rows a block of samples shares in cache
                       # (measured with the 32-sample float32 tile: 4 was 1.00-1.10x faster than 8
-                      # on the benchmark's cases, float32 and float64; any value gives the same y)
+                      # on the benchmark's cases, float32 and float64; any value gives the same y;
+                      # on an AVX-512 host, 8 was 0.95-1.04x as fast as 4, 2 was 0.92-0.99x)
 
 TILES_PER_BLOCK = 4  # forward: tiles of samples that share a block of inputs' coefficient rows
                      # (measured against one tile, 2026-11-29, interleaved, 2 threads: float32
@@ -142,7 +144,9 @@ def tile(itemsize):
     lanes (2026-11-29, interleaved): the forward 1.06-1.10x faster (2 threads; 1.10-1.19x
     on one), and the backward 1.03-1.18x once the bases' loads had lost their
     negative-index code (``_u``). A 32-sample float64 tile was 0.89-1.02x (forward) and
-    0.95-1.11x (backward); 8 float32 samples, 1.2-1.6x slower."""
+    0.95-1.11x (backward); 8 float32 samples, 1.2-1.6x slower. On an AVX-512 host
+    (two registers of lanes), 64 float32 samples ran the forward 1.00-1.01x as fast,
+    16 samples 0.88-0.90x."""
     return 128 // itemsize
 
 _jit = dict(nogil=True, cache=True)
