@@ -447,10 +447,9 @@ def _contract(y, acc, width, b, t, u, ob, i0, i1, nt, JT, NT, BXT, W, Wb, k):
         if j >= k:  # interior span (j >= k tells LLVM the rows a + s are not negative)
             a = j - k
             for o in range(width):
-                v = NT[r, 0, _u(u)] * W[wi, _u(a), ob + o]  # the k+1 spline terms, then the base term
-                for s in range(1, k + 1):
+                v = bv * Wb[ui, ob + o]  # the base term, then the k+1 spline terms, then one
+                for s in range(k + 1):   # addition to the accumulator (see _forward_kernel)
                     v += NT[r, s, _u(u)] * W[wi, _u(a + s), ob + o]
-                acc[o] += bv * Wb[ui, ob + o]
                 acc[o] += v
         else:  # boundary span or outside the knots: only the bases that exist
             a = -1 - j - k
@@ -597,7 +596,17 @@ def _forward_kernel(k, OB, T, FULL):
     KW2 = 2 * k * T  # the knots around each lane's span
     NTB = TILES_PER_BLOCK
 
-    @njit(fastmath=_FAST, error_model="numpy", pipeline_class=_SerialPartCompiler, forceinline=True, **_jit)
+    # fastmath without 'reassoc' (the serial part vectorises over outputs and lanes,
+    # never a reduction): each input's terms are summed apart, then added to the
+    # accumulators in one addition, as written in _contract. With 'reassoc' LLVM chained
+    # all k+2 multiply-adds of an input through the accumulator; that costs nothing
+    # on a full block (8 AVX2 or 4 AVX-512 accumulator registers hide the latency)
+    # but slows the partial block, whose run-time width leaves it few vector
+    # accumulators, or none. Measured (2026-11-29, AVX-512 host, 2 threads,
+    # interleaved): float32 1.11-1.40x at O = 1, 8, 24, 70 and float64 0.99-1.29x;
+    # full blocks 0.99-1.01x.
+    @njit(fastmath={"contract"}, error_model="numpy", pipeline_class=_SerialPartCompiler, forceinline=True,
+          **_jit)
     def chunk(y, x, grid, coef, inv, lo, scale, span, spm, Wb, code, b0, b1, SB, WL, JT, NT, BXT):
         # rows b0:b1 of y, from the inputs' set-up (_setup_input); SB samples per
         # block (sample_block); scratch: WL (IB, K, O), coef * scale_sp * mask of a
