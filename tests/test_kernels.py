@@ -180,10 +180,13 @@ def test_cpu_matches_reference_on_fine_uniform_grids(dtype, k):
 def test_cpu_matches_reference_on_wide_layers(dtype, O):
     """Layers as wide as the CPU kernels' block of outputs (``cpu.OUTPUT_BLOCK``) and wider:
     a full block alone, a full and a partial one, two full and a partial one, and two
-    layers run at a padded width (``cpu.padded_width``: one block, two blocks); enough
-    samples and inputs for several tiles, sample blocks, input blocks and batch chunks."""
+    layers run at a padded width (``cpu.padded_width``: one block, two blocks) but for
+    I = 5, too few inputs for the padding's memory; enough samples and inputs for several
+    tiles, sample blocks, input blocks and batch chunks."""
     assert cpu.OUTPUT_BLOCK == 64  # the widths above are chosen around it
-    assert [cpu.padded_width(w) for w in (64, 70, 130, 40, 100)] == [64, 70, 130, 64, 128]
+    assert [cpu.padded_width(w, 40, 3) for w in (64, 70, 130, 40, 100)] == [64, 70, 130, 64, 128]
+    assert [cpu.padded_width(w, 17, 3) for w in (40, 100)] == [64, 100]
+    assert [cpu.padded_width(w, 5, 3) for w in (40, 100)] == [40, 100]
     for B, I, G, kind in [(300, 5, 7, "nonuniform"), (97, 40, 3, "uniform"), (260, 17, 12, "repeated")]:
         p, dy, start = random_layer(seed=O + B, B=B, I=I, O=O, G=G, k=3, kind=kind, dtype=dtype,
                                     base_fun="silu")
@@ -260,7 +263,7 @@ def test_cpu_scratch_within_its_bound_on_a_padded_layer():
     whose padded copies of the parameters, y, dy and the gradients count too."""
     numba = pytest.importorskip("numba")
     B, I, O, G, k = 700, 20, 40, 10, 3
-    assert cpu.padded_width(O) == 64
+    assert cpu.padded_width(O, I, k) == 64
     peak = _scratch_peak(B, I, O, G, k, seed=6)
     bound = cpu.kernel_scratch_bytes(B, I, O, G, k, 8, numba.get_num_threads())
     assert 0.5 * bound < peak <= bound + 4096, (peak, bound)

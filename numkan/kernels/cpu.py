@@ -87,7 +87,8 @@ b'(x)) and, in the forward, its block of inputs' scaled coefficient rows
 A layer with more than PAD_OVER outputs past its last whole block of
 OUTPUT_BLOCK runs at a padded width (``padded_width``): on copies of its
 parameters (and y, dy, the gradients) padded with zeros to whole blocks,
-which the full-block code computes faster than the partial block's code.
+which the full-block code computes faster than the partial block's code,
+unless the padded y would outgrow the memory budget of B*I*(k+2) numbers.
 """
 import math
 import types
@@ -868,7 +869,7 @@ def kernel_scratch_bytes(B, I, O, G, k, itemsize, threads):
     kp1 = k + 1
     K = G + k
     n = G + 2 * k + 1
-    OP = padded_width(O)
+    OP = padded_width(O, I, k)
     slack = SLACK * max(itemsize, 4)
     per_input = I * (kp1 * n + 2 + 2 * OP) * itemsize + I * (SPAN_BUCKETS * (n - 1) + 1) * 4 + 2 * slack
     T = tile(itemsize)
@@ -892,10 +893,13 @@ PAD_OVER = OUTPUT_BLOCK // 4  # outputs past the last whole block above which a 
                               # outputs are padded to a whole block (``padded_width``)
 
 
-def padded_width(O):
-    """The width the kernels run a layer of O outputs at: O, or O rounded up to whole
-    blocks of ``OUTPUT_BLOCK`` when more than ``PAD_OVER`` outputs are left past the
-    last whole block. The partial block's run-time width leaves LLVM a vector loop of
+def padded_width(O, I, k):
+    """The width the kernels run a layer of I inputs, O outputs and order k at: O, or
+    O rounded up to whole blocks of ``OUTPUT_BLOCK`` when more than ``PAD_OVER``
+    outputs are left past the last whole block, unless the padded copy of y, B rows
+    of that width, would outgrow the kernels' memory budget of B*I*(k+2) numbers
+    (a layer of few inputs: its padded copies would cost more memory than its
+    work is worth). The partial block's run-time width leaves LLVM a vector loop of
     16 float32 (8 float64) outputs and one output at a time for the rest; a whole
     block, padded with zero parameters, computed and thrown away, is faster from
     there. Measured (2026-11-29, AVX-512 host, 2 threads, B = 1024, I = 64, G = 5,
@@ -904,7 +908,8 @@ def padded_width(O):
     0.86-1.08x at O = 8 and 16; float64 forward + backward 1.09x at O = 24 and
     1.1-2.3x above, 0.9x at O = 16 and 0.7x at O = 8."""
     r = O % OUTPUT_BLOCK
-    return O + OUTPUT_BLOCK - r if r > PAD_OVER else O
+    OP = O + OUTPUT_BLOCK - r if r > PAD_OVER else O
+    return OP if OP <= I * (k + 2) else O
 
 
 def _padded(a, OP):
@@ -921,7 +926,7 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     (``padded_width``) runs on padded copies of its parameters and y."""
     B, I = x.shape
     O = y.shape[1]
-    OP = padded_width(O)
+    OP = padded_width(O, I, k)
     out = y
     if OP != O:
         coef, scale_base, scale_sp, mask = (_padded(a, OP) for a in (coef, scale_base, scale_sp, mask))
@@ -951,7 +956,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     """
     B, I = x.shape
     O = dy.shape[1]
-    OP = padded_width(O)
+    OP = padded_width(O, I, k)
     grads = (dcoef, dscale_base, dscale_sp)
     if OP != O:  # padded copies; the gradients into zeroed padded buffers, added after
         dy, coef, scale_base, scale_sp, mask = (_padded(a, OP) for a in (dy, coef, scale_base, scale_sp, mask))
