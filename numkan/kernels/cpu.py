@@ -952,7 +952,9 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     O(I*K*O):  dcoef += R * scale_sp * mask,  dscale_base += Rb * mask,
     dscale_sp += mask * sum_m coef * R  (since s = sum_m coef * B[m]).
     Extra memory: R, one coefficient-sized buffer per batch chunk (a single
-    one when the input blocks alone give ``_parallel.TASKS`` tasks).
+    one when the input blocks alone give ``_parallel.TASKS`` tasks); and, for a
+    layer run at a padded width (``padded_width``), padded copies of dy, the
+    parameters and the parameter gradients (added into the caller's after).
     """
     B, I = x.shape
     O = dy.shape[1]
