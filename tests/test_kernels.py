@@ -8,7 +8,7 @@
    the same inputs: non-uniform, per-input and repeated knots, inputs inside,
    outside and exactly on knots (the first and last included), k = 1..5,
    G = 1..12, batches 1..200, every base_fun, float64 and float32; widths
-   1..6, and 40, 64, 70, 100 and 130 (the CPU kernels' full, partial and padded blocks of
+   1..6, and 40, 64, 70, 100 and 130 (the CPU kernels' full and partial blocks of
    outputs); gradient buffers start non-zero, so accumulation (+=) is checked too.
 """
 import numpy as np
@@ -179,14 +179,10 @@ def test_cpu_matches_reference_on_fine_uniform_grids(dtype, k):
 @pytest.mark.parametrize("O", [64, 70, 130, 40, 100])
 def test_cpu_matches_reference_on_wide_layers(dtype, O):
     """Layers as wide as the CPU kernels' block of outputs (``cpu.OUTPUT_BLOCK``) and wider:
-    a full block alone, a full and a partial one, two full and a partial one, and two
-    layers run at a padded width (``cpu.padded_width``: one block, two blocks) but for
-    I = 5, too few inputs for the padding's memory; enough samples and inputs for several
-    tiles, sample blocks, input blocks and batch chunks."""
+    a full block alone, a full and a partial one, two full and a partial one, and partial
+    blocks of more than one vector of outputs (40, and 36 past a full block); enough
+    samples and inputs for several tiles, sample blocks, input blocks and batch chunks."""
     assert cpu.OUTPUT_BLOCK == 64  # the widths above are chosen around it
-    assert [cpu.padded_width(w, 40, 3) for w in (64, 70, 130, 40, 100)] == [64, 70, 130, 64, 128]
-    assert [cpu.padded_width(w, 17, 3) for w in (40, 100)] == [64, 100]
-    assert [cpu.padded_width(w, 5, 3) for w in (40, 100)] == [40, 100]
     for B, I, G, kind in [(300, 5, 7, "nonuniform"), (97, 40, 3, "uniform"), (260, 17, 12, "repeated")]:
         p, dy, start = random_layer(seed=O + B, B=B, I=I, O=O, G=G, k=3, kind=kind, dtype=dtype,
                                     base_fun="silu")
@@ -221,11 +217,14 @@ def test_cpu_results_do_not_depend_on_threads_or_blocks(monkeypatch):
     check_cpu_against_reference(p, dy, start, "float64 B=520 I=9 O=70 G=12 nonuniform")
 
 
-def _scratch_peak(B, I, O, G, k, seed):
-    """Peak bytes allocated (tracemalloc: NumPy's and Numba's allocations) by a float64
-    forward + backward of a random layer, after a first call outside the measurement."""
+def test_cpu_scratch_within_its_bound_and_the_budget():
+    """A forward + backward allocates (as tracemalloc sees it: NumPy's and Numba's
+    allocations) no more than ``cpu.kernel_scratch_bytes`` says, and that stays within
+    B*I*(k+2) numbers on the benchmark's G = 50 layer."""
     import tracemalloc
-    p, dy, start = random_layer(seed=seed, B=B, I=I, O=O, G=G, k=k, kind="uniform", dtype=np.float64,
+    numba = pytest.importorskip("numba")
+    B, I, O, G, k = 1024, 64, 64, 50, 3
+    p, dy, start = random_layer(seed=5, B=B, I=I, O=O, G=G, k=k, kind="uniform", dtype=np.float64,
                                 base_fun="silu")
     p = {n: cpu.asarray(a, a.dtype) if isinstance(a, np.ndarray) else a for n, a in p.items()}
     g = {n: cpu.asarray(a, a.dtype) for n, a in start.items()}
@@ -242,31 +241,12 @@ def _scratch_peak(B, I, O, G, k, seed):
     try:
         base = tracemalloc.get_traced_memory()[0]
         call()
-        return tracemalloc.get_traced_memory()[1] - base
+        peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-
-
-def test_cpu_scratch_within_its_bound_and_the_budget():
-    """A forward + backward allocates no more than ``cpu.kernel_scratch_bytes`` says, and
-    that stays within B*I*(k+2) numbers on the benchmark's G = 50 layer."""
-    numba = pytest.importorskip("numba")
-    B, I, O, G, k = 1024, 64, 64, 50, 3
-    peak = _scratch_peak(B, I, O, G, k, seed=5)
     bound = cpu.kernel_scratch_bytes(B, I, O, G, k, 8, numba.get_num_threads())
     assert 0.5 * bound < peak <= bound + 4096, (peak, bound)  # 4 KB: Python's own objects of the calls
     assert bound <= B * I * (k + 2) * 8
-
-
-def test_cpu_scratch_within_its_bound_on_a_padded_layer():
-    """The same bound holds for a layer run at a padded width (``cpu.padded_width``),
-    whose padded copies of the parameters, y, dy and the gradients count too."""
-    numba = pytest.importorskip("numba")
-    B, I, O, G, k = 700, 20, 40, 10, 3
-    assert cpu.padded_width(O, I, k) == 64
-    peak = _scratch_peak(B, I, O, G, k, seed=6)
-    bound = cpu.kernel_scratch_bytes(B, I, O, G, k, 8, numba.get_num_threads())
-    assert 0.5 * bound < peak <= bound + 4096, (peak, bound)
 
 
 def test_cpu_forward_overwrites_and_backward_adds():

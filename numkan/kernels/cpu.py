@@ -83,12 +83,6 @@ the span codes, bases and b(x) of its scratch rows (forward: INPUTS_PER_BLOCK
 inputs x TILES_PER_BLOCK tiles; backward: its block of inputs x one tile, with
 b'(x)) and, in the forward, its block of inputs' scaled coefficient rows
 (INPUTS_PER_BLOCK*K*O numbers); see ``kernel_scratch_bytes``.
-
-A layer with more than PAD_OVER outputs past its last whole block of
-OUTPUT_BLOCK runs at a padded width (``padded_width``): on copies of its
-parameters (and y, dy, the gradients) padded with zeros to whole blocks,
-which the full-block code computes faster than the partial block's code,
-unless the padded y would outgrow the memory budget of B*I*(k+2) numbers.
 """
 import math
 import types
@@ -852,93 +846,47 @@ def _scratch_inv(grid, k):
 
 
 def kernel_scratch_bytes(B, I, O, G, k, itemsize, threads):
-    """Upper bound on the bytes a call allocates at once (inside Numba, whose
-    runtime allocates through Python's raw allocator, so tracemalloc sees them, and
-    the padded copies made in Python; ``tests/test_kernels.py`` checks the bound that
-    way), for a layer of grid size G: the per-input scratch of the set-up pass (knot
-    reciprocals, span guess, scale_sp * mask, scale_base * mask), the backward's raw
-    sums (one coefficient-sized buffer per batch chunk), and per running task the
-    span codes, bases and b(x) of its scratch rows (forward: ``INPUTS_PER_BLOCK``
-    inputs times ``TILES_PER_BLOCK`` tiles, and those inputs' scaled coefficient
-    rows; backward: its block of inputs times one tile, with the derivatives), at
-    most ``threads`` tasks at a time; and, when O is padded (``padded_width``), the
-    padded copies of the parameters and y (forward), or of the parameters, dy and
-    the parameter gradients (backward); the larger of the two passes. (The block
-    accumulators are stack arrays, not counted.) Each aligned allocation
-    (``_empty_aligned``, ``empty``) adds ``SLACK`` elements or ``ALIGN`` bytes."""
+    """Upper bound on the bytes a call allocates at once (all inside Numba, whose
+    runtime allocates through Python's raw allocator, so tracemalloc sees them;
+    ``tests/test_kernels.py`` checks the bound that way), for a layer of grid size G: the
+    per-input scratch of the set-up pass (knot reciprocals, span guess, scale_sp *
+    mask, scale_base * mask), the backward's raw sums (one coefficient-sized buffer
+    per batch chunk), and per running task the span codes, bases and b(x) of its
+    scratch rows (forward: ``INPUTS_PER_BLOCK`` inputs times ``TILES_PER_BLOCK``
+    tiles, and those inputs' scaled coefficient rows; backward: its block of inputs
+    times one tile, with the derivatives), at most ``threads`` tasks at a time; the
+    larger of the two passes. (The block accumulators are stack arrays, not counted.)
+    Each aligned allocation (``_empty_aligned``) adds ``SLACK`` elements."""
     kp1 = k + 1
     K = G + k
     n = G + 2 * k + 1
-    OP = padded_width(O, I, k)
     slack = SLACK * max(itemsize, 4)
-    per_input = I * (kp1 * n + 2 + 2 * OP) * itemsize + I * (SPAN_BUCKETS * (n - 1) + 1) * 4 + 2 * slack
+    per_input = I * (kp1 * n + 2 + 2 * O) * itemsize + I * (SPAN_BUCKETS * (n - 1) + 1) * 4 + 2 * slack
     T = tile(itemsize)
     fwd_tasks = min(forward_chunks(B, K, T), threads)
     R = INPUTS_PER_BLOCK * TILES_PER_BLOCK  # the forward's scratch rows
-    fwd = R * T * 4 + (R * kp1 * T + R * T + INPUTS_PER_BLOCK * K * OP) * itemsize + 4 * slack
+    fwd = R * T * 4 + (R * kp1 * T + R * T + INPUTS_PER_BLOCK * K * O) * itemsize + 4 * slack
     IB = input_block(I)
     nblk = -(-I // IB)
     nchunk = batch_chunks(B, nblk)
     bwd_tasks = nchunk * nblk
     bwd = IB * T * 4 + (2 * IB * kp1 * T + 2 * IB * T) * itemsize + 5 * slack
-    raw_sums = nchunk * I * (K + 1) * OP * itemsize + 2 * slack
-    fwd_copies = bwd_copies = 0
-    if OP != O:  # each copy: its data, ALIGN bytes, and its Python array objects (~700 bytes)
-        fwd_copies = (I * K * OP + 3 * I * OP + B * OP) * itemsize + 5 * (ALIGN + 1024)
-        bwd_copies = (2 * I * K * OP + 5 * I * OP + B * OP) * itemsize + 8 * (ALIGN + 1024)
-    return per_input + max(fwd_tasks * fwd + fwd_copies, raw_sums + min(bwd_tasks, threads) * bwd + bwd_copies)
-
-
-PAD_OVER = OUTPUT_BLOCK // 4  # outputs past the last whole block above which a layer's
-                              # outputs are padded to a whole block (``padded_width``)
-
-
-def padded_width(O, I, k):
-    """The width the kernels run a layer of I inputs, O outputs and order k at: O, or
-    O rounded up to whole blocks of ``OUTPUT_BLOCK`` when more than ``PAD_OVER``
-    outputs are left past the last whole block, unless the padded copy of y, B rows
-    of that width, would outgrow the kernels' memory budget of B*I*(k+2) numbers
-    (a layer of few inputs: its padded copies would cost more memory than its
-    work is worth). The partial block's run-time width leaves LLVM a vector loop of
-    16 float32 (8 float64) outputs and one output at a time for the rest; a whole
-    block, padded with zero parameters, computed and thrown away, is faster from
-    there. Measured (2026-11-29, AVX-512 host, 2 threads, B = 1024, I = 64, G = 5,
-    padded copies included; 'pad' time / partial block time): float32 forward 1.04-2.10x
-    and backward 1.45-3.18x faster at O = 24..63 and 100, forward 0.84-0.86x and backward
-    0.86-1.08x at O = 8 and 16; float64 forward + backward 1.09x at O = 24 and
-    1.1-2.3x above, 0.9x at O = 16 and 0.7x at O = 8."""
-    r = O % OUTPUT_BLOCK
-    OP = O + OUTPUT_BLOCK - r if r > PAD_OVER else O
-    return OP if OP <= I * (k + 2) else O
-
-
-def _padded(a, OP):
-    """a (..., O) -> a new aligned (..., OP) array: a, then zeros."""
-    out = zeros(a.shape[:-1] + (OP,), a.dtype)
-    out[..., :a.shape[-1]] = a
-    return out
+    raw_sums = nchunk * I * (K + 1) * O * itemsize + 2 * slack
+    return per_input + max(fwd_tasks * fwd, raw_sums + min(bwd_tasks, threads) * bwd)
 
 
 def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     """Compiled ``reference.spline_forward``: y (B, O) overwritten. y must not
     overlap any input array (the compiled code assumes its arrays do not;
-    the layers always pass buffers of their own). A layer whose O is padded
-    (``padded_width``) runs on padded copies of its parameters and y."""
+    the layers always pass buffers of their own)."""
     B, I = x.shape
     O = y.shape[1]
-    OP = padded_width(O, I, k)
-    out = y
-    if OP != O:
-        coef, scale_base, scale_sp, mask = (_padded(a, OP) for a in (coef, scale_base, scale_sp, mask))
-        out = empty((B, OP), y.dtype)
     itemsize = coef.dtype.itemsize
     T = tile(itemsize)
-    forward = _forward_kernel(k, OUTPUT_BLOCK, T, OP % OUTPUT_BLOCK == 0)
+    forward = _forward_kernel(k, OUTPUT_BLOCK, T, O % OUTPUT_BLOCK == 0)
     with threads_for(B * I * O):
-        forward(out, x, grid, coef, scale_base, scale_sp, mask, BASE_CODES[base_fun],
-                forward_chunks(B, coef.shape[1], T), INPUTS_PER_BLOCK, sample_block(OP, itemsize))
-    if OP != O:
-        y[...] = out[:, :O]
+        forward(y, x, grid, coef, scale_base, scale_sp, mask, BASE_CODES[base_fun],
+                forward_chunks(B, coef.shape[1], T), INPUTS_PER_BLOCK, sample_block(O, itemsize))
     return y
 
 
@@ -952,25 +900,16 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     O(I*K*O):  dcoef += R * scale_sp * mask,  dscale_base += Rb * mask,
     dscale_sp += mask * sum_m coef * R  (since s = sum_m coef * B[m]).
     Extra memory: R, one coefficient-sized buffer per batch chunk (a single
-    one when the input blocks alone give ``_parallel.TASKS`` tasks); and, for a
-    layer run at a padded width (``padded_width``), padded copies of dy, the
-    parameters and the parameter gradients (added into the caller's after).
+    one when the input blocks alone give ``_parallel.TASKS`` tasks).
     """
     B, I = x.shape
     O = dy.shape[1]
-    OP = padded_width(O, I, k)
-    grads = (dcoef, dscale_base, dscale_sp)
-    if OP != O:  # padded copies; the gradients into zeroed padded buffers, added after
-        dy, coef, scale_base, scale_sp, mask = (_padded(a, OP) for a in (dy, coef, scale_base, scale_sp, mask))
-        grads = tuple(zeros(g.shape[:-1] + (OP,), g.dtype) for g in grads)
     IB = input_block(I)
     nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
-    backward = _backward_kernel(k, OUTPUT_BLOCK, tile(coef.dtype.itemsize), OP % OUTPUT_BLOCK == 0)
+    backward = _backward_kernel(k, OUTPUT_BLOCK, tile(coef.dtype.itemsize), O % OUTPUT_BLOCK == 0)
     with threads_for(B * I * O):
-        backward(dx, *grads, dy, x, grid, coef, scale_base, scale_sp, mask, BASE_CODES[base_fun], nchunk, IB)
-    if OP != O:
-        for g, gp in zip((dcoef, dscale_base, dscale_sp), grads):
-            g += gp[..., :O]
+        backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef, scale_base, scale_sp, mask,
+                 BASE_CODES[base_fun], nchunk, IB)
 
 
 # ===========================================================================
