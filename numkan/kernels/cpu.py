@@ -698,7 +698,7 @@ def _backward_kernel(k, OB, T, FULL):
         # samples b0:b1 of inputs i0:i1: dx[b0:b1, i0:i1], and the raw sums P[c, i0:i1], PB[c, i0:i1];
         # scratch (rows for IB >= i1 - i0 inputs): JT (IB, T) span codes, NT and DT (IB, k+1, T)
         # local bases and their derivatives, BV and BD (IB, T) b(x) and b'(x)
-        IB = i1 - i0
+        ni = i1 - i0  # inputs in this task's block
         O = dy.shape[1]
         zero = dy.dtype.type(0)
         XS = local_array(T, dy.dtype)
@@ -717,11 +717,11 @@ def _backward_kernel(k, OB, T, FULL):
             nb = min(T, b1 - t0)
             # r counts from 0 (not i - i0): LLVM then knows the scratch rows are not
             # negative, and vectorises the tile's stores without index wrap-around
-            for r in range(IB):
+            for r in range(ni):
                 _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo, scale, span,
                             i0 + r, k, True, T)
                 _base_lanes(BV, BD, r, XS, code, True, T)
-            for r in range(IB):
+            for r in range(ni):
                 i = i0 + r
                 # each block of outputs: the tile's samples, with the base raw sum
                 # of the block in pb (registers), added to PB once
