@@ -33,8 +33,15 @@ time from process start to the first forward + backward done.
     python benchmarks/bench_layer.py --out /tmp/bench.md
     python benchmarks/bench_layer.py --quick            # tiny smoke run
 
-On machines where OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set, numpy's
-matrix product may be slowed; the header records both, and numpy's BLAS.
+Where the environment pins OpenBLAS (``OPENBLAS_CORETYPE`` or
+``OPENBLAS_L2_SIZE`` set), numpy's matrix product runs the kernel that the pin
+names, which may be slower than the one OpenBLAS would pick for the CPU (on an
+AVX-512 CPU pinned to "Haswell": the AVX2 kernel). The rate of numpy as the
+environment has it is the baseline (column "GEMM"); a second baseline,
+"unpinned", is numpy's product in a child process started without those
+variables, timed there in the same turns (``UnpinnedGemm``), and the report
+gives both shares and the targets against both. The header records the
+variables and each process's BLAS kernel.
 """
 import argparse
 import datetime
@@ -61,6 +68,7 @@ PAUSE = 0.3  # seconds between turns: OpenBLAS's threads spin for a while after 
              # (and Numba's OpenMP threads after a kernel), taking the cores from the next turn
 
 TARGETS = dict(g50_over_g5=1.3, fwd_gemm=0.30, fwdbwd_gemm=0.20)
+PIN_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # pin OpenBLAS's kernel (see the module docstring)
 
 
 # ---------------------------------------------------------------------------
@@ -89,13 +97,15 @@ def peak_extra_bytes(fn):
         tracemalloc.stop()
 
 
-def interleaved_medians(fns, rounds, min_repeats, min_seconds, max_repeats, warmup=2):
+def interleaved_medians(fns, rounds, min_repeats, min_seconds, max_repeats, warmup=2, self_timed=()):
     """Median wall time of each of ``fns`` (name -> callable), the callables taking
     turns: ``rounds`` rounds, each giving every callable at least
     min_repeats / rounds calls and min_seconds / rounds seconds (at most
     max_repeats / rounds calls), with a pause of ``PAUSE`` seconds before each
     turn. A change of the machine's speed during the measurement then reaches
-    all of them alike."""
+    all of them alike. The callables named in ``self_timed`` return their own
+    time in seconds (work done in another process, timed there), which is
+    taken instead of the wall time around the call."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -109,8 +119,10 @@ def interleaved_medians(fns, rounds, min_repeats, min_seconds, max_repeats, warm
             n, spent = 0, 0.0
             while n < per_max and (n < per_min or spent < min_seconds / rounds):
                 t0 = time.perf_counter()
-                fn()
+                own = fn()
                 dt = time.perf_counter() - t0
+                if name in self_timed:
+                    dt = own
                 times[name].append(dt)
                 spent += dt
                 n += 1
@@ -124,6 +136,57 @@ def gemm_call(n, dtype):
     b = rng.standard_normal((n, n)).astype(dtype)
     out = np.empty((n, n), dtype)
     return (lambda: np.matmul(a, b, out=out)), 2.0 * n ** 3
+
+
+GEMM_CHILD = textwrap.dedent("""
+    import sys, time, numpy as np
+    from bench_layer import blas_info  # this script, found through PYTHONPATH
+    print(blas_info(), flush=True)
+    operands = {}
+    for line in sys.stdin:  # a request "n dtype": one product, answered with its seconds
+        n, dtype = line.split()
+        key = (int(n), dtype)
+        if key not in operands:
+            rng = np.random.default_rng(0)
+            a, b = (rng.standard_normal(key[:1] * 2).astype(dtype) for _ in range(2))
+            operands[key] = a, b, np.empty_like(a)
+        a, b, out = operands[key]
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        print(time.perf_counter() - t0, flush=True)
+""")
+
+
+class UnpinnedGemm:
+    """numpy's n x n matrix product in a child process whose environment lacks
+    ``PIN_VARS``, so that OpenBLAS picks its kernel for the CPU itself. ``call``
+    gives a callable that has the child run and time one product and returns
+    the child's seconds (``interleaved_medians``'s ``self_timed``): the pipe's
+    round trip is not in the time."""
+
+    def __init__(self):
+        env = {v: x for v, x in os.environ.items() if v not in PIN_VARS}
+        env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)),
+                                             env.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen([sys.executable, "-c", GEMM_CHILD], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.blas = self.proc.stdout.readline().strip()
+        if not self.blas:
+            raise RuntimeError("the unpinned GEMM process did not start")
+
+    def call(self, n, dtype):
+        request = f"{n} {np.dtype(dtype).name}\n"
+
+        def product():
+            self.proc.stdin.write(request)
+            self.proc.stdin.flush()
+            return float(self.proc.stdout.readline())
+
+        return product
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 # ---------------------------------------------------------------------------
@@ -197,14 +260,18 @@ def dense_calls(layer, x, dy):
     return forward, forward_backward, basis_seconds
 
 
-def run_case(B, I, O, G, dtype, be, reps, gemm_n):
+def run_case(B, I, O, G, dtype, be, reps, gemm_n, unpinned=None):
     layer, x, dy = make_case(B, I, O, G, dtype)
     k = layer.k
     fwd, fwdbwd = numkan_calls(be, layer, x, dy)
     gemm_fn, gemm_flops = gemm_call(gemm_n, dtype)
-    t = interleaved_medians(dict(f=fwd, fb=fwdbwd, gemm=gemm_fn), ROUNDS, reps["min"], reps["sec"], reps["max"])
+    fns = dict(f=fwd, fb=fwdbwd, gemm=gemm_fn)
+    if unpinned is not None:
+        fns["gemm_u"] = unpinned.call(gemm_n, dtype)
+    t = interleaved_medians(fns, ROUNDS, reps["min"], reps["sec"], reps["max"], self_timed=("gemm_u",))
     t_f, t_fb = t["f"], t["fb"]
     gemm = gemm_flops / t["gemm"]
+    gemm_u = gemm_flops / t["gemm_u"] if unpinned is not None else None
     # NumPy's allocations and Numba's (tracemalloc sees both)
     extra = peak_extra_bytes(fwdbwd) / np.dtype(dtype).itemsize
     d_fwd, d_fwdbwd, basis_s = dense_calls(layer, x, dy)
@@ -217,6 +284,7 @@ def run_case(B, I, O, G, dtype, be, reps, gemm_n):
         t_f=t_f, t_fb=t_fb, edges_f=edges / t_f, edges_fb=edges / t_fb,
         gf_f=flops / t_f / 1e9, gf_fb=3 * flops / t_fb / 1e9,
         gemm=gemm, gemm_f=flops / t_f / gemm, gemm_fb=3 * flops / t_fb / gemm,
+        gemm_u=gemm_u, gemm_u_f=gemm_u and flops / t_f / gemm_u, gemm_u_fb=gemm_u and 3 * flops / t_fb / gemm_u,
         td_f=td_f, td_fb=td_fb, basis_s=basis_s,
         extra=extra, budget=B * I * (k + 2),
     )
@@ -285,9 +353,15 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def header(rows, gemm_n, load):
+def gemm_ranges(rows, key):
+    return ", ".join(f"{d} {min(r[key] for r in rows if r['dtype'] == d) / 1e9:.1f}"
+                     f"-{max(r[key] for r in rows if r['dtype'] == d) / 1e9:.1f} GFLOP/s"
+                     for d in dict.fromkeys(r["dtype"] for r in rows))
+
+
+def header(rows, gemm_n, load, unpinned_blas):
     import numba
-    env = {v: os.environ.get(v, "unset") for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = {v: os.environ.get(v, "unset") for v in PIN_VARS}
     return "\n".join([
         f"# numkan layer benchmark ({datetime.date.today().isoformat()})",
         "",
@@ -300,10 +374,11 @@ def header(rows, gemm_n, load):
         + (" (above the core count: other processes shared the cores and the times are inflated)"
            if max(load) > (os.cpu_count() or 1) else ""),
         f"- numpy GEMM ({gemm_n}x{gemm_n}), measured in turns with each case's calls (column "
-        "'GEMM GFLOP/s'; the '% GEMM' columns are shares of that row's rate): "
-        + ", ".join(f"{d} {min(r['gemm'] for r in rows if r['dtype'] == d) / 1e9:.1f}"
-                    f"-{max(r['gemm'] for r in rows if r['dtype'] == d) / 1e9:.1f} GFLOP/s"
-                    for d in dict.fromkeys(r["dtype"] for r in rows)),
+        "'GEMM GFLOP/s'; the '% GEMM' columns are shares of that row's rate): " + gemm_ranges(rows, "gemm"),
+    ] + ([
+        f"- unpinned GEMM: the same product in a child process without {' / '.join(PIN_VARS)}, "
+        f"in the same turns (columns 'unpinned'): {gemm_ranges(rows, 'gemm_u')}; its BLAS: {unpinned_blas}",
+    ] if unpinned_blas else []) + [
         f"- k = {K_ORDER}; flops counted as 2(k+1) = {2 * (K_ORDER + 1)} per edge per pass, "
         "forward + backward = 3 passes; times are medians; 'dense' = all G+k bases in a (B, I*K) "
         "matrix (built outside the timing) and numpy matrix products; memory in numbers of the dtype",
@@ -311,21 +386,28 @@ def header(rows, gemm_n, load):
 
 
 def table(rows):
+    unpinned = rows[0]["gemm_u"] is not None
     cols = ["dtype", "B", "I", "O", "G", "fwd ms", "fwd+bwd ms", "Gedge/s fwd", "Gedge/s f+b",
-            "GFLOP/s fwd", "GFLOP/s f+b", "GEMM GFLOP/s", "% GEMM fwd", "% GEMM f+b", "dense fwd ms", "x dense fwd",
-            "dense f+b ms", "x dense f+b", "extra mem", "budget B·I·(k+2)"]
+            "GFLOP/s fwd", "GFLOP/s f+b", "GEMM GFLOP/s", "% GEMM fwd", "% GEMM f+b"]
+    cols += ["unpinned GEMM GFLOP/s", "% unpinned fwd", "% unpinned f+b"] if unpinned else []
+    cols += ["dense fwd ms", "x dense fwd", "dense f+b ms", "x dense f+b", "extra mem", "budget B·I·(k+2)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join([
+        cells = [
             r["dtype"], str(r["B"]), str(r["I"]), str(r["O"]), str(r["G"]),
             f"{r['t_f'] * 1e3:.3f}", f"{r['t_fb'] * 1e3:.3f}",
             f"{r['edges_f'] / 1e9:.2f}", f"{r['edges_fb'] / 1e9:.2f}",
             f"{r['gf_f']:.1f}", f"{r['gf_fb']:.1f}", f"{r['gemm'] / 1e9:.1f}",
             f"{100 * r['gemm_f']:.0f}%", f"{100 * r['gemm_fb']:.0f}%",
+        ]
+        if unpinned:
+            cells += [f"{r['gemm_u'] / 1e9:.1f}", f"{100 * r['gemm_u_f']:.0f}%", f"{100 * r['gemm_u_fb']:.0f}%"]
+        cells += [
             f"{r['td_f'] * 1e3:.3f}", f"{r['td_f'] / r['t_f']:.2f}x",
             f"{r['td_fb'] * 1e3:.3f}", f"{r['td_fb'] / r['t_fb']:.2f}x",
             f"{r['extra']:,.0f}", f"{r['budget']:,}",
-        ]) + " |")
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("'x dense' = dense time / numkan time (above 1: numkan is faster). "
                  "Dense basis construction, not timed above, took "
@@ -343,12 +425,14 @@ def targets(rows):
         ratio = r50["t_fb"] / r5["t_fb"]
         out.append(f"| fwd+bwd time G=50 / G=5 (B,I,O={r5['B']},{r5['I']},{r5['O']}) <= "
                    f"{TARGETS['g50_over_g5']} | {ratio:.2f} | {'yes' if ratio <= TARGETS['g50_over_g5'] else 'no'} |")
+    baselines = [("gemm", "GEMM rate")] + ([("gemm_u", "unpinned GEMM rate")] if f32 and f32[0]["gemm_u"] else [])
     for r in f32:
         case = f"({r['B']}, {r['I']}, {r['O']}, {r['G']})"
-        out.append(f"| forward >= {TARGETS['fwd_gemm']:.0%} of GEMM rate {case} | {r['gemm_f']:.0%} | "
-                   f"{'yes' if r['gemm_f'] >= TARGETS['fwd_gemm'] else 'no'} |")
-        out.append(f"| fwd+bwd >= {TARGETS['fwdbwd_gemm']:.0%} of GEMM rate {case} | {r['gemm_fb']:.0%} | "
-                   f"{'yes' if r['gemm_fb'] >= TARGETS['fwdbwd_gemm'] else 'no'} |")
+        for key, name in baselines:
+            for part, label in (("f", "forward"), ("fb", "fwd+bwd")):
+                share, goal = r[f"{key}_{part}"], TARGETS["fwd_gemm" if part == "f" else "fwdbwd_gemm"]
+                out.append(f"| {label} >= {goal:.0%} of {name} {case} | {share:.0%} | "
+                           f"{'yes' if share >= goal else 'no'} |")
         out.append(f"| extra memory <= B·I·(k+2) = {r['budget']:,} {case} | {r['extra']:,.0f} | "
                    f"{'yes' if r['extra'] <= r['budget'] else 'no'} |")
     return "\n".join(out)
@@ -374,15 +458,20 @@ def main(argv=None):
         sys.exit("numba is not available: device='cpu' fell back to the reference")
 
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    unpinned = UnpinnedGemm() if any(v in os.environ for v in PIN_VARS) else None
     rows = []
-    for dtype in dtypes:
-        for B, I, O, G in cases:
-            r = run_case(B, I, O, G, dtype, be, reps, gemm_n)
-            print(f"  {r['dtype']} {(B, I, O, G)}: fwd {r['t_f'] * 1e3:.3f} ms, "
-                  f"fwd+bwd {r['t_fb'] * 1e3:.3f} ms", file=sys.stderr, flush=True)
-            rows.append(r)
+    try:
+        for dtype in dtypes:
+            for B, I, O, G in cases:
+                r = run_case(B, I, O, G, dtype, be, reps, gemm_n, unpinned)
+                print(f"  {r['dtype']} {(B, I, O, G)}: fwd {r['t_f'] * 1e3:.3f} ms, "
+                      f"fwd+bwd {r['t_fb'] * 1e3:.3f} ms", file=sys.stderr, flush=True)
+                rows.append(r)
+    finally:
+        if unpinned is not None:
+            unpinned.close()
     load = (load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))
-    report = [header(rows, gemm_n, load), "", table(rows), targets(rows)]
+    report = [header(rows, gemm_n, load, unpinned and unpinned.blas), "", table(rows), targets(rows)]
     if not (args.no_startup or args.quick):
         cold, warm, bare = startup_times(np.float32)
         report += ["", "## Start-up (float32, k=3, case (1024, 64, 64, 5))", "",
