@@ -48,14 +48,6 @@ def worst(actual, expected, floor=0.0):
     return float(err[idx]), tuple(int(v) for v in idx), float(actual[idx]), float(expected[idx])
 
 
-def uniform_knot_offset(t):
-    """Largest distance of the knots t from the progression t[0] + m h, h = (t[-1] - t[0]) / (n-1),
-    in units of eps * h (eps of t's dtype): what the kernels' set-up compares with UNIFORM_ULPS."""
-    t64 = t.astype(np.float64)
-    h = (t64[-1] - t64[0]) / (t.size - 1)
-    return np.max(np.abs(t64 - (t64[0] + np.arange(t.size) * h))) / (np.finfo(t.dtype).eps * h)
-
-
 def assert_close(name, actual, expected, rtol, floor=0.0):
     """Fail with the worst index when any entry is off by more than ``rtol`` (see ``worst``)."""
     err, idx, a, e = worst(actual, expected, floor)

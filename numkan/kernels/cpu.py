@@ -34,13 +34,11 @@ Why it is fast:
   keeps in registers, and no loop that writes memory reads an array that LLVM
   must assume it overlaps, so there are no run-time overlap checks in the loops;
 - the bases of a tile are vectorised across its samples: the only loads that
-  differ between lanes are the 2k knots around each span (2 where the knots
-  are uniform to a few eps * h, as numkan's own grids are but for fine
-  float32 ones: Cox-de Boor on the unit grid then needs no other knots and no
-  divisions); the span guess is a bucket index from a per-input scale, then
-  one table load (none on a uniform grid), both prepared once per call, and
-  b(x) and b'(x) are computed in the same lanes, with an exp that is plain
-  arithmetic LLVM vectorises (``_vexp``);
+  differ between lanes are the 2k knots around each span; the span guess
+  is a bucket index from a per-input scale, then one table load (none on a
+  uniform grid), both prepared once per call, and b(x) and b'(x)
+  are computed in the same lanes, with an exp that is plain arithmetic LLVM
+  vectorises (``_vexp``);
 - all storage of this backend, and every buffer of the wrappers, starts on a
   64-byte boundary (``empty``), so no 32-byte load or store of a row of
   coefficients, outputs or raw sums straddles two cache lines;
@@ -118,13 +116,6 @@ TILES_PER_BLOCK = 4  # forward: tiles of samples that share a block of inputs' c
 
 ALIGN = 64         # bytes: storage starts on a cache line (see ``empty``)
 SPAN_BUCKETS = 4  # buckets of the span guess per knot interval (``_setup_input``)
-UNIFORM_ULPS = 4  # knots within this many eps * h of an arithmetic progression (spacing h) have
-                  # their bases computed as on a uniform grid (``_tile_bases``); the difference
-                  # from Cox-de Boor on the stored knots is then about k times that, a few eps.
-                  # Measured (2026-11-29, AVX-512 host, float32, interleaved): forward 1.12-1.14x
-                  # at G = 5, 1.07x at G = 10, backward 1.03-1.06x; on numkan's float32 grids
-                  # of G = 20 and 50 (offsets 7.7 and 8.9) the general path runs. With no
-                  # threshold the float32 error reached 2.5x the reference tolerance at G = 200.
 
 Y_BLOCK_BYTES = 256 * 1024  # forward: the rows of y a block of samples keeps in cache
 
@@ -281,19 +272,12 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
        middle, ``span[i, bucket]`` (clamped to the interior spans k .. n-2-k;
        on a uniform grid bucket // SPAN_BUCKETS, without the table load);
        ``lo``, ``scale``, ``span`` come from ``_setup_input``;
-    2. the bases, one of two ways (the flag ``span[i, M]``, see ``_setup_input``):
-       - knots uniform to within ``UNIFORM_ULPS`` * eps * h (numkan's own grids,
-         but for fine float32 ones): the knots t[j] and t[j+1] of each lane, and
-         Cox-de Boor on the unit grid, in u = (x - t[j]) / h: a knot difference
-         d becomes its count of intervals, so the recursion has no knot loads
-         and no divisions. It differs from Cox-de Boor on the stored knots by
-         about k * (their distance from the progression) / h, a few eps;
-       - else the 2k knots t[j-k+1 .. j+k] of each lane into KW (one row per knot:
-         the only loads that differ between lanes), then Cox-de Boor on the local
-         triangle (``_scalar.local_basis``, with the reciprocals of the knot
-         differences computed here);
-       and OK[u] = 1 where t[j] <= x < t[j+1], i.e. the guess was the span;
-    3. the lanes where it was not (non-uniform knots, a boundary span, outside
+    2. the 2k knots t[j-k+1 .. j+k] of each lane into KW (one row per knot:
+       the only loads that differ between lanes);
+    3. Cox-de Boor on the local triangle (``_scalar.local_basis``, with the
+       reciprocals of the knot differences computed here), and OK[u] = 1
+       where t[j] <= x < t[j+1], i.e. the guess was the span;
+    4. the lanes where it was not (non-uniform knots, a boundary span, outside
        the knots) are redone one by one by ``_bases_at``.
     XS, KW, OK (T, 2k*T, T) and N, dN, work are the caller's stack scratch; T, the
     tile's size, is a constant of the caller's compiled code.
@@ -302,10 +286,9 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
     one = XS.dtype.type(1)  # typed constants: a bare 1 would promote float32 to float64
     zero = XS.dtype.type(0)
     kk = XS.dtype.type(k)
-    M = span.shape[1] - 1  # buckets; span[i, M]: 0 a table, 1 a uniform grid's, 2 uniform knots
-    grid_kind = span[i, M]
-    sc = scale[i] * XS.dtype.type(1 / SPAN_BUCKETS)  # 1/h on a uniform grid (exact: a power of two)
-    if grid_kind != 0:  # uniform: the span is the bucket's index / SPAN_BUCKETS, no table load
+    M = span.shape[1] - 1  # buckets; span[i, M] = 1 when the table is that of a uniform grid
+    if span[i, M] == 1:  # uniform: the span is the bucket's index / SPAN_BUCKETS, no table load
+        sc = scale[i] * XS.dtype.type(1 / SPAN_BUCKETS)  # exact: a power of two
         last = XS.dtype.type(n - 2 - k)
         for u in range(T):  # vectorised
             xv = x[_u(t0 + u), i] if u < nb else x[_u(t0), i]  # idle lanes repeat the first sample
@@ -321,58 +304,31 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
             g = (xv - lo[i]) * scale[i]
             g = zero if g < zero else (mlast if g > mlast else g)
             JT[r, u] = span[i, _u(np.int32(g))]
-    if grid_kind == 2:
-        for u in range(T):  # the span's knots t[j], t[j+1]
-            a = JT[r, u]
-            KW[u] = grid[i, _u(a)]
-            KW[T + u] = grid[i, _u(a + 1)]
-        for u in range(T):
-            xv = XS[u]
-            uu = (xv - KW[u]) * sc
-            N[0] = one
-            for rr in range(1, k + 1):
-                saved = zero
-                c = XS.dtype.type(1 / rr)  # 1 / d: knots s and s + rr of the unit grid
-                for s in range(rr):
-                    if deriv and rr == k:  # dN = k (N_{k-1}[s-1] / d_{s-1} - N_{k-1}[s] / d_s), d = k h
-                        w = N[s] * sc
-                        dN[s] = -w if s == 0 else dN[s] - w
-                        dN[s + 1] = w
-                    q = N[s] * c
-                    N[s] = saved + (XS.dtype.type(s + 1) - uu) * q  # right knot: j+1+s
-                    saved = (uu + XS.dtype.type(rr - 1 - s)) * q    # left knot: j+1-rr+s
-                N[rr] = saved
-            for s in range(k + 1):
-                NT[r, s, u] = N[s]
-                if deriv:
-                    DT[r, s, u] = dN[s]
-            OK[u] = np.int32(KW[u] <= xv) & np.int32(xv < KW[T + u])
-    else:
-        for u in range(T):  # the knots around the spans (one load per lane and knot)
-            a = JT[r, u] - k + 1
-            for m in range(2 * k):
-                KW[m * T + u] = grid[i, _u(a + m)]
-        for u in range(T):
-            xv = XS[u]
-            N[0] = one
-            for rr in range(1, k + 1):
-                saved = zero
-                for s in range(rr):
-                    right = KW[(k + s) * T + u]      # t[j+1+s]
-                    left = KW[(k - rr + s) * T + u]  # t[j+1-rr+s]
-                    d = right - left
-                    q = N[s] / d if d > zero else zero
-                    if deriv and rr == k:
-                        dN[s] = -kk * q if s == 0 else dN[s] - kk * q
-                        dN[s + 1] = kk * q
-                    N[s] = saved + (right - xv) * q
-                    saved = (xv - left) * q
-                N[rr] = saved
-            for s in range(k + 1):
-                NT[r, s, u] = N[s]
-                if deriv:
-                    DT[r, s, u] = dN[s]
-            OK[u] = np.int32(KW[(k - 1) * T + u] <= xv) & np.int32(xv < KW[k * T + u])
+    for u in range(T):  # the knots around the spans (one load per lane and knot)
+        a = JT[r, u] - k + 1
+        for m in range(2 * k):
+            KW[m * T + u] = grid[i, _u(a + m)]
+    for u in range(T):
+        xv = XS[u]
+        N[0] = one
+        for rr in range(1, k + 1):
+            saved = zero
+            for s in range(rr):
+                right = KW[(k + s) * T + u]      # t[j+1+s]
+                left = KW[(k - rr + s) * T + u]  # t[j+1-rr+s]
+                d = right - left
+                q = N[s] / d if d > zero else zero
+                if deriv and rr == k:
+                    dN[s] = -kk * q if s == 0 else dN[s] - kk * q
+                    dN[s + 1] = kk * q
+                N[s] = saved + (right - xv) * q
+                saved = (xv - left) * q
+            N[rr] = saved
+        for s in range(k + 1):
+            NT[r, s, u] = N[s]
+            if deriv:
+                DT[r, s, u] = dN[s]
+        OK[u] = np.int32(KW[(k - 1) * T + u] <= xv) & np.int32(xv < KW[k * T + u])
     for u in range(nb):
         if OK[u] == 0:
             JT[r, u] = _bases_at(N, dN, work, grid, inv, i, XS[u], k, deriv)
@@ -433,10 +389,7 @@ def _setup_input(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask
     kernel's dtype); span[i, b] is the span that holds the bucket's middle
     t[0] + (b + 1/2) * step, step = (t[-1] - t[0]) / M (float64), clamped to
     the interior spans k .. n-2-k, and span[i, M] is 1 when the table is a
-    uniform grid's (span[i, b] = b // SPAN_BUCKETS, clamped), 2 when moreover
-    every knot is within ``UNIFORM_ULPS`` * eps * h of t[0] + m * h, h = (t[-1] -
-    t[0]) / (n-1) (float64; eps of the grid's dtype): ``_tile_bases`` then
-    computes the bases as on a uniform grid. On a uniform
+    uniform grid's (span[i, b] = b // SPAN_BUCKETS, clamped). On a uniform
     grid no bucket holds a knot; on knots placed at sample quantiles
     (``update_grid``) few do, and the samples of a bucket on the wrong side of
     its knot go to ``_bases_at``."""
@@ -469,14 +422,6 @@ def _setup_input(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask
     uniform = 1
     for b in range(M):
         uniform &= np.int32(span[i, b] == min(max(b // SPAN_BUCKETS, k), n - 2 - k))
-    if uniform == 1:  # and the knots themselves: within UNIFORM_ULPS * eps * h of t0 + m h?
-        h = width / (n - 1)
-        eps = 1.1920928955078125e-07 if grid.itemsize == 4 else 2.220446049250313e-16
-        off = 0.0
-        for m in range(n):
-            off = max(off, abs(np.float64(grid[i, m]) - (t0 + m * h)))
-        if off <= UNIFORM_ULPS * eps * h:
-            uniform = 2
     span[i, M] = uniform
     for o in range(mask.shape[1]):
         spm[i, o] = scale_sp[i, o] * mask[i, o]
