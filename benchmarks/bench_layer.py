@@ -166,8 +166,8 @@ class UnpinnedGemm:
 
     def __init__(self):
         env = {v: x for v, x in os.environ.items() if v not in PIN_VARS}
-        env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)),
-                                             env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.abspath(__file__)),
+                                                        env.get("PYTHONPATH")] if p)
         self.proc = subprocess.Popen([sys.executable, "-c", GEMM_CHILD], env=env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.blas = self.proc.stdout.readline().strip()
