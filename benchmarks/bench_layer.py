@@ -139,20 +139,16 @@ def gemm_call(n, dtype):
 
 
 GEMM_CHILD = textwrap.dedent("""
-    import sys, time, numpy as np
-    from bench_layer import blas_info  # this script, found through PYTHONPATH
+    import sys, time
+    from bench_layer import blas_info, gemm_call  # this script, found through PYTHONPATH
     print(blas_info(), flush=True)
-    operands = {}
+    products = {}
     for line in sys.stdin:  # a request "n dtype": one product, answered with its seconds
         n, dtype = line.split()
-        key = (int(n), dtype)
-        if key not in operands:
-            rng = np.random.default_rng(0)
-            a, b = (rng.standard_normal(key[:1] * 2).astype(dtype) for _ in range(2))
-            operands[key] = a, b, np.empty_like(a)
-        a, b, out = operands[key]
+        if (n, dtype) not in products:
+            products[n, dtype] = gemm_call(int(n), dtype)[0]
         t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
+        products[n, dtype]()
         print(time.perf_counter() - t0, flush=True)
 """)
 
@@ -279,12 +275,13 @@ def run_case(B, I, O, G, dtype, be, reps, gemm_n, unpinned=None):
     td_fb = median_time(d_fwdbwd, reps["min"], reps["sec"], reps["max"])
     edges = B * I * O
     flops = 2 * (k + 1) * edges
+    unpinned_shares = (flops / t_f / gemm_u, 3 * flops / t_fb / gemm_u) if gemm_u else (None, None)
     return dict(
         dtype=np.dtype(dtype).name, B=B, I=I, O=O, G=G,
         t_f=t_f, t_fb=t_fb, edges_f=edges / t_f, edges_fb=edges / t_fb,
         gf_f=flops / t_f / 1e9, gf_fb=3 * flops / t_fb / 1e9,
         gemm=gemm, gemm_f=flops / t_f / gemm, gemm_fb=3 * flops / t_fb / gemm,
-        gemm_u=gemm_u, gemm_u_f=gemm_u and flops / t_f / gemm_u, gemm_u_fb=gemm_u and 3 * flops / t_fb / gemm_u,
+        gemm_u=gemm_u, gemm_u_f=unpinned_shares[0], gemm_u_fb=unpinned_shares[1],
         td_f=td_f, td_fb=td_fb, basis_s=basis_s,
         extra=extra, budget=B * I * (k + 2),
     )
