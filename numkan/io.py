@@ -7,7 +7,7 @@ File layout (format version 1):
     layers.{l}.coef        (I, G+k, O)
     layers.{l}.scale_base  (I, O)
     layers.{l}.scale_sp    (I, O)
-    layers.{l}.mask        (I, O)
+    layers.{l}.mask        (I, O)        0 or 1
     {section}.{name}       arrays of an extra section (see below)
 
     header = {"format": "numkan.KAN", "version": 1, "numkan": "<version>",
@@ -18,8 +18,16 @@ File layout (format version 1):
 
 Arrays are stored in the model's dtype, exactly, so a loaded model gives
 bit-identical outputs. Nothing device-specific is stored: ``load`` puts the
-model on the device it is asked for. Files are read with
-``allow_pickle=False``: loading never runs code.
+model on the device it is asked for.
+
+Loading never runs code and never trusts a size: the archive is read member
+by member (stored or deflated members only, as numpy writes them), each
+member's ``.npy`` header is checked against the bytes the member really
+holds before its array is allocated, the whole archive may expand to at most
+``MAX_EXPANSION`` times its size on disk, and the model is built only after
+the header's sizes agree with the arrays present. So the memory a file can
+make ``load`` take is bounded by what the file holds. Any file that is not a
+valid model raises ValueError naming the file.
 
 Extra state (e.g. the symbolic edges) joins the file as a *section*:
 ``register_section(name, save_fn, load_fn)`` with ``save_fn(model) -> (meta,
@@ -29,16 +37,31 @@ them (raising ValueError on bad content). A file that holds a section this
 numkan does not know was written by a newer one, and is refused.
 """
 import json
+import math
+import numbers
 import os
-import tempfile
+import secrets
+import stat
+import struct
 import zipfile
 import zlib
 
 import numpy as np
+from numpy.lib import format as npy_format
+
+from . import _validate as v
 
 FORMAT = "numkan.KAN"
 FORMAT_VERSION = 1
 LAYER_ARRAYS = ("grid", "coef", "scale_base", "scale_sp", "mask")
+# The arrays of a file may take at most this many times the file's size once
+# unpacked (plus a little for tiny files). ``save`` writes stored members (a
+# ratio of about 1); a copy re-packed with ``np.savez_compressed`` stays far
+# below it, while a "zip bomb" that claims gigabytes from kilobytes does not.
+MAX_EXPANSION = 64
+_SLACK_BYTES = 1 << 20
+_HEADER_KEYS = ("width", "grid", "k", "seed", "grid_range", "base_fun", "grid_eps", "dtype",
+                "sp_trainable", "sb_trainable")
 _SECTIONS = {}
 
 
@@ -56,20 +79,26 @@ def _header(model):
             "seed": int(model.seed), "grid_range": [float(g) for g in model.grid_range],
             "base_fun": model.base_fun, "grid_eps": float(model.grid_eps),
             "dtype": np.dtype(model.dtype).name,
-            "sp_trainable": bool(getattr(model, "sp_trainable", True)),
-            "sb_trainable": bool(getattr(model, "sb_trainable", True)),
+            "sp_trainable": bool(model.sp_trainable), "sb_trainable": bool(model.sb_trainable),
             "sections": {}}
 
 
+# ---------------------------------------------------------------------------
+# save: write a temporary file beside the target, flush it to disk, rename it
 def save(model, path):
-    """Write ``model`` to ``path`` (".npz" is appended when missing); returns the path written.
+    """Write ``model`` to ``path`` (".npz" is appended when missing); returns that path.
 
-    The file is written to a temporary name and renamed, so an interrupted
-    save never leaves a half-written file under ``path``.
+    The file is written under a temporary name in the target's directory,
+    flushed to disk and renamed over the target, so an interrupted save never
+    leaves a half-written file under ``path`` (nor a temporary file). A file
+    that is replaced keeps its permission bits; a new file gets the umask's
+    default, as ``open`` would give it. When ``path`` is a symbolic link, the
+    file it points to is written and the link stays. Errors name ``path``.
     """
     path = os.fspath(path)
     if not path.endswith(".npz"):
         path += ".npz"
+    # everything that can fail on the model's side happens before the disk is touched
     be = model.backend
     header = _header(model)
     arrays = {}
@@ -83,119 +112,312 @@ def save(model, path):
         header["sections"][name] = meta
         for key, a in extra.items():
             arrays[f"{name}.{key}"] = np.asarray(a)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=directory)
+    header = np.array(json.dumps(header))
+
+    # renaming onto a link would replace the link: write next to (and over) its target
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
+    tmp = None
     try:
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode) & 0o777
+        except FileNotFoundError:
+            mode = None
+        fd, tmp = _create_temp(directory, os.path.basename(target))
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, header=np.array(json.dumps(header)), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+            if mode is not None:
+                _chmod(f, tmp, mode)
+            np.savez(f, header=header, **arrays)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, target)
+        tmp = None
+        _fsync_dir(directory)  # ... and so is the rename
+    except OSError as exc:
+        # the temporary name means nothing to the caller: report the path they gave
+        if exc.errno is None:
+            raise OSError(f"could not save to {path}: {exc}") from None
+        raise type(exc)(exc.errno, f"could not save to {path}: {exc.strerror}", path) from None
+    finally:
+        # any failure, KeyboardInterrupt included, takes the temporary file with it
+        if tmp is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
     return path
+
+
+def _create_temp(directory, base):
+    """(fd, name) of a new file in ``directory``, created with mode 0o666 less the umask.
+
+    Not ``tempfile.mkstemp``: its files are 0600, and the saved file would keep that.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
+def _chmod(f, name, mode):
+    if hasattr(os, "fchmod"):
+        os.fchmod(f.fileno(), mode)
+    else:  # Windows before Python 3.13
+        os.chmod(name, mode)
+
+
+def _fsync_dir(directory):
+    """Make a rename in ``directory`` durable, where the OS lets a directory be fsync'ed."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse it; the file itself is already on disk
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# load: every check made before anything the file asks for is allocated
+class _Corrupt(Exception):
+    """A reason the archive is unreadable; ``_read`` turns it into the ValueError."""
+
+
+# Exceptions that zipfile, zlib and numpy's .npy parser raise on damaged bytes.
+# NotImplementedError (an unknown compression method, strong encryption),
+# RuntimeError (an encrypted member), struct.error (a short record) and
+# RecursionError (a deeply nested .npy header) are all among them.
+_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, OverflowError,
+                RuntimeError, struct.error, zipfile.BadZipFile, zlib.error, _Corrupt)
 
 
 def _read(path):
     """(header dict, arrays dict) from the file, or a ValueError saying what is wrong."""
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single array, not an .npz archive")
-        with z:
-            files = list(z.files)
-            if "header" not in files:
-                raise ValueError("it has no 'header' entry")
-            contents = {n: z[n] for n in files}
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise ValueError(f"{path} is not a readable numkan model file "
-                         f"(corrupt or truncated?): {exc}") from None
+    with open(path, "rb") as f:  # a missing or unreadable file raises OSError naming it
+        single = f.read(6) == b"\x93NUMPY"
+        file_size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        if single:
+            raise ValueError(f"{path} holds a single array (.npy), not an .npz archive")
+        try:
+            contents = _read_members(f, file_size)
+        except _READ_ERRORS as exc:
+            raise ValueError(f"{path} is not a readable numkan model file "
+                             f"(corrupt or truncated?): {type(exc).__name__}: {exc}") from None
+    if "header" not in contents:
+        raise ValueError(f"{path} is not a numkan model file: it has no 'header' entry")
     raw = contents.pop("header")
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise ValueError(f"{path}: the header is a {raw.dtype} array of shape {raw.shape}, "
+                         "expected a 0-d unicode string")
     try:
         header = json.loads(str(raw[()]))
-    except (ValueError, TypeError, IndexError) as exc:
-        raise ValueError(f"{path}: the header is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: the header is not valid JSON: {type(exc).__name__}: {exc}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{path} is not a numkan model file (header format "
-                         f"{header.get('format') if isinstance(header, dict) else header!r}, "
+                         f"{header.get('format') if isinstance(header, dict) else header!r:.80}, "
                          f"expected {FORMAT!r})")
     version = header.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise ValueError(f"{path}: bad format version {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path}: bad format version {version!r:.80}, expected an integer >= 1")
     if version > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer numkan (format version {version}; "
                          f"this numkan reads up to version {FORMAT_VERSION}): upgrade numkan")
     return header, contents
 
 
-def _expected_shapes(model, l):
-    L = model.layers[l]
-    I, O, G, k = L.in_dim, L.out_dim, model.grid, model.k
-    return {"grid": (I, G + 2 * k + 1), "coef": (I, G + k, O), "scale_base": (I, O),
-            "scale_sp": (I, O), "mask": (I, O)}
+def _read_members(f, file_size):
+    """{name: array} of the .npz archive open as ``f``, its sizes checked before each read."""
+    with zipfile.ZipFile(f) as z:
+        infos = z.infolist()
+        names = [i.filename for i in infos]
+        if len(set(names)) != len(names):
+            raise _Corrupt("it names a member twice")
+        unpacked = 0
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise _Corrupt(f"member {info.filename!r:.80} is not an .npy array")
+            if info.flag_bits & 0x1:
+                raise _Corrupt(f"member {info.filename!r:.80} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise _Corrupt(f"member {info.filename!r:.80} uses compression method "
+                               f"{info.compress_type} (numpy writes stored or deflated members)")
+            if info.compress_size > file_size or (
+                    info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
+                raise _Corrupt(f"member {info.filename!r:.80} claims sizes ({info.compress_size} "
+                               f"packed, {info.file_size} unpacked) that the file cannot hold")
+            unpacked += info.file_size
+        if unpacked > MAX_EXPANSION * file_size + _SLACK_BYTES:
+            raise _Corrupt(f"its members claim {unpacked} bytes unpacked from a file of "
+                           f"{file_size} bytes (more than MAX_EXPANSION = {MAX_EXPANSION} times)")
+        return {info.filename[:-4]: _read_npy(z, info) for info in infos}
+
+
+def _read_npy(z, info):
+    """One member's array; its shape and dtype must account for exactly the bytes it holds."""
+    with z.open(info) as m:
+        version = npy_format.read_magic(m)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(m)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(m)
+        else:
+            raise _Corrupt(f"member {info.filename!r:.80} has .npy version {version}")
+        # plain numbers and strings only: no objects (pickles), records or sub-arrays
+        if dtype.kind not in "biufU" or dtype.fields is not None or dtype.shape != () \
+                or dtype.itemsize == 0:
+            raise _Corrupt(f"member {info.filename!r:.80} has dtype {dtype}")
+        if not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise _Corrupt(f"member {info.filename!r:.80} has shape {shape!r:.80}")
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if m.tell() + nbytes != info.file_size:
+            raise _Corrupt(f"member {info.filename!r:.80} declares shape {shape} of {dtype} "
+                           f"({nbytes} bytes) but holds {info.file_size - m.tell()} bytes")
+        data = m.read(nbytes)
+        if len(data) != nbytes or m.read(1):  # reading to the end also checks the CRC
+            raise _Corrupt(f"member {info.filename!r:.80} is truncated")
+    a = np.frombuffer(data, dtype=dtype, count=count)
+    return a.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x):
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_header(path, header):
+    """The model's constructor arguments from the header, each of the right type."""
+    missing = [key for key in _HEADER_KEYS if key not in header]
+    if missing:
+        raise ValueError(f"{path}: the header lacks {missing}")
+    h = {key: header[key] for key in _HEADER_KEYS}
+    problems = []
+    if not (isinstance(h["width"], list) and len(h["width"]) >= 2
+            and all(_is_int(w) and w >= 1 for w in h["width"])):
+        problems.append(f"width {h['width']!r:.80} (expected a list of at least 2 integers >= 1)")
+    for key, lo in (("grid", 1), ("k", 1), ("seed", 0)):
+        if not (_is_int(h[key]) and h[key] >= lo):
+            problems.append(f"{key} {h[key]!r:.80} (expected an integer >= {lo})")
+    gr = h["grid_range"]
+    if not (isinstance(gr, list) and len(gr) == 2 and all(_is_real(t) for t in gr)):
+        problems.append(f"grid_range {gr!r:.80} (expected a pair of numbers)")
+    if not _is_real(h["grid_eps"]):
+        problems.append(f"grid_eps {h['grid_eps']!r:.80} (expected a number)")
+    for key in ("base_fun", "dtype"):
+        if not isinstance(h[key], str):
+            problems.append(f"{key} {h[key]!r:.80} (expected a string)")
+    if isinstance(h["dtype"], str) and h["dtype"] not in ("float32", "float64"):
+        problems.append(f"dtype {h['dtype']!r:.80} (expected 'float32' or 'float64')")
+    for key in ("sp_trainable", "sb_trainable"):
+        if not isinstance(h[key], bool):
+            problems.append(f"{key} {h[key]!r:.80} (expected true or false)")
+    sections = header.get("sections", {})
+    if not isinstance(sections, dict):
+        problems.append(f"sections {sections!r:.80} (expected an object)")
+    if problems:
+        raise ValueError(f"{path}: the header describes no valid model: bad " + "; bad ".join(problems))
+    unknown = sorted(set(sections) - set(_SECTIONS))
+    if unknown:
+        raise ValueError(f"{path} holds sections {unknown} that this numkan does not know "
+                         "(written by a newer version?)")
+    return h, sections
+
+
+def _expected_shapes(width, G, k):
+    """{key: shape} of every layer array a model of this width, grid and order holds."""
+    shapes = {}
+    for l, (I, O) in enumerate(zip(width[:-1], width[1:])):
+        shapes.update({f"layers.{l}.grid": (I, G + 2 * k + 1), f"layers.{l}.coef": (I, G + k, O),
+                       f"layers.{l}.scale_base": (I, O), f"layers.{l}.scale_sp": (I, O),
+                       f"layers.{l}.mask": (I, O)})
+    return shapes
+
+
+def _check_knots(path, key, t, dtype):
+    """Knots a spline can use: finite, non-decreasing, spanning a finite interval > 0 in ``dtype``."""
+    if np.any(np.diff(t, axis=1) < 0):
+        raise ValueError(f"{path}: the knots in {key!r} are not non-decreasing")
+    with np.errstate(over="ignore"):
+        span = (t[:, -1] - t[:, 0]).astype(dtype)
+    if not np.all(np.isfinite(span) & (span > 0)):
+        i = int(np.argmin(np.isfinite(span) & (span > 0)))
+        raise ValueError(f"{path}: the knots in {key!r} row {i} span [{t[i, 0]}, {t[i, -1]}], "
+                         f"expected an interval of finite, positive width in {np.dtype(dtype)}")
 
 
 def load(path, device="cpu"):
     """Read a model written by ``save`` and put it on ``device``.
 
-    Raises ValueError for a file that is corrupt or truncated, written by a
-    newer numkan, or whose arrays do not match the header (missing, wrong
-    shape or dtype, non-finite, knots not non-decreasing).
+    Raises ValueError naming the file for any file that is not a valid model:
+    corrupt or truncated, written by a newer numkan, a header of the wrong
+    types, or arrays that do not match the header (missing, unexpected, wrong
+    shape or dtype, non-finite, masks other than 0 and 1, knots that are not
+    non-decreasing or do not span an interval). The model is built only after
+    all of that is checked.
     """
+    from .kernels import get_backend
     from .model import KAN
     path = os.fspath(path)
+    get_backend(device)  # a bad device is the caller's error, not the file's: say so first
     header, arrays = _read(path)
-    keys = ("width", "grid", "k", "seed", "grid_range", "base_fun", "grid_eps", "dtype",
-            "sp_trainable", "sb_trainable")
-    missing = [key for key in keys if key not in header]
-    if missing:
-        raise ValueError(f"{path}: the header lacks {missing}")
-    unknown = sorted(set(header.get("sections", {})) - set(_SECTIONS))
-    if unknown:
-        raise ValueError(f"{path} holds sections {unknown} that this numkan does not know "
-                         "(written by a newer version?)")
-    try:
-        model = KAN(header["width"], grid=header["grid"], k=header["k"], seed=header["seed"],
-                    grid_range=header["grid_range"], base_fun=header["base_fun"],
-                    grid_eps=header["grid_eps"], dtype=header["dtype"], device=device,
-                    sp_trainable=header["sp_trainable"], sb_trainable=header["sb_trainable"])
-    except ValueError as exc:
-        if "device" in str(exc):
-            raise
-        raise ValueError(f"{path}: the header describes no valid model: {exc}") from None
-    dtype = model.dtype
-    be = model.backend
-    staged = []
-    for l in range(len(model.layers)):
-        for n, shape in _expected_shapes(model, l).items():
-            key = f"layers.{l}.{n}"
-            if key not in arrays:
-                raise ValueError(f"{path}: array {key!r} is missing")
-            a = arrays[key]
-            if a.shape != shape:
-                raise ValueError(f"{path}: array {key!r} has shape {a.shape}, expected {shape} "
-                                 f"for width={model.width}, grid={model.grid}, k={model.k}")
-            if a.dtype != dtype:
-                raise ValueError(f"{path}: array {key!r} has dtype {a.dtype}, expected {dtype}")
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"{path}: array {key!r} holds NaN or inf")
-            if n == "grid" and np.any(np.diff(a, axis=1) < 0):
-                raise ValueError(f"{path}: the knots in {key!r} are not non-decreasing")
-            staged.append((model.layers[l], n, a))
-    extra = sorted(set(arrays) - {f"layers.{l}.{n}" for l in range(len(model.layers))
-                                  for n in LAYER_ARRAYS}
-                   - {f"{s}.{k}" for s in header.get("sections", {}) for k in _section_keys(arrays, s)})
+    h, sections = _check_header(path, header)
+    dtype = v.check_dtype(h["dtype"])
+    width = h["width"]
+    shapes = _expected_shapes(width, h["grid"], h["k"])
+    section_keys = {s: _section_keys(arrays, s) for s in sections}
+    extra = sorted(set(arrays) - set(shapes)
+                   - {f"{s}.{key}" for s, keys in section_keys.items() for key in keys})
     if extra:
         raise ValueError(f"{path}: unexpected arrays {extra[:5]} (does the header match the arrays?)")
-    for L, n, a in staged:
-        setattr(L, n, be.asarray(a, dtype))
-    for name, meta in header.get("sections", {}).items():
-        _SECTIONS[name][1](model, meta, {k: arrays[f"{name}.{k}"] for k in _section_keys(arrays, name)})
+    # the header's sizes must match arrays the file really holds before a model of that size is built
+    for key, shape in shapes.items():
+        if key not in arrays:
+            raise ValueError(f"{path}: array {key!r} is missing")
+        a = arrays[key]
+        if a.shape != shape:
+            raise ValueError(f"{path}: array {key!r} has shape {a.shape}, expected {shape} "
+                             f"for width={width}, grid={h['grid']}, k={h['k']}")
+        if a.dtype != dtype:
+            raise ValueError(f"{path}: array {key!r} has dtype {a.dtype}, expected {dtype}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{path}: array {key!r} holds NaN or inf")
+        if key.endswith(".mask") and not np.all((a == 0) | (a == 1)):
+            bad = a[(a != 0) & (a != 1)][0]
+            raise ValueError(f"{path}: array {key!r} holds {bad}, expected only 0 and 1")
+        if key.endswith(".grid"):
+            _check_knots(path, key, a, dtype)
+    try:
+        model = KAN(width, grid=h["grid"], k=h["k"], seed=h["seed"], grid_range=h["grid_range"],
+                    base_fun=h["base_fun"], grid_eps=h["grid_eps"], dtype=dtype, device=device,
+                    sp_trainable=h["sp_trainable"], sb_trainable=h["sb_trainable"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: the header describes no valid model: {exc}") from None
+    be = model.backend
+    for l, L in enumerate(model.layers):
+        for n in LAYER_ARRAYS:
+            setattr(L, n, be.asarray(arrays[f"layers.{l}.{n}"], dtype))
+    for name, meta in sections.items():
+        try:
+            _SECTIONS[name][1](model, meta, {key: arrays[f"{name}.{key}"]
+                                             for key in section_keys[name]})
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            # a section's metadata is the file's JSON: wrong types in it are the file's fault
+            raise ValueError(f"{path}: bad {name!r} section: {type(exc).__name__}: {exc}") from None
     return model
 
 
 def _section_keys(arrays, name):
     prefix = name + "."
-    return [k[len(prefix):] for k in arrays if k.startswith(prefix)]
+    return [key[len(prefix):] for key in arrays if key.startswith(prefix)]
