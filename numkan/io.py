@@ -40,6 +40,7 @@ import json
 import math
 import numbers
 import os
+import reprlib
 import secrets
 import stat
 import struct
@@ -377,10 +378,6 @@ def load(path, device="cpu"):
     width = h["width"]
     shapes = _expected_shapes(width, h["grid"], h["k"])
     section_keys = {s: _section_keys(arrays, s) for s in sections}
-    extra = sorted(set(arrays) - set(shapes)
-                   - {f"{s}.{key}" for s, keys in section_keys.items() for key in keys})
-    if extra:
-        raise ValueError(f"{path}: unexpected arrays {extra[:5]} (does the header match the arrays?)")
     # the header's sizes must match arrays the file really holds before a model of that size is built
     for key, shape in shapes.items():
         if key not in arrays:
@@ -388,7 +385,7 @@ def load(path, device="cpu"):
         a = arrays[key]
         if a.shape != shape:
             raise ValueError(f"{path}: array {key!r} has shape {a.shape}, expected {shape} "
-                             f"for width={width}, grid={h['grid']}, k={h['k']}")
+                             f"for width={reprlib.repr(width)}, grid={h['grid']}, k={h['k']}")
         if a.dtype != dtype:
             raise ValueError(f"{path}: array {key!r} has dtype {a.dtype}, expected {dtype}")
         if not np.all(np.isfinite(a)):
@@ -398,6 +395,10 @@ def load(path, device="cpu"):
             raise ValueError(f"{path}: array {key!r} holds {bad}, expected only 0 and 1")
         if key.endswith(".grid"):
             _check_knots(path, key, a, dtype)
+    extra = sorted(set(arrays) - set(shapes)
+                   - {f"{s}.{key}" for s, keys in section_keys.items() for key in keys})
+    if extra:
+        raise ValueError(f"{path}: unexpected arrays {extra[:5]} (does the header match the arrays?)")
     try:
         model = KAN(width, grid=h["grid"], k=h["k"], seed=h["seed"], grid_range=h["grid_range"],
                     base_fun=h["base_fun"], grid_eps=h["grid_eps"], dtype=dtype, device=device,

@@ -1,6 +1,9 @@
 """save/load: bit-identical round trips, and a clear ValueError for every kind of bad file."""
+import io as _bytes_io
 import json
 import os
+import stat
+import zipfile
 
 import numpy as np
 import pytest
@@ -108,6 +111,165 @@ def test_bad_files_raise_value_error(tmp_path, change, match):
         nk.load(path)
 
 
+def set_knots(key, row):
+    return lambda d: d[key].__setitem__(0, np.asarray(row, d[key].dtype))
+
+
+@pytest.mark.parametrize("change,match", [
+    # sizes that would need terabytes: refused by the shape check, before a model is built
+    (header_change(lambda h: h.update(width=[100000, 100000])), "has shape"),
+    (header_change(lambda h: h.update(grid=10**12)), "has shape"),
+    (header_change(lambda h: h.update(width=[2] + [1] * 10**5)), r"has shape .*width=\[2, 1, 1, 1, 1, 1, \.\.\.\]"),
+    # wrong JSON types
+    (header_change(lambda h: h.update(sections=5)), "bad sections 5"),
+    (header_change(lambda h: h.update(sections=None)), "bad sections None"),
+    (header_change(lambda h: h.update(grid="4")), "bad grid '4'"),
+    (header_change(lambda h: h.update(grid=True)), "bad grid True"),
+    (header_change(lambda h: h.update(k=None)), "bad k None"),
+    (header_change(lambda h: h.update(seed=-1)), "bad seed -1"),
+    (header_change(lambda h: h.update(width="21")), "bad width '21'"),
+    (header_change(lambda h: h.update(width=[2, 3.0, 1])), "bad width"),
+    (header_change(lambda h: h.update(grid_range="12")), "bad grid_range '12'"),
+    (header_change(lambda h: h.update(grid_range={"-1": 0, "1": 0})), "bad grid_range"),
+    (header_change(lambda h: h.update(grid_range=[1, 1])), "no valid model.*grid_range"),
+    (header_change(lambda h: h.update(grid_eps=[0.1])), "bad grid_eps"),
+    (header_change(lambda h: h.update(base_fun=["silu"])), "bad base_fun"),
+    (header_change(lambda h: h.update(base_fun="device")), "no valid model.*base_fun"),
+    (header_change(lambda h: h.update(dtype="int8")), "bad dtype 'int8'"),
+    (header_change(lambda h: h.update(sb_trainable=0)), "bad sb_trainable 0"),
+    (header_change(lambda h: h.update(version="1")), "bad format version '1'"),
+    (header_change(lambda h: h.update(version=True)), "bad format version True"),
+    (lambda d: d.update({"header": np.array(["{}"])}), "0-d unicode"),
+    (lambda d: d.update({"header": np.array("[" * 100000)}), "not valid JSON"),
+    # masks are 0 or 1
+    (lambda d: d["layers.0.mask"].__setitem__((0, 0), 7.0), "holds 7.0, expected only 0 and 1"),
+    (lambda d: d["layers.1.mask"].__setitem__((2, 0), 0.5), "holds 0.5, expected only 0 and 1"),
+    # knots a spline cannot use
+    (lambda d: d["layers.0.grid"].__setitem__(0, 0.25), "positive width"),
+    (set_knots("layers.0.grid", [-1e308, -1, 0, 1, 1e308, 1e308, 1e308, 1e308, 1e308]), "positive width"),
+    (lambda d: d["layers.0.grid"].__setitem__((1, 0), np.inf), "NaN or inf"),
+])
+def test_hostile_headers_and_arrays_raise_value_error_naming_the_file(tmp_path, change, match):
+    model, _ = trained_model()
+    path = model.save(tmp_path / "m.npz")
+    rewrite(path, change)
+    with pytest.raises(ValueError, match=match) as info:
+        nk.load(path)
+    assert str(info.value).startswith(path)
+
+
+def test_float32_knots_must_span_a_finite_interval_in_float32(tmp_path):
+    model, _ = trained_model(dtype=np.float32)
+    path = model.save(tmp_path / "m.npz")
+    rewrite(path, set_knots("layers.0.grid", [-3e38, -1, 0, 1, 3e38, 3e38, 3e38, 3e38, 3e38]))
+    with pytest.raises(ValueError, match="positive width in float32"):
+        nk.load(path)
+
+
+def symbolic_model():
+    model = nk.KAN([2, 2, 1], grid=3, k=2, seed=3)
+    model.fix_symbolic(0, 1, 0, "sin", fit_params=False)
+    model.fix_symbolic(1, 0, 0, "x^2", fit_params=False)
+    return model
+
+
+@pytest.mark.parametrize("names", [
+    [[[1, 0, ["sin"]]], [[0, 0, "x^2"]]],   # a name that is not a string
+    [5, [[0, 0, "x^2"]]],                   # a layer's entries that are not a list
+    [[[1, 0, "sin"]], [[0, 0, None]]],
+    [[[1, 0, "no-such-function"]], [[0, 0, "x^2"]]],
+])
+def test_bad_symbolic_sections_raise_value_error_naming_the_file(tmp_path, names):
+    model = symbolic_model()
+    path = model.save(tmp_path / "m.npz")
+    rewrite(path, header_change(lambda h: h["sections"]["symbolic"].update(names=names)))
+    with pytest.raises(ValueError, match="symbolic") as info:
+        nk.load(path)
+    assert str(info.value).startswith(path)
+
+
+def test_symbolic_round_trip(tmp_path):
+    model = symbolic_model()
+    x = np.random.default_rng(1).uniform(-1, 1, (20, 2))
+    loaded = nk.load(model.save(tmp_path / "m.npz"))
+    assert np.array_equal(loaded(x), model(x))
+
+
+def patch_zip(path, local=None, central=None):
+    """Overwrite fields of every member's local header / central directory entry:
+    ``local`` and ``central`` map a byte offset inside the record to the bytes written there."""
+    data = bytearray(open(path, "rb").read())
+    for sig, fields in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        start = data.find(sig)
+        while fields and start >= 0:
+            for offset, value in fields.items():
+                data[start + offset:start + offset + len(value)] = value
+            start = data.find(sig, start + 4)
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("local,central,match", [
+    # zipfile raised NotImplementedError / RuntimeError for these two
+    ({8: b"\x63\x00"}, {10: b"\x63\x00"}, "compression method 99"),
+    ({6: b"\x01\x00"}, {8: b"\x01\x00"}, "encrypted"),
+    # a stored member that claims to unpack to more than it holds
+    ({22: b"\xff\xff\xff\x7f"}, {24: b"\xff\xff\xff\x7f"}, "claim"),
+])
+def test_zip_records_that_zipfile_cannot_read_raise_value_error(tmp_path, local, central, match):
+    model, _ = trained_model()
+    path = model.save(tmp_path / "m.npz")
+    patch_zip(path, local, central)
+    with pytest.raises(ValueError, match=match) as info:
+        nk.load(path)
+    assert str(info.value).startswith(path)
+
+
+def write_npz_with_member(path, name, npy_bytes, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "a", compression=compression) as z:
+        z.writestr(name, npy_bytes)
+
+
+def npy_bytes(shape, body=b"\0" * 64, descr="<f8"):
+    buf = _bytes_io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + body
+
+
+@pytest.mark.parametrize("member,match", [
+    # numpy would allocate 8 * 10**13 bytes from this header before reading the data
+    (npy_bytes((10**6, 10**6, 10)), "declares shape"),
+    (npy_bytes((3,)), "declares shape"),
+    (npy_bytes((2, 4)), "unexpected arrays"),  # a well-formed member: refused only as unexpected
+    (npy_bytes((3,), descr="|O"), "dtype object"),
+    (npy_bytes((1,), descr=[("a", "<f8")]), "dtype"),
+], ids=["huge", "short", "well-formed", "object", "record"])
+def test_npy_headers_are_checked_before_allocation(tmp_path, member, match):
+    model, _ = trained_model()
+    path = model.save(tmp_path / "m.npz")
+    write_npz_with_member(path, "extra.npy", member)
+    with pytest.raises(ValueError, match=match) as info:
+        nk.load(path)
+    assert str(info.value).startswith(path)
+
+
+def test_a_highly_compressed_member_is_refused(tmp_path):
+    model, _ = trained_model()
+    path = model.save(tmp_path / "m.npz")
+    n = 4 * 2**20   # 32 MiB of zeros deflate to about 32 KiB: far beyond MAX_EXPANSION
+    write_npz_with_member(path, "bomb.npy", npy_bytes((n,), b"\0" * 8 * n), zipfile.ZIP_DEFLATED)
+    with pytest.raises(ValueError, match="MAX_EXPANSION"):
+        nk.load(path)
+
+
+def test_a_compressed_copy_still_loads(tmp_path):
+    model, x = trained_model()
+    path = model.save(tmp_path / "m.npz")
+    with np.load(path) as z:
+        d = {n: z[n] for n in z.files}
+    np.savez_compressed(tmp_path / "c.npz", **d)
+    assert np.array_equal(nk.load(tmp_path / "c.npz")(x), model(x))
+
+
 def test_truncated_and_garbage_files(tmp_path):
     model, _ = trained_model()
     path = model.save(tmp_path / "m.npz")
@@ -124,6 +286,93 @@ def test_truncated_and_garbage_files(tmp_path):
         nk.load(npy)
     with pytest.raises(FileNotFoundError):
         nk.load(tmp_path / "nope.npz")
+
+
+def mode_of(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_save_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    model, _ = trained_model()
+    path = tmp_path / "m.npz"
+    model.save(path)
+    os.chmod(path, 0o640)
+    model.save(path)
+    assert mode_of(path) == 0o640
+
+
+def test_a_new_file_gets_the_umask_default(tmp_path):
+    model, _ = trained_model()
+    old = os.umask(0o027)
+    try:
+        model.save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert mode_of(tmp_path / "m.npz") == 0o640  # 0o666 less the umask, not mkstemp's 0o600
+
+
+def test_save_through_a_symlink_writes_its_target(tmp_path):
+    a, x = trained_model()
+    b = nk.KAN([2, 3, 1], grid=4, k=2, seed=1)
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "m.npz"
+    a.save(target)
+    link = tmp_path / "link.npz"
+    link.symlink_to(target)
+    assert b.save(link) == str(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert np.array_equal(nk.load(target)(x), b(x))
+    assert sorted(os.listdir(tmp_path / "real")) == ["m.npz"]
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_a_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, exc):
+    a, x = trained_model()
+    b = nk.KAN([2, 3, 1], grid=4, k=2, seed=1)
+    path = tmp_path / "m.npz"
+    a.save(path)
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise exc
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(type(exc) if isinstance(exc, BaseException) else exc) as info:
+        b.save(path)
+    assert os.listdir(tmp_path) == ["m.npz"] and path.read_bytes() == before
+    if isinstance(exc, OSError):  # the error names the user's path, not the temporary one
+        assert info.value.filename == str(path) and str(path) in str(info.value)
+        assert ".tmp" not in str(info.value) and info.value.errno == 28
+
+
+def test_save_flushes_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    model, _ = trained_model()
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}") and "dir" or "file"))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(dst)))
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    model.save(tmp_path / "m.npz")
+    assert events == [("fsync", "file"), ("replace", "m.npz"), ("fsync", "dir")]
+
+
+def test_save_errors_name_the_users_path(tmp_path):
+    model, _ = trained_model()
+    path = tmp_path / "no-such-dir" / "m.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        model.save(path)
+    assert info.value.filename == str(path) and ".tmp" not in str(info.value)
+    directory = tmp_path / "d.npz"
+    directory.mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        model.save(directory)
+    assert info.value.filename == str(directory) and os.listdir(tmp_path) == ["d.npz"]
 
 
 def test_register_section_validates_name():
