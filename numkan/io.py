@@ -413,7 +413,7 @@ def load(path, device="cpu"):
         try:
             _SECTIONS[name][1](model, meta, {key: arrays[f"{name}.{key}"]
                                              for key in section_keys[name]})
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
             # a section's metadata is the file's JSON: wrong types in it are the file's fault
             raise ValueError(f"{path}: bad {name!r} section: {type(exc).__name__}: {exc}") from None
     return model

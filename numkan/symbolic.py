@@ -879,8 +879,11 @@ def _load_state(model, meta, arrays):
                              f"expected {(I, O, 4)} and {(I, O)}")
         if aff.dtype != model.dtype:
             raise ValueError(f"symbolic affine of layer {l} has dtype {aff.dtype}, expected {model.dtype}")
-        if not (np.all(np.isfinite(aff)) and np.all(np.isfinite(sm))):
-            raise ValueError(f"symbolic arrays of layer {l} hold NaN or inf")
+        if sm.dtype.kind not in "biuf" or not np.all((sm == 0) | (sm == 1)):
+            raise ValueError(f"symbolic mask of layer {l} must hold only 0 and 1, got dtype {sm.dtype}, "
+                             f"values {np.unique(sm)[:5]}")
+        if not np.all(np.isfinite(aff)):
+            raise ValueError(f"symbolic affine of layer {l} holds NaN or inf")
         names = [["0"] * O for _ in range(I)]
         for entry in meta["names"][l]:
             try:
@@ -906,7 +909,7 @@ def _load_state(model, meta, arrays):
                              f"{model.width[0]}")
     for layer, aff, sm, names in staged:
         layer.symbolic_affine = layer.backend.asarray(aff, layer.dtype)
-        layer.symbolic_mask = np.array(sm)
+        layer.symbolic_mask = np.array(sm, dtype=np.float64)  # as fix_symbolic makes it
         layer.symbolic_names = names
     if ids is not None:
         model.input_id = np.asarray(ids, dtype=np.int64)

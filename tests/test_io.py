@@ -188,11 +188,29 @@ def test_bad_symbolic_sections_raise_value_error_naming_the_file(tmp_path, names
     assert str(info.value).startswith(path)
 
 
+@pytest.mark.parametrize("change,match", [
+    (lambda d: d["symbolic.0.mask"].__setitem__((1, 0), 7.0), "only 0 and 1"),
+    (lambda d: d.update({"symbolic.0.mask": d["symbolic.0.mask"].astype("<U3")}), "only 0 and 1"),
+    (lambda d: d["symbolic.1.affine"].__setitem__((0, 0, 2), np.nan), "NaN or inf"),
+    (header_change(lambda h: h["sections"]["symbolic"].update(input_id=[0, 2**70])), "symbolic"),
+])
+def test_bad_symbolic_arrays_raise_value_error_naming_the_file(tmp_path, change, match):
+    model = symbolic_model()
+    path = model.save(tmp_path / "m.npz")
+    rewrite(path, change)
+    with pytest.raises(ValueError, match=match) as info:
+        nk.load(path)
+    assert str(info.value).startswith(path)
+
+
 def test_symbolic_round_trip(tmp_path):
     model = symbolic_model()
     x = np.random.default_rng(1).uniform(-1, 1, (20, 2))
     loaded = nk.load(model.save(tmp_path / "m.npz"))
     assert np.array_equal(loaded(x), model(x))
+    for a, b in zip(model.layers, loaded.layers):
+        assert a.symbolic_mask.dtype == b.symbolic_mask.dtype and np.array_equal(a.symbolic_mask, b.symbolic_mask)
+        assert a.symbolic_names == b.symbolic_names
 
 
 def patch_zip(path, local=None, central=None):
