@@ -27,6 +27,7 @@ from scipy.optimize import minimize
 from . import _validate as v
 from .datasets import check_dataset
 from .grids import update_grid as _update_grid
+from .layer import ARRAY_NAMES
 from .regularization import LayerReg, check_weights
 
 try:  # BLAS threads only add synchronisation to the optimiser's small vector ops
@@ -63,6 +64,9 @@ class _Snapshot:
 
     The copies are allocated once and refreshed in place (``capture``) with
     the backend's ``copy_into``, so on a device a snapshot never leaves it.
+    A capture that is interrupted leaves a mix of two states, so a snapshot
+    that must stay whole while it is refreshed (the best parameters, which a
+    Ctrl-C restores) is refreshed in a spare and swapped in (``_State.save_best``).
     """
 
     def __init__(self, model):
@@ -78,13 +82,55 @@ class _Snapshot:
                 be.copy_into(a, getattr(L, n))
 
     def restore(self, model):
-        """Put fresh copies of the saved arrays into the model (the snapshot stays reusable)."""
+        """Put fresh copies of the saved arrays into the model (the snapshot stays reusable).
+
+        Every copy is made before any is installed, so that the window in which
+        the model holds a mix is a few attribute assignments, not the copies."""
         be = model.backend
-        for L, arrays in zip(model.layers, self.arrays):
+        fresh = []
+        for arrays in self.arrays:
+            copies = {}
             for n, a in arrays.items():
-                new = be.zeros(a.shape, a.dtype)
-                be.copy_into(new, a)
-                setattr(L, n, new)
+                copies[n] = be.zeros(a.shape, a.dtype)
+                be.copy_into(copies[n], a)
+            fresh.append(copies)
+        for L, copies in zip(model.layers, fresh):
+            for n, a in copies.items():
+                setattr(L, n, a)
+
+
+class _Kept:
+    """What fit changes besides the parameters and knots, put back when it returns:
+    the gradient buffers (fit's objective overwrites them) and each layer's
+    input kept for ``backward`` (fit's forward passes replace it).
+
+    A fit is not a forward/backward of the user's: afterwards ``model.grads``
+    and a pending ``model.backward`` are those of before the call. The
+    gradients are restored into the same buffers (``model.grads`` hands them
+    out live)."""
+
+    GRADS = tuple(n for n in ARRAY_NAMES if n.startswith("d"))
+
+    def __init__(self, model):
+        be = model.backend
+        self.grads = []
+        for L in model.layers:
+            saved = {}
+            for n in self.GRADS:
+                a = getattr(L, n)
+                saved[n] = be.zeros(a.shape, a.dtype)
+                be.copy_into(saved[n], a)
+            self.grads.append(saved)
+        self.inputs = [L._x for L in model.layers]
+        self.batch = model._batch
+
+    def restore(self, model):
+        be = model.backend
+        for L, saved, x in zip(model.layers, self.grads, self.inputs):
+            for n, a in saved.items():
+                be.copy_into(getattr(L, n), a)
+            L._x = x
+        model._batch = self.batch
 
 
 def _param_names(layer):
@@ -106,6 +152,14 @@ class _Flat:
                               ).astype(np.float64)
 
     def set(self, theta):
+        """Install theta (float64) as the model's arrays, in the model's dtype.
+
+        Raises ``_NonFinite`` (and installs nothing) when theta has a NaN or
+        inf, or a value beyond the dtype's range (a float32 model: |v| > 3.4e38)."""
+        with np.errstate(over="ignore"):
+            if not np.all(np.isfinite(theta.astype(self.model.dtype))):
+                raise _NonFinite("the L-BFGS iterate has a parameter that is not finite in "
+                                 f"{self.model.dtype.name}")
         be, pos = self.model.backend, 0
         for (L, n), shape, size in zip(self.slots, self.shapes, self.sizes):
             setattr(L, n, be.asarray(theta[pos:pos + size].reshape(shape), L.dtype))
@@ -141,7 +195,7 @@ class Objective:
         """(loss, reg) at the current parameters; gradients of loss + lamb * reg in the grad buffers."""
         m, be = self.model, self.model.backend
         m.zero_grad()
-        regs, reg = [], 0.0
+        regs, reg, hidden = [], 0.0, []
         h = self.x
         for L in m.layers:
             if self.lamb > 0:
@@ -149,12 +203,22 @@ class Objective:
                 reg += r.forward(h)
                 regs.append(r)
             h = L.forward(h, keep=True)
+            hidden.append(h)
+        hidden.pop()  # the prediction: its non-finite values show in the loss
         dy = be.zeros(h.shape, m.dtype)
         if self.loss_fn is None:
             loss = be.mse_loss_grad(dy, h, self.y)
         else:
             loss, g = _call_loss_fn(self.loss_fn, be.to_host(h), self.y_host)
             dy = be.asarray(g, m.dtype)
+        # checked before the backward pass, which would spread a NaN or inf
+        # into every gradient; the hidden layers' outputs are checked too (one
+        # flag for all), since a kernel may map a non-finite input to a finite
+        # output (a point outside the knots) and the loss would not show it
+        if hidden and not be.all_finite(*hidden):
+            l = next(l for l, a in enumerate(hidden) if not be.all_finite(a))
+            raise _NonFinite(f"the outputs of layer {l} are not finite")
+        _check_finite(loss + self.lamb * reg, "training objective")
         for l in range(len(m.layers) - 1, -1, -1):
             dx = m.layers[l].backward(dy)
             if self.lamb > 0:
@@ -318,7 +382,9 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
         every ``log`` steps; 0 turns it off.
     callback : callable or None
         ``callback(step, results)`` after every step (``step`` counts from 1);
-        returning True stops the fit.
+        returning True, or raising ``StopIteration`` (as a scipy.optimize
+        callback may), stops the fit, which returns normally with the
+        results up to that step. Any other exception is an error (below).
 
     Returns
     -------
@@ -327,11 +393,23 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     step's training batch and a test batch of the same size) and ``reg``.
 
     Ctrl-C (KeyboardInterrupt) stops the fit, keeps the parameters of the step
-    with the lowest training objective seen so far and returns the results up
-    to there, with a warning. A non-finite objective or gradient stops the fit
-    with a warning and restores the last parameters whose objective was
-    finite. Any other error restores the parameters the model had before the
-    call and is raised again.
+    with the lowest training objective seen so far (all of that one step: the
+    saved copy is built whole before it replaces the previous one) and returns
+    the results up to there, with a warning.
+
+    A diverging fit stops where a NaN or inf first appears, before it is
+    used: a parameter after an Adam update or in an L-BFGS iterate (in the
+    model's dtype), a hidden layer's outputs, the objective (checked before
+    the backward pass), the gradient (L-BFGS), the samples of a grid update.
+    It then returns the results up to there, with a RuntimeWarning, and the
+    model has the last parameters whose objective was finite (those of
+    before the call if no step got that far). The parameters and knots
+    must be finite when ``fit`` is called (ValueError otherwise).
+
+    Any other error restores the parameters and knots the model had before
+    the call and is raised again. In every case ``model.grads`` and the
+    input kept for ``model.backward`` are as they were before the call:
+    fit's own forward and backward passes are not the user's.
 
     What crosses the host boundary on a device (device="cuda")
     ---------------------------------------------------------
@@ -339,9 +417,10 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     saved parameters (at the start, the last finite, the best) are device
     arrays refreshed with device-to-device copies.
     Per Adam step, with the defaults (mean squared error, ``lamb == 0``, no
-    grid update at that step, no symbolic edge): three numbers come back, the
-    training loss, one combined finiteness flag over every parameter and knot,
-    and the test loss; nothing goes to the device when ``batch == -1``, and
+    grid update at that step, no symbolic edge): four numbers come back, the
+    training loss, one finiteness flag over the hidden layers' outputs (with
+    two layers or more), one combined finiteness flag over every parameter
+    after the update, and the test loss; nothing goes to the device when ``batch == -1``, and
     with ``batch > 0`` the step's minibatch (train and test inputs and labels,
     gathered on the host) is uploaded. Parameters, gradients, Adam moments
     and predictions stay on the device.
@@ -393,14 +472,22 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     if missing:
         raise NotImplementedError(f"lamb > 0 needs the backend ops {missing}, which the "
                                   f"{model.backend.name!r} backend does not provide yet")
-    if opt == "LBFGS" and lr != 1.0:
-        warnings.warn(f"lr={lr} is ignored by opt='LBFGS': its line search picks the step length",
-                      stacklevel=3)
 
     freq = max(1, stop_grid_update_step // grid_update_num)
 
     def grid_step(s):
         return (update_grid and s % freq == 0 and start_grid_update_step <= s < stop_grid_update_step)
+
+    # a grid update places knots at sample quantiles, which needs 2 samples:
+    # checked here, naming batch, rather than by update_grid at its step
+    if bs < 2 and any(grid_step(s) for s in range(min(steps, stop_grid_update_step))):
+        raise ValueError(f"the grid updates (update_grid=True) need batches of at least 2 samples, "
+                         f"got batch={batch} with {n_train} training samples; pass batch >= 2 "
+                         "or update_grid=False")
+    _check_model_finite(model)
+    if opt == "LBFGS" and lr != 1.0:
+        warnings.warn(f"lr={lr} is ignored by opt='LBFGS': its line search picks the step length",
+                      stacklevel=3)
 
     rng = np.random.default_rng(model.seed)
 
@@ -414,6 +501,7 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
 
     results = {"train_loss": [], "test_loss": [], "reg": []}
     progress = _Progress(steps, log)
+    kept = _Kept(model)
     start = _Snapshot(model)
     st = _State(model, start)
 
@@ -427,11 +515,15 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
         results["reg"].append(float(reg))
         obj = train_loss + lamb * reg
         if obj < st.best_obj:
-            st.best_obj = obj
-            st.save_best(model)
+            st.save_best(model, obj)
         step = len(results["train_loss"])
         progress.update(step, train, test, reg, force=step == steps)
-        return bool(callback(step, results)) if callback is not None else False
+        if callback is None:
+            return False
+        try:
+            return bool(callback(step, results))
+        except StopIteration:  # scipy.optimize's way for a callback to stop a run
+            return True
 
     try:
         with _single_thread_blas():
@@ -443,23 +535,40 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
                           grid_margin, lr, beta1, beta2, eps)
     except KeyboardInterrupt:
         (st.best if st.best is not None else start).restore(model)
+        kept.restore(model)
         progress.close()
         warnings.warn(f"fit interrupted after {len(results['train_loss'])} of {steps} steps; the model "
                       "keeps the parameters with the lowest training objective seen", stacklevel=2)
         return results
     except _NonFinite as exc:
         st.restore_last_finite(model)
+        kept.restore(model)
         progress.close()
-        warnings.warn(f"fit stopped at step {len(results['train_loss']) + 1} of {steps}: {exc}; the "
-                      "model keeps the last parameters whose objective was finite", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(f"fit stopped at step {len(results['train_loss']) + 1} of {steps}: {exc}; "
+                      "restored the last finite parameters (the last whose objective was finite)",
+                      RuntimeWarning, stacklevel=2)
         return results
     except BaseException:
         start.restore(model)
+        kept.restore(model)
         progress.close()
         raise
+    kept.restore(model)
     progress.close()
     return results
+
+
+def _check_model_finite(model):
+    """ValueError naming the first parameter or knot array with a NaN or inf:
+    fit's guards keep a fit finite, so it must start finite."""
+    be = model.backend
+    arrays = [(f"layers.{l}.{n}", getattr(L, n)) for l, L in enumerate(model.layers)
+              for n in ("grid",) + tuple(_param_names(L))]
+    if be.all_finite(*(a for _, a in arrays)):
+        return
+    name = next(n for n, a in arrays if not be.all_finite(a))
+    raise ValueError(f"the model's {name} has NaN or inf values; fit needs finite parameters "
+                     "and knots to start from")
 
 
 def _single_thread_blas():
@@ -486,14 +595,25 @@ class _State:
 
     def __init__(self, model, start):
         self.best, self.best_obj = None, np.inf
+        self._spare = None  # the previous best, refreshed into the next one
         self.last_finite = start
         self._last = None  # Adam's last-finite snapshot, reused every step
 
-    def save_best(self, model):
-        if self.best is None:
-            self.best = _Snapshot(model)
+    def save_best(self, model, obj):
+        """Save the model as the best so far, atomically for a Ctrl-C.
+
+        The copy is made in full in a spare snapshot while ``best`` still
+        holds the previous step, and one reference assignment publishes it:
+        an interrupt anywhere in here leaves ``best`` one whole step.
+        """
+        new = self._spare
+        if new is None:
+            new = _Snapshot(model)
         else:
-            self.best.capture(model)
+            new.capture(model)
+        old, self.best = self.best, new
+        self._spare = old
+        self.best_obj = obj
 
     def save_last_finite(self, model):
         if self._last is None:
@@ -518,6 +638,23 @@ def _check_finite(value, what):
         raise _NonFinite(f"the {what} is {value}")
 
 
+def _grid_update(model, x, xd, margin, s):
+    """The grid update of step s, which fails (ValueError) where the model has
+    diverged: the samples of a hidden layer are then NaN or inf. That is the
+    fit diverging (``_NonFinite``), not a bad argument, so it is told apart
+    here, after the failure, at no cost to the updates that succeed."""
+    try:
+        _update_grid(model, x, margin)
+    except ValueError as exc:
+        be, h = model.backend, xd
+        for l, L in enumerate(model.layers[:-1]):
+            h = L.forward(h, keep=False)
+            if not be.all_finite(h):
+                raise _NonFinite(f"the outputs of layer {l} are not finite, so the grid update of "
+                                 f"step {s + 1} has no samples to place knots at") from exc
+        raise
+
+
 def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
               grid_margin, lr, beta1, beta2, eps):
     be = model.backend
@@ -529,19 +666,21 @@ def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, recor
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
         if grid_step(s):
-            _update_grid(model, x, grid_margin)
+            _grid_update(model, x, xd, grid_margin, s)
         obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
-        loss, reg = obj()
-        _check_finite(loss + lamb * reg, "training objective")
-        # one combined check on the backend: a single boolean comes back
-        if not be.all_finite(*(getattr(L, n) for L in model.layers
-                               for n in ("grid",) + tuple(_param_names(L)))):
-            raise _NonFinite("a parameter is not finite")
+        loss, reg = obj()  # raises _NonFinite before its backward pass
+        # the parameters were checked after the last update (or at the start)
+        # and the objective at them is finite: the step to return to
         st.save_last_finite(model)
         for l, L in enumerate(model.layers):
             for n in names[l]:
                 be.adam_step(getattr(L, n), getattr(L, "d" + n), m[l, n], vv[l, n],
                              lr, beta1, beta2, eps, s + 1)
+        # checked right after the update that may have made them (one flag
+        # comes back), before any forward pass uses them
+        if not be.all_finite(*(getattr(L, n) for l, L in enumerate(model.layers)
+                               for n in names[l])):
+            raise _NonFinite(f"the Adam update of step {s + 1} made a parameter not finite")
         if record(loss, reg, te):
             return
 
@@ -554,7 +693,7 @@ def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, reco
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
         if grid_step(s):
-            _update_grid(model, x, grid_margin)
+            _grid_update(model, x, xd, grid_margin, s)
         # consecutive steps on the same objective share one L-BFGS run
         n = 1
         if tr is None:
@@ -571,12 +710,9 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st):
     cache = {}
 
     def fun(theta):
-        if not np.all(np.isfinite(theta)):
-            raise _NonFinite("a parameter is not finite")
-        flat.set(theta)
-        loss, reg = obj()
+        flat.set(theta)  # raises _NonFinite for a non-finite iterate (in the model's dtype)
+        loss, reg = obj()  # raises _NonFinite before its backward pass
         f = loss + lamb * reg
-        _check_finite(f, "training objective")
         g = flat.grad()
         if not np.all(np.isfinite(g)):
             raise _NonFinite("the gradient is not finite")

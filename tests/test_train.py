@@ -1,5 +1,7 @@
 """fit(): convergence to frozen levels, the grid schedule, minibatches, frozen scales,
 the NaN guard, Ctrl-C, progress display, and boundary checks; create_dataset.
+Diverging fits, interrupts inside snapshots and the model's state after a fit:
+test_fit_safety.py.
 
 The frozen levels were measured once (L-BFGS: train RMSE 4.5e-3 after 10
 steps; Adam lr=0.02: 8.4e-3 after 300 steps; the spline error of G = 5 on
@@ -177,14 +179,19 @@ def test_minibatches_are_deterministic_given_the_seed(opt, data):
 def test_frozen_scales_stay_and_get_no_gradient(opt, data):
     model = nk.KAN([2, 2, 1], grid=4, seed=0, sp_trainable=False, sb_trainable=False)
     before = params_host(model)
-    model.fit(data, opt=opt, lr=0.01, steps=3, log=0, lamb=0.01)
+    grads = []  # during the fit (afterwards model.grads are those of before the call)
+    model.fit(data, opt=opt, lr=0.01, steps=3, log=0, lamb=0.01,
+              callback=lambda step, r: grads.append({n: np.array(model.backend.to_host(g))
+                                                     for n, g in model.grads.items()}))
     after = params_host(model)
+    assert len(grads) == 3
     for n in before:
         if "scale" in n:
             np.testing.assert_array_equal(after[n], before[n])
-            assert not np.any(model.backend.to_host(model.grads[n]))
+            assert not any(np.any(g[n]) for g in grads)
         else:
             assert not np.array_equal(after[n], before[n])
+            assert all(np.any(g[n]) for g in grads)
     assert all("scale" not in n for _, n in train._Flat(model).slots)
     with pytest.raises(ValueError, match="sp_trainable"):
         nk.KAN([2, 1], sp_trainable="no")
