@@ -1,8 +1,11 @@
 """Without Numba: ``import numkan`` works and device="cpu" runs the reference
-kernels, with exactly one RuntimeWarning that says numba is missing.
+kernels, with exactly one RuntimeWarning that says numba is missing; that
+includes a broken install whose ``import numba`` raises OSError. With Numba
+present, compiled kernels that fail to import are an error naming the cause,
+never a silent fall-back.
 
-Runs in a fresh interpreter in which ``import numba`` fails (its entry in
-``sys.modules`` is None), so this process's Numba is left alone.
+Runs in fresh interpreters in which ``import numba`` (or one module of the
+kernels) fails, so this process's Numba is left alone.
 """
 import json
 import os
@@ -75,3 +78,56 @@ def test_cpu_falls_back_to_reference_without_numba():
     x = rng.uniform(-1.5, 1.5, (20, 2))
     np.testing.assert_array_equal(np.asarray(out["y_cpu"]),
                                   nk.KAN([2, 4, 3], grid=6, k=3, seed=4, device="numpy")(x))
+
+
+BROKEN = textwrap.dedent("""
+    import json, sys, warnings
+    import importlib.abc
+
+    class Broken(importlib.abc.MetaPathFinder):
+        # what a broken install does at import time, for one module name
+        def __init__(self, name, exc):
+            self.name, self.exc = name, exc
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname == self.name:
+                raise self.exc
+
+    case = sys.argv[1]
+    if case == "llvmlite":   # numba's shared library does not load: OSError from import numba
+        sys.meta_path.insert(0, Broken("numba", OSError("libllvmlite.so: cannot open shared object file")))
+    else:                    # numba imports; a module of numkan's compiled kernels does not
+        sys.meta_path.insert(0, Broken("numkan.kernels._vexp", ImportError("simulated: no _vexp")))
+    out = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import numkan as nk
+        try:
+            out["backend"] = [nk.KAN([2, 3, 1]).backend.__name__ for _ in range(2)]
+        except Exception as exc:
+            out["error"] = [type(exc).__name__, str(exc)]
+    out["warnings"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    print(json.dumps(out))
+""")
+
+
+def run_broken(case):
+    env = dict(os.environ, PYTHONWARNINGS="")
+    proc = subprocess.run([sys.executable, "-c", BROKEN, case], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_oserror_from_import_numba_falls_back_with_one_warning():
+    out = run_broken("llvmlite")
+    assert out.get("backend") == ["numkan.kernels.reference"] * 2, out
+    assert len(out["warnings"]) == 1 and "OSError" in out["warnings"][0], out
+    assert "libllvmlite" in out["warnings"][0], out
+
+
+def test_kernels_that_fail_to_import_with_numba_present_are_an_error_naming_the_cause():
+    out = run_broken("kernels")
+    assert "backend" not in out and out["warnings"] == [], out
+    name, message = out["error"]
+    assert name == "RuntimeError", out
+    assert "numkan.kernels.cpu" in message and "simulated: no _vexp" in message, message

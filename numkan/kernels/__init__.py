@@ -36,30 +36,51 @@ DEVICES = ("cpu", "numpy", "cuda")
 _warned_no_numba = False
 
 
+def _cpu_backend():
+    """The compiled backend, or the reference when Numba itself cannot be imported.
+
+    Only a failure of ``import numba`` means "Numba is missing": ImportError,
+    or OSError from a broken install (llvmlite's shared library that does not
+    load). If Numba imports and numkan's compiled kernels then fail to import,
+    that is a bug or an incompatible Numba, and falling back would hide it
+    behind a slow model: it is an error that names the cause.
+    """
+    global _warned_no_numba
+    try:
+        import numba
+    except (ImportError, OSError) as exc:
+        if not _warned_no_numba:
+            warnings.warn(
+                f"numba could not be imported ({type(exc).__name__}: {exc}); device='cpu' runs "
+                "the pure-NumPy reference kernels, which are much slower. "
+                "Install numba for the compiled kernels.",
+                RuntimeWarning, stacklevel=4)
+            _warned_no_numba = True
+        return reference
+    try:
+        from . import cpu
+    except Exception as exc:
+        raise RuntimeError(
+            f"numba {getattr(numba, '__version__', '?')} is installed, but numkan's compiled CPU "
+            f"kernels (numkan.kernels.cpu) failed to import: {type(exc).__name__}: {exc}. "
+            "Use device='numpy' for the reference kernels meanwhile.") from exc
+    return cpu
+
+
 def get_backend(name):
     """Return the backend module for ``name`` ("cpu", "numpy" or "cuda").
 
     "cpu" falls back to the NumPy reference, with one warning per process,
-    when Numba cannot be imported.
+    when Numba cannot be imported (``import numba`` raises ImportError or
+    OSError); when Numba imports but the compiled kernels do not, it raises
+    RuntimeError naming the cause.
     """
-    global _warned_no_numba
     if not isinstance(name, str) or name not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
     if name == "numpy":
         return reference
     if name == "cpu":
-        try:
-            from . import cpu
-        except ImportError as exc:
-            if not _warned_no_numba:
-                warnings.warn(
-                    f"numba could not be imported ({exc}); device='cpu' runs the "
-                    "pure-NumPy reference kernels, which are much slower. "
-                    "Install numba for the compiled kernels.",
-                    RuntimeWarning, stacklevel=3)
-                _warned_no_numba = True
-            return reference
-        return cpu
+        return _cpu_backend()
     try:
         from . import cuda
     except ImportError as exc:
