@@ -229,6 +229,22 @@ def _subset(model, keep, data, keep_mean, means=None):
     return new
 
 
+def _check_ids(name, ids, n):
+    """Sorted unique indices from ``ids``: at least one, integers (as ``check_int``:
+    not bools, not floats) in [0, n); else ValueError naming ``name``."""
+    want = f"{name} must be a non-empty list of integer indices in [0, {n})"
+    try:
+        arr = np.asarray(ids)
+    except (TypeError, ValueError):  # ragged nesting, or objects numpy cannot hold
+        raise ValueError(f"{want}, got {ids!r}") from None
+    if arr.size == 0 or arr.dtype.kind not in "iu":
+        raise ValueError(f"{want}, got {ids!r}")
+    arr = np.unique(arr.astype(np.int64).ravel())
+    if arr[0] < 0 or arr[-1] >= n:
+        raise ValueError(f"{want}, got {ids!r}")
+    return arr
+
+
 def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None, keep_mean=True):
     """Return a NEW model without the hidden nodes whose score is <= ``threshold``.
 
@@ -255,11 +271,7 @@ def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None, keep_mean=T
             raise ValueError(f"active_neurons_id must have one list of node indices per hidden layer "
                              f"({L - 1}), got {active_neurons_id!r}")
         for l, ids in enumerate(active_neurons_id, start=1):
-            ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
-            if ids.size == 0 or ids.min() < 0 or ids.max() >= self.width[l]:
-                raise ValueError(f"active_neurons_id[{l - 1}] must be non-empty indices in [0, "
-                                 f"{self.width[l]}), got {active_neurons_id[l - 1]!r}")
-            keep.append(ids)
+            keep.append(_check_ids(f"active_neurons_id[{l - 1}]", ids, self.width[l]))
     keep.append(np.arange(self.width[-1]))
     return _subset(self, keep, xh, keep_mean, means)
 
@@ -284,10 +296,7 @@ def prune_input(self, threshold=1e-2, active_inputs=None, x=None, keep_mean=True
         if ids.size == 0:
             ids = np.array([int(np.argmax(s))])
     else:
-        ids = np.unique(np.asarray(active_inputs, dtype=np.int64).ravel())
-        if ids.size == 0 or ids.min() < 0 or ids.max() >= self.width[0]:
-            raise ValueError(f"active_inputs must be non-empty indices in [0, {self.width[0]}), "
-                             f"got {active_inputs!r}")
+        ids = _check_ids("active_inputs", active_inputs, self.width[0])
     keep = [ids] + [np.arange(w) for w in self.width[1:]]
     new = _subset(self, keep, xh, keep_mean, means)
     old = getattr(self, "input_id", None)

@@ -219,5 +219,12 @@ def test_bad_arguments():
         model.prune_node(active_neurons_id=[[5]])
     with pytest.raises(ValueError, match="active_inputs"):
         model.prune_input(active_inputs=[])
+    # not integers: the message names the argument (numpy's own error did not)
+    for bad in ([["a"]], [[0.5]], [[True]], [[[0], [0, 1]]], [None]):
+        with pytest.raises(ValueError, match=r"active_neurons_id\[0\] must be .*integer"):
+            model.prune_node(active_neurons_id=bad)
+    for bad in (["x"], [1.0], [[0], [1, 0]]):
+        with pytest.raises(ValueError, match=r"active_inputs must be .*integer"):
+            model.prune_input(active_inputs=bad)
     for L, m in zip(model.layers, masks):
         np.testing.assert_array_equal(np.asarray(L.mask), m)
