@@ -156,3 +156,69 @@ def check_device_array(name, a, n_cols, dtype, backend, n_rows=None, allow_1d=Fa
         raise ValueError(f"{name} must be finite, got NaN or inf in the device array of shape {shape}"
                          + ("" if src == np.dtype(dtype) else f" (after conversion from {src} to {np.dtype(dtype)})"))
     return arr
+
+
+def check_knots(name, t, k, dtype):
+    """Knots t (I, G + 2k + 1), one row per input, as every kernel can use them in ``dtype``.
+
+    Returns them as a new C-contiguous array of ``dtype``; raises ValueError
+    naming ``name`` (what the knots came from, e.g. "grid_range=(0, 1)") and
+    the first offending input otherwise. Checked after the cast, since what
+    the kernels see is the rounded knots:
+
+    - finite, and non-decreasing along each row;
+    - a finite span: t[-1] - t[0] does not overflow (the kernels form x - t
+      for x between the first and the last knot);
+    - strictly increasing interior t[k..G+k] (G intervals of positive length;
+      float32 rounding can merge knots that float64 keeps apart);
+    - every positive spacing a normal number, so that its reciprocal, which
+      the kernels precompute, is finite.
+    """
+    dt = check_dtype(dtype)
+    try:
+        raw = np.asarray(t)
+    except Exception as exc:
+        raise ValueError(f"{name} must give a 2-D array of knots, got {type(t).__name__}: {exc}") from None
+    if raw.dtype == object or not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
+        raise ValueError(f"{name} must give real knots, got dtype {raw.dtype}")
+    k = check_int("k", k, 1)
+    if raw.ndim != 2 or raw.shape[0] < 1 or raw.shape[1] < 2 * k + 2:
+        raise ValueError(f"{name} must give knots of shape (inputs, G + 2k + 1) with G >= 1 "
+                         f"(at least {2 * k + 2} per input for k = {k}), got shape {raw.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = np.array(raw, dtype=dt, order="C", copy=True)
+        d = np.diff(a, axis=1)
+        width = a[:, -1] - a[:, 0]
+    n = a.shape[1]
+    G = n - 2 * k - 1
+    tiny = np.finfo(dt).tiny
+    with np.errstate(invalid="ignore"):
+        fine = (np.all(np.isfinite(a)) and np.all(d >= 0) and np.all(np.isfinite(width))
+                and np.all(d[:, k:k + G] > 0) and not np.any((d > 0) & (d < tiny)))
+    if fine:
+        return a
+    prefix = f"{name} gives knots unusable in {dt.name}"
+    for i in range(a.shape[0]):
+        row = a[i]
+        if not np.all(np.isfinite(row)):
+            m = int(np.argmax(~np.isfinite(row)))
+            raise ValueError(f"{prefix}: input {i} has t[{m}] = {row[m]} (must be finite"
+                             + (" after conversion" if np.isfinite(np.asarray(raw[i, m], float)) else "") + ")")
+        if np.any(d[i] < 0):
+            m = int(np.argmax(d[i] < 0))
+            raise ValueError(f"{prefix}: input {i} has t[{m}] = {row[m]} > t[{m + 1}] = {row[m + 1]} "
+                             "(knots must be non-decreasing)")
+        if not np.isfinite(width[i]):
+            raise ValueError(f"{prefix}: input {i} spans [{row[0]}, {row[-1]}], whose width "
+                             f"overflows {dt.name}")
+        inner = d[i, k:k + G]
+        if np.any(inner <= 0):
+            m = k + int(np.argmax(inner <= 0))
+            raise ValueError(f"{prefix}: input {i} has equal interior knots t[{m}] = t[{m + 1}] = {row[m]} "
+                             f"(the {G + 1} interior knots must be strictly increasing in {dt.name})")
+        if np.any((d[i] > 0) & (d[i] < tiny)):
+            m = int(np.argmax((d[i] > 0) & (d[i] < tiny)))
+            raise ValueError(f"{prefix}: input {i} has knots t[{m}] = {row[m]} and t[{m + 1}] = {row[m + 1]} "
+                             f"only {d[i, m]} apart (below {tiny}, the smallest normal {dt.name}: "
+                             "the reciprocal of the spacing would overflow)")
+    return a

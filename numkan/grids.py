@@ -9,25 +9,30 @@ ever built.
 import numpy as np
 
 from . import _validate as v
-from . import spline
+from . import spline, symbolic
 
 
 def extend_knots(interior, k):
     """Full knot row (G + 2k + 1,) from the G + 1 interior knots: k more on each
     side at spacing h = (last - first) / G."""
     G = interior.size - 1
-    h = (interior[-1] - interior[0]) / G
-    steps = np.arange(1, k + 1)
-    return np.concatenate([interior[0] - h * steps[::-1], interior, interior[-1] + h * steps])
+    with np.errstate(over="ignore", invalid="ignore"):  # callers check the knots (check_knots)
+        h = (interior[-1] - interior[0]) / G
+        steps = np.arange(1, k + 1)
+        return np.concatenate([interior[0] - h * steps[::-1], interior, interior[-1] + h * steps])
 
 
-def sample_knots(x, G, k, grid_eps, margin=0.0):
+def sample_knots(x, G, k, grid_eps, margin=0.0, dtype=np.float64):
     """Knots (G + 2k + 1,) adapted to the samples x (N,) of one input, or None.
 
     The interior grid blends the G + 1 sample quantiles at positions
     floor(linspace(0, N-1, G+1)) of the sorted samples (weight 1 - grid_eps)
     with the uniform grid linspace(min, max, G+1) (weight grid_eps). None when
-    the samples do not span an interval (all equal): no grid fits them.
+    the samples do not span an interval (all equal), or one too narrow for
+    G + 1 distinct interior knots in ``dtype`` (with grid_eps = 0, also when
+    quantiles coincide): no grid fits them. Knots that overflow (samples near
+    the largest float) are returned as computed, for the caller's check
+    (``_validate.check_knots``) to reject.
 
     ``margin`` (a fraction of max - min, default 0 as in KAN_MATH) moves the
     two end knots of both grids outwards by margin * (max - min), so that
@@ -41,8 +46,14 @@ def sample_knots(x, G, k, grid_eps, margin=0.0):
     pad = margin * (hi - lo)  # the quantiles' ends are min and max: margin 0 changes nothing
     lo, hi = lo - pad, hi + pad
     adaptive[0], adaptive[-1] = lo, hi
-    uniform = np.linspace(lo, hi, G + 1)
-    return extend_knots(grid_eps * uniform + (1 - grid_eps) * adaptive, k)
+    with np.errstate(over="ignore", invalid="ignore"):
+        uniform = np.linspace(lo, hi, G + 1)
+        interior = grid_eps * uniform + (1 - grid_eps) * adaptive
+        t = extend_knots(interior, k)
+        rounded = interior.astype(dtype)
+    if np.all(np.isfinite(rounded)) and not np.all(np.diff(rounded) > 0):
+        return None
+    return t
 
 
 def _spline_values(x, t, coef, k):
@@ -51,11 +62,14 @@ def _spline_values(x, t, coef, k):
 
 
 def _layer_forward(layer, x, grid, coef):
-    """Layer output on backend input x with the given knots and coefficients."""
+    """The whole layer's output, spline and symbolic branch, on backend input x with
+    the given knots and coefficients (those of the layer being replaced)."""
     be = layer.backend
     y = be.zeros((x.shape[0], layer.out_dim), layer.dtype)
     be.spline_forward(y, x, be.asarray(grid, layer.dtype), be.asarray(coef, layer.dtype),
                       layer.scale_base, layer.scale_sp, layer.mask, layer.k, layer.base_fun)
+    if symbolic.is_active(layer):  # symbolic edges are part of what the next layer sees
+        y = symbolic.branch_forward(layer, x, y)
     return y
 
 
@@ -66,8 +80,12 @@ def update_grid(model, x, margin=0.0):
     before it, as in pykan): for each input i, new knots from ``sample_knots``
     on that input's samples, then coefficients (K, O) by least squares so that
     every edge's spline keeps its values at those samples. An input whose
-    samples are all equal keeps its knots. The model is changed only after
-    every layer has been computed, so a failed call leaves it as it was.
+    samples are all equal (or too close for distinct knots in the model's dtype)
+    keeps its knots. The next layer's samples are this layer's whole output with
+    its new knots, symbolic edges included. Knots that would not be usable (a
+    span that overflows, from samples near the largest float) raise ValueError.
+    The model is changed only after every layer has been computed, so a failed
+    call leaves it as it was.
 
     margin : float >= 0, default 0
         Widen each input's interior grid by this fraction of its samples'
@@ -83,21 +101,25 @@ def update_grid(model, x, margin=0.0):
     be = model.backend
     h = be.asarray(xh, model.dtype)
     new = []
-    for L in model.layers:
+    for l, L in enumerate(model.layers):
         xl = be.to_host(h).astype(np.float64)
         t_old = be.to_host(L.grid).astype(np.float64)
         c_old = be.to_host(L.coef).astype(np.float64)
         t_new, c_new = t_old.copy(), c_old.copy()
+        moved = []  # the inputs that get new knots
         for i in range(L.in_dim):
-            t = sample_knots(xl[:, i], L.num, L.k, L.grid_eps, margin)
+            t = sample_knots(xl[:, i], L.num, L.k, L.grid_eps, margin, L.dtype)
             if t is None:
                 continue
             t_new[i] = t
+            moved.append(i)
+        # before any fit on them; the message names x (and margin) as their source
+        v.check_knots(f"x (margin={margin}) for layer {l}", t_new, L.k, L.dtype)
+        for i in moved:
             c_new[i] = spline.fit_coef(xl[:, i], _spline_values(xl[:, i], t_old[i], c_old[i], L.k),
-                                       t, L.k)
-        if not (np.all(np.isfinite(t_new)) and np.all(np.isfinite(c_new))):
-            raise ValueError("update_grid produced non-finite knots or coefficients; "
-                             "the model is unchanged")
+                                       t_new[i], L.k)
+        if not np.all(np.isfinite(c_new)):
+            raise ValueError("update_grid produced non-finite coefficients; the model is unchanged")
         new.append((t_new, c_new))
         if len(new) < len(model.layers):  # the next layer's samples
             h = _layer_forward(L, h, t_new, c_new)
@@ -145,6 +167,9 @@ def refine(model, new_grid, x=None):
     in the new spline space on the interior, and the transfer is exact up to
     rounding wherever the fit points are inside the grids. Scales, masks,
     symbolic edges and every setting carry over; ``model`` is not changed.
+    The samples each layer sees are the old layer's whole output, symbolic
+    edges included. Knots not usable in the model's dtype (``new_grid`` so
+    fine that rounding merges knots) raise ValueError.
     """
     from .model import KAN
     new_grid = v.check_int("new_grid", new_grid, 1)
@@ -152,19 +177,24 @@ def refine(model, new_grid, x=None):
     h = None
     if x is not None:
         h = be.asarray(v.check_array("x", x, model.width[0], model.dtype), model.dtype)
+    knots = []  # every layer's new knots, checked before anything is built on them
+    for l, L_old in enumerate(model.layers):
+        t_old = be.to_host(L_old.grid).astype(np.float64)
+        t_new = np.stack([refine_knots(t_old[i], L_old.k, new_grid) for i in range(L_old.in_dim)])
+        # finer knots may merge when rounded to the dtype (or the old ones be unusable)
+        v.check_knots(f"new_grid={new_grid} for layer {l}", t_new, L_old.k, model.dtype)
+        knots.append(t_new)
     new = KAN(model.width, grid=new_grid, k=model.k, seed=model.seed, grid_range=model.grid_range,
               base_fun=model.base_fun, grid_eps=model.grid_eps, dtype=model.dtype,
               device=model.device, sp_trainable=getattr(model, "sp_trainable", True),
               sb_trainable=getattr(model, "sb_trainable", True))
-    for L_old, L_new in zip(model.layers, new.layers):
+    for L_old, L_new, t_new in zip(model.layers, new.layers, knots):
         t_old = be.to_host(L_old.grid).astype(np.float64)
         c_old = be.to_host(L_old.coef).astype(np.float64)
         xl = None if h is None else be.to_host(h).astype(np.float64)
         k = L_old.k
-        t_new = np.empty((L_old.in_dim, new_grid + 2 * k + 1))
         c_new = np.empty((L_old.in_dim, new_grid + k, L_old.out_dim))
         for i in range(L_old.in_dim):
-            t_new[i] = refine_knots(t_old[i], k, new_grid)
             p = refine_points(t_new[i], k)
             if xl is not None:
                 p = np.concatenate([p, xl[:, i]])

@@ -17,7 +17,7 @@ and the symbolic branch (``numkan.symbolic``), phi_s = c * f(a*x + b) + d per ed
 """
 import numpy as np
 
-from . import spline, symbolic
+from . import _validate, spline, symbolic
 
 PARAM_NAMES = ("coef", "scale_base", "scale_sp")
 # every backend array a layer holds: what ``to`` moves between devices
@@ -45,7 +45,10 @@ class KANLayer:
         noise = (rng.random((G + 1, I, O)) - 0.5) * noise_scale / G
         sb = (scale_base_mu + scale_base_sigma * (rng.random((I, O)) * 2 - 1)) / np.sqrt(I)
 
+        # checked before anything is fitted on them: a range whose knots overflow, or
+        # collapse when rounded to the dtype, is an error here, not NaN in the kernels
         t = spline.uniform_grid(self.grid_range, G, k, I)
+        _validate.check_knots(f"grid_range={self.grid_range} with grid={G}, k={k}", t, k, self.dtype)
         coef = np.empty((I, G + k, O))
         for i in range(I):  # the spline through the noise at the G+1 interior knots
             coef[i] = spline.fit_coef(t[i, k:k + G + 1], noise[:, i, :], t[i], k)

@@ -11,8 +11,9 @@ from .kernels import reference
 def uniform_grid(grid_range, G, k, n_inputs, dtype=np.float64):
     """Knots (n_inputs, G + 2k + 1): t[m] = lo + (m - k) * h, h = (hi - lo) / G."""
     lo, hi = grid_range
-    h = (hi - lo) / G
-    row = lo + (np.arange(G + 2 * k + 1) - k) * h
+    with np.errstate(over="ignore", invalid="ignore"):  # callers check the knots (check_knots)
+        h = (hi - lo) / G
+        row = lo + (np.arange(G + 2 * k + 1) - k) * h
     # a real copy: for n_inputs == 1 the broadcast view is already contiguous and read-only
     return np.array(np.broadcast_to(row, (n_inputs, row.size)), dtype=dtype, order="C")
 

@@ -226,3 +226,51 @@ def test_refine_keeps_frozen_flags():
     model = nk.KAN([1, 1], grid=4, sp_trainable=False, sb_trainable=False, base_fun="zero")
     new = model.refine(8)
     assert (new.sp_trainable, new.sb_trainable, new.base_fun) == (False, False, "zero")
+
+
+def _set_cubic_splines(model, rng):
+    """Every edge's spline a random cubic polynomial on its interior grid (written
+    through the live coefficient arrays). A cubic lies in every cubic spline space,
+    so a refit onto any knots is exact wherever the samples are inside both grids:
+    the refit error is rounding."""
+    k = model.k
+    for l, L in enumerate(model.layers):
+        t = host(model, l, "grid")
+        coef = model.params[f"layers.{l}.coef"]
+        for i in range(L.in_dim):
+            p = np.linspace(t[i, k], t[i, -k - 1], 40)
+            c = rng.uniform(-1, 1, (4, L.out_dim)) / np.array([1, 2, 4, 8])[:, None] ** (l + 1)
+            vals = np.stack([p ** d for d in range(4)], axis=1) @ c
+            coef[i] = spline.fit_coef(p, vals, t[i], k)
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_update_grid_sees_symbolic_edges(device):
+    """Symbolic edges are part of what the next layer's knots are placed on.
+
+    Layer 0 has two symbolic edges whose values reach well beyond what its
+    splines alone give; every spline is a cubic, so the refit is exact and
+    update_grid must keep the output up to rounding. Placing layer 1's knots on
+    the spline part alone (the old behaviour) left most of its real inputs
+    outside its new interior grid, where the cubic is not reproduced.
+    """
+    rng = np.random.default_rng(11)
+    model = nk.KAN([2, 3, 1], grid=5, k=3, seed=3, grid_range=(-8, 8), device=device)
+    _set_cubic_splines(model, rng)
+    model.fix_symbolic(0, 0, 1, "sin", fit_params=False)
+    model.fix_symbolic(0, 1, 2, "x^2", fit_params=False)
+    aff = model.params["layers.0.symbolic_affine"]
+    aff[0, 1] = [2.0, 0.5, 3.0, 1.5]   # 3 sin(2x + 0.5) + 1.5, in [-1.5, 4.5]
+    aff[1, 2] = [1.5, 0.3, 2.0, -2.0]  # 2 (1.5x + 0.3)^2 - 2, in [-2, 5.2]
+    x = rng.uniform(-1, 1, (400, 2))
+    y = model(x)
+    model.update_grid(x)
+    err = np.abs(model(x) - y).max()
+    assert err <= 1e-9 * max(1.0, np.abs(y).max()), f"update_grid moved the output by {err:.3g}"
+    hidden = model.layers[0].forward(model.backend.asarray(x, model.dtype), keep=False)
+    hidden = model.backend.to_host(hidden)
+    t1 = host(model, 1, "grid")
+    k = model.k
+    # layer 1's interior grid spans its real inputs, symbolic part included
+    np.testing.assert_allclose(t1[:, k], hidden.min(axis=0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(t1[:, -k - 1], hidden.max(axis=0), rtol=0, atol=1e-9)

@@ -181,3 +181,66 @@ def test_rejected_call_changes_nothing(device, bad):
     for key in s_a:
         np.testing.assert_array_equal(s_b[key], s_a[key], err_msg=f"after {bad}, {key} differs")
     assert np.any(s_b["0.dcoef"] != before["0.dcoef"]), "backward added nothing: the test would not see a change"
+
+
+# ---------------------------------------------------------------------------
+# knots: checked wherever they are made
+@pytest.mark.parametrize("grid_range, dtype, shown", [
+    ((-1e308, 1e308), np.float64, "-inf"),                          # h overflows
+    ((-5e307, 5e307), np.float64, "overflows"),                      # finite knots, infinite span
+    ((1e6, 1e6 + 1e-3), np.float32, "equal interior knots"),         # float32 rounding merges them
+    ((0.0, 1e-300), np.float32, "equal interior knots"),             # all 0 in float32
+    ((0.0, 5e-308), np.float64, "smallest normal"),                  # subnormal spacing
+])
+def test_grid_range_whose_knots_are_unusable(grid_range, dtype, shown):
+    with pytest.raises(ValueError, match="grid_range") as info:
+        nk.KAN([1, 1], grid=5, grid_range=grid_range, dtype=dtype)
+    assert shown in str(info.value) and np.dtype(dtype).name in str(info.value)
+
+
+def test_grid_range_usable_in_float64_only():
+    nk.KAN([1, 1], grid=5, grid_range=(1e6, 1e6 + 1e-3), dtype=np.float64)  # distinct in float64
+
+
+@pytest.mark.parametrize("edit, shown", [
+    (lambda t: t.__setitem__((1, 4), np.nan), "input 1 has t[4] = nan"),
+    (lambda t: t.__setitem__((0, 0), -np.inf), "input 0 has t[0] = -inf"),
+    (lambda t: t.__setitem__((0, 5), 5.0), "non-decreasing"),
+    (lambda t: t.__setitem__((0, 4), t[0, 3]), "equal interior knots"),
+    (lambda t: t.__setitem__((0, slice(None)), t[0] * 1e308), "overflows"),
+])
+def test_check_knots_names_the_problem(edit, shown):
+    from numkan._validate import check_knots
+    t = np.tile(np.linspace(-1.6, 1.6, 5 + 2 * 3 + 1), (2, 1))
+    np.testing.assert_array_equal(check_knots("knots", t, 3, np.float32), t.astype(np.float32))
+    edit(t)
+    with pytest.raises(ValueError, match="knots") as info:
+        check_knots("knots", t, 3, np.float64)
+    assert shown in str(info.value)
+
+
+def test_check_knots_allows_repeated_end_knots_and_checks_the_shape():
+    from numkan._validate import check_knots
+    t = np.array([[0, 0, 0, 0, 0.5, 1, 1, 1, 1.0]])  # clamped ends: the interior is strictly increasing
+    assert check_knots("knots", t, 3, np.float64).dtype == np.float64
+    for bad in (t[0], t[:, :7], np.array([["a"] * 9])):
+        with pytest.raises(ValueError, match="knots"):
+            check_knots("knots", bad, 3, np.float64)
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_update_grid_on_samples_whose_knots_overflow(device):
+    model = nk.KAN([2, 5, 1], device=device)
+    before = [(np.array(L.grid), np.array(L.coef)) for L in model.layers]
+    with pytest.raises(ValueError, match=r"x \(margin=0.0\) for layer 0 .*overflows float64"):
+        model.update_grid(np.array([[8e307, -8e307], [-8e307, 8e307], [0, 1.0]]))
+    for L, (t, c) in zip(model.layers, before):
+        np.testing.assert_array_equal(np.array(L.grid), t)
+        np.testing.assert_array_equal(np.array(L.coef), c)
+
+
+def test_refine_whose_knots_merge_in_float32():
+    model = nk.KAN([1, 1], grid=2, grid_range=(1000.0, 1000.01), dtype=np.float32)
+    with pytest.raises(ValueError, match="new_grid=400 for layer 0 .*float32"):
+        model.refine(400)
+    assert model.refine(4).grid == 4
