@@ -400,7 +400,8 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     A diverging fit stops where a NaN or inf first appears, before it is
     used: a parameter after an Adam update or in an L-BFGS iterate (in the
     model's dtype), a hidden layer's outputs, the objective (checked before
-    the backward pass), the gradient (L-BFGS), the samples of a grid update.
+    the backward pass), the gradient (L-BFGS). (A grid update keeps the knots
+    of an input whose samples are not finite; the objective then stops the fit.)
     It then returns the results up to there, with a RuntimeWarning, and the
     model has the last parameters whose objective was finite (those of
     before the call if no step got that far). The parameters and knots
@@ -638,23 +639,6 @@ def _check_finite(value, what):
         raise _NonFinite(f"the {what} is {value}")
 
 
-def _grid_update(model, x, xd, margin, s):
-    """The grid update of step s, which fails (ValueError) where the model has
-    diverged: the samples of a hidden layer are then NaN or inf. That is the
-    fit diverging (``_NonFinite``), not a bad argument, so it is told apart
-    here, after the failure, at no cost to the updates that succeed."""
-    try:
-        _update_grid(model, x, margin)
-    except ValueError as exc:
-        be, h = model.backend, xd
-        for l, L in enumerate(model.layers[:-1]):
-            h = L.forward(h, keep=False)
-            if not be.all_finite(h):
-                raise _NonFinite(f"the outputs of layer {l} are not finite, so the grid update of "
-                                 f"step {s + 1} has no samples to place knots at") from exc
-        raise
-
-
 def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
               grid_margin, lr, beta1, beta2, eps):
     be = model.backend
@@ -666,7 +650,7 @@ def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, recor
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
         if grid_step(s):
-            _grid_update(model, x, xd, grid_margin, s)
+            _update_grid(model, x, grid_margin)
         obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
         loss, reg = obj()  # raises _NonFinite before its backward pass
         # the parameters were checked after the last update (or at the start)
@@ -693,7 +677,7 @@ def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, reco
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
         if grid_step(s):
-            _grid_update(model, x, xd, grid_margin, s)
+            _update_grid(model, x, grid_margin)
         # consecutive steps on the same objective share one L-BFGS run
         n = 1
         if tr is None:
@@ -716,6 +700,8 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st):
         g = flat.grad()
         if not np.all(np.isfinite(g)):
             raise _NonFinite("the gradient is not finite")
+        if "theta" not in cache and np.array_equal(theta, theta0):
+            accept(theta)  # the run's start point, now known to be finite (scipy evaluates it first)
         cache.update(theta=theta.copy(), loss=loss, reg=reg)
         return f, g
 
@@ -749,7 +735,9 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st):
             if state["stop"] or state["step"] - s >= n:
                 raise StopIteration
 
-    accept(theta0)
+    # last_finite moves to this run's points only once they are evaluated:
+    # until then it stays where it was (the start of fit, or a point of the
+    # previous run with that run's knots)
     while state["step"] - s < n and not state["stop"]:
         remaining = n - (state["step"] - s)
         state["iters"] = 0
