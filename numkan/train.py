@@ -100,14 +100,15 @@ class _Snapshot:
 
 
 class _Kept:
-    """What fit changes besides the parameters and knots, put back when it returns:
-    the gradient buffers (fit's objective overwrites them) and each layer's
-    input kept for ``backward`` (fit's forward passes replace it).
+    """What fit changes besides the parameters and knots, put back when it fails
+    (an error leaves the model as it was): the gradient buffers, which fit's
+    objective overwrites, and each layer's input kept for ``backward``, which
+    fit's forward passes replace. They are restored into the same buffers
+    (``model.grads`` hands them out live).
 
-    A fit is not a forward/backward of the user's: afterwards ``model.grads``
-    and a pending ``model.backward`` are those of before the call. The
-    gradients are restored into the same buffers (``model.grads`` hands them
-    out live)."""
+    A fit that returns keeps its last forward's inputs and gradients, as
+    pykan keeps its cached activations: ``attribute``, ``prune`` and
+    ``auto_symbolic`` without ``x`` then see the training data."""
 
     GRADS = tuple(n for n in ARRAY_NAMES if n.startswith("d"))
 
@@ -407,10 +408,11 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     before the call if no step got that far). The parameters and knots
     must be finite when ``fit`` is called (ValueError otherwise).
 
-    Any other error restores the parameters and knots the model had before
-    the call and is raised again. In every case ``model.grads`` and the
-    input kept for ``model.backward`` are as they were before the call:
-    fit's own forward and backward passes are not the user's.
+    Any other error leaves the model as it was before the call (parameters,
+    knots, ``model.grads`` and the input kept for ``model.backward``) and is
+    raised again. A fit that returns keeps the inputs of its last forward
+    pass, as pykan keeps its cached activations, so ``attribute``, ``prune``
+    and ``auto_symbolic`` called without ``x`` use the training data.
 
     What crosses the host boundary on a device (device="cuda")
     ---------------------------------------------------------
@@ -536,14 +538,12 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
                           grid_margin, lr, beta1, beta2, eps)
     except KeyboardInterrupt:
         (st.best if st.best is not None else start).restore(model)
-        kept.restore(model)
         progress.close()
         warnings.warn(f"fit interrupted after {len(results['train_loss'])} of {steps} steps; the model "
                       "keeps the parameters with the lowest training objective seen", stacklevel=2)
         return results
     except _NonFinite as exc:
         st.restore_last_finite(model)
-        kept.restore(model)
         progress.close()
         warnings.warn(f"fit stopped at step {len(results['train_loss']) + 1} of {steps}: {exc}; "
                       "restored the last finite parameters (the last whose objective was finite)",
@@ -554,7 +554,6 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
         kept.restore(model)
         progress.close()
         raise
-    kept.restore(model)
     progress.close()
     return results
 
