@@ -205,7 +205,6 @@ class Objective:
                 regs.append(r)
             h = L.forward(h, keep=True)
             hidden.append(h)
-        hidden.pop()  # the prediction: its non-finite values show in the loss
         dy = be.zeros(h.shape, m.dtype)
         if self.loss_fn is None:
             loss = be.mse_loss_grad(dy, h, self.y)
@@ -213,13 +212,16 @@ class Objective:
             loss, g = _call_loss_fn(self.loss_fn, be.to_host(h), self.y_host)
             dy = be.asarray(g, m.dtype)
         # checked before the backward pass, which would spread a NaN or inf
-        # into every gradient; the hidden layers' outputs are checked too (one
-        # flag for all), since a kernel may map a non-finite input to a finite
-        # output (a point outside the knots) and the loss would not show it
-        if hidden and not be.all_finite(*hidden):
-            l = next(l for l, a in enumerate(hidden) if not be.all_finite(a))
-            raise _NonFinite(f"the outputs of layer {l} are not finite")
-        _check_finite(loss + self.lamb * reg, "training objective")
+        # into every gradient. The kernels never hide one (a sample with a
+        # non-finite input gives a non-finite output), so a NaN or inf that
+        # appeared in any layer reaches the loss, and one check per evaluation
+        # (a number that comes back anyway) finds it; the layers are searched
+        # only then, to say where it appeared.
+        f = loss + self.lamb * reg
+        if not np.isfinite(f):
+            l = next((l for l, a in enumerate(hidden) if not be.all_finite(a)), None)
+            raise _NonFinite(f"the training objective is {f}" if l is None else
+                             f"the outputs of layer {l} are not finite")
         for l in range(len(m.layers) - 1, -1, -1):
             dx = m.layers[l].backward(dy)
             if self.lamb > 0:
@@ -420,10 +422,9 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     saved parameters (at the start, the last finite, the best) are device
     arrays refreshed with device-to-device copies.
     Per Adam step, with the defaults (mean squared error, ``lamb == 0``, no
-    grid update at that step, no symbolic edge): four numbers come back, the
-    training loss, one finiteness flag over the hidden layers' outputs (with
-    two layers or more), one combined finiteness flag over every parameter
-    after the update, and the test loss; nothing goes to the device when ``batch == -1``, and
+    grid update at that step, no symbolic edge): three numbers come back, the
+    training loss, one combined finiteness flag over every trained parameter
+    (after the update), and the test loss; nothing goes to the device when ``batch == -1``, and
     with ``batch > 0`` the step's minibatch (train and test inputs and labels,
     gathered on the host) is uploaded. Parameters, gradients, Adam moments
     and predictions stay on the device.
@@ -631,11 +632,6 @@ class _State:
                 L.grid = be.asarray(g, L.dtype)
         else:
             self.last_finite.restore(model)
-
-
-def _check_finite(value, what):
-    if not np.isfinite(value):
-        raise _NonFinite(f"the {what} is {value}")
 
 
 def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,

@@ -98,7 +98,7 @@ def test_issue_reproducer_ends_with_a_finite_model(diverging):
 
 @pytest.mark.parametrize("name,first,restored", [
     ("adam32", "the Adam update of step 1", [-1]), ("adam64", "the outputs of layer 0", [-2]),
-    ("lbfgs32", "not finite", None), ("lbfgs64", "training objective is -inf", None),
+    ("lbfgs32", "not finite", None), ("lbfgs64", "the outputs of layer 1 are not finite", None),
     ("grid", "at step 1 of 60: the outputs of layer 0 are not finite", [-1])])
 def test_diverging_fit_stops_where_the_first_non_finite_value_appears(diverging, name, first,
                                                                       restored):
