@@ -3,7 +3,7 @@
 File layout (format version 1):
 
     header                 0-d unicode array holding the JSON header below
-    layers.{l}.grid        (I, G+2k+1)   knots
+    layers.{l}.grid        (I, G+2k+1)   knots (as ``_validate.check_knots`` requires)
     layers.{l}.coef        (I, G+k, O)
     layers.{l}.scale_base  (I, O)
     layers.{l}.scale_sp    (I, O)
@@ -26,14 +26,17 @@ member's ``.npy`` header is checked against the bytes the member really
 holds before its array is allocated, the whole archive may expand to at most
 ``MAX_EXPANSION`` times its size on disk, and the model is built only after
 the header's sizes agree with the arrays present. So the memory a file can
-make ``load`` take is bounded by what the file holds. Any file that is not a
-valid model raises ValueError naming the file.
+make ``load`` take is a few times what the file holds unpacked, itself at
+most ``MAX_EXPANSION`` times the file. Any file that is not a valid model
+raises ValueError naming the file.
 
 Extra state (e.g. the symbolic edges) joins the file as a *section*:
 ``register_section(name, save_fn, load_fn)`` with ``save_fn(model) -> (meta,
 arrays)`` (a JSON-able dict and a dict of named ndarrays; ``meta = None``
 leaves the section out) and ``load_fn(model, meta, arrays)`` that installs
-them (raising ValueError on bad content). A file that holds a section this
+them (raising ValueError on bad content; the TypeError, KeyError, IndexError,
+AttributeError or OverflowError that JSON of the wrong types causes in it is
+reported as the file's ValueError too). A file that holds a section this
 numkan does not know was written by a newer one, and is refused.
 """
 import json
@@ -346,27 +349,16 @@ def _expected_shapes(width, G, k):
     return shapes
 
 
-def _check_knots(path, key, t, dtype):
-    """Knots a spline can use: finite, non-decreasing, spanning a finite interval > 0 in ``dtype``."""
-    if np.any(np.diff(t, axis=1) < 0):
-        raise ValueError(f"{path}: the knots in {key!r} are not non-decreasing")
-    with np.errstate(over="ignore"):
-        span = (t[:, -1] - t[:, 0]).astype(dtype)
-    if not np.all(np.isfinite(span) & (span > 0)):
-        i = int(np.argmin(np.isfinite(span) & (span > 0)))
-        raise ValueError(f"{path}: the knots in {key!r} row {i} span [{t[i, 0]}, {t[i, -1]}], "
-                         f"expected an interval of finite, positive width in {np.dtype(dtype)}")
-
-
 def load(path, device="cpu"):
     """Read a model written by ``save`` and put it on ``device``.
 
     Raises ValueError naming the file for any file that is not a valid model:
     corrupt or truncated, written by a newer numkan, a header of the wrong
     types, or arrays that do not match the header (missing, unexpected, wrong
-    shape or dtype, non-finite, masks other than 0 and 1, knots that are not
-    non-decreasing or do not span an interval). The model is built only after
-    all of that is checked.
+    shape or dtype, non-finite, masks other than 0 and 1, knots that
+    ``_validate.check_knots`` refuses, as it refuses them wherever knots are
+    made). The model is built only after all of that is checked; a bad device
+    is the caller's ValueError, raised before the file is read.
     """
     from .kernels import get_backend
     from .model import KAN
@@ -393,8 +385,8 @@ def load(path, device="cpu"):
         if key.endswith(".mask") and not np.all((a == 0) | (a == 1)):
             bad = a[(a != 0) & (a != 1)][0]
             raise ValueError(f"{path}: array {key!r} holds {bad}, expected only 0 and 1")
-        if key.endswith(".grid"):
-            _check_knots(path, key, a, dtype)
+        if key.endswith(".grid"):  # the same rule as knots made any other way
+            v.check_knots(f"{path}: array {key!r}", a, h["k"], dtype)
     extra = sorted(set(arrays) - set(shapes)
                    - {f"{s}.{key}" for s, keys in section_keys.items() for key in keys})
     if extra:
