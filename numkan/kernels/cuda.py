@@ -17,8 +17,8 @@ the contraction, and the (B, I, k+1) bases exist only in shared memory, a tile
 at a time.
 
 The scalar recursion multiplies by knot reciprocals ``inv[i, r, m]``
-(``_scalar.knot_reciprocals``): the forward fills them with one tiny launch
-(O(I k n) work); each backward block fills the row of its own input.
+(``_scalar.knot_reciprocals``), filled by one tiny launch (O(I k n) work)
+before each layer kernel.
 
 ``spline_forward`` (two launches: reciprocals, then the layer). A block owns a tile of TB samples and TO
 outputs; its threads form TX lanes along the outputs (consecutive outputs, so
@@ -31,29 +31,31 @@ coefficient rows each of its samples needs. Bases, their first index and b(x)
 are read from shared memory once per sample and reused for RO outputs; the
 coefficient tile of the TI inputs is small enough to stay in L1/L2.
 
-``spline_backward`` (two launches). The coefficient gradient is a reduction
-over the batch, R[i,m,o] = sum_b g[b,o] B[m](x[b,i]), and dx[b,i] is a
-reduction over the outputs. Launch 1 gives each block one input i and one
-chunk of the batch: it stages the bases and derivatives of TS samples at a
-time in shared memory, accumulates R for its (i, chunk) in a shared-memory
-tile (K x TO, shared-memory atomics only, since two warps may hit the same
-knot interval), sums b(x) g for the base gradient in registers, and reduces
-each sample's dx over the outputs through a padded shared tile, so that dx[b,i]
-has exactly one writer and no global atomic appears anywhere. It writes its raw
-partial sums P[c,i,m,o] once. Launch 2 sums the partials of the chunks
-(deterministic order) and finishes all three parameter gradients:
+``spline_backward`` (three launches: reciprocals, partial sums, finish). The
+coefficient gradient is a reduction over the batch,
+R[i,m,o] = sum_b g[b,o] B[m](x[b,i]), and dx[b,i] is a reduction over the
+outputs. The partial-sums launch gives each block one input i and one chunk of
+the batch: it stages the bases and derivatives of TS samples at a time, with
+their g, in shared memory; each thread adds its samples' dx partials and b(x) g
+over its outputs; then each entry (m, o) of the block's R tile (K x TO in
+shared memory) is owned by one thread, which adds the staged samples in order.
+dx[b,i] is finished by one thread from its lane partials in lane order, and
+the chunk's raw sums are written once to P[c,i,m,o]. The finishing launch sums
+the chunks in order and finishes all three parameter gradients:
 dcoef += R*scale_sp*mask, dscale_base += Rb*mask and
-dscale_sp += mask*sum_m coef*R (because s = sum_m coef B[m]). The number of
-chunks is chosen to fill the GPU while keeping the partial buffer small
-(at most a few hundred MB, usually far less).
+dscale_sp += mask*sum_m coef*R (because s = sum_m coef B[m]). No atomic
+appears anywhere, so every sum has a fixed order and a backward pass gives the
+same bits on every run, as the CPU backend does. The number of chunks is chosen
+to fill the GPU while keeping the partial buffer small (at most a few hundred
+MB, usually far less).
 
 ``edge_moments_forward`` / ``_backward`` (the sparsity regulariser's batch
-sums, two launches each) reuse spline_backward's layout: one block per (input,
-batch chunk) that fills its own knot reciprocals and stages the bases of its
-samples. The forward keeps phi in registers and reduces phi, phi^2, x and x^2
-per chunk in float64 (shared tile, fixed order), then a small launch sums the
-chunks; the backward is spline_backward's launch 1 with dy[b, o] replaced by
-gphi = ds1[i, o] + 2 ds2[i, o] phi, finished by the same ``_backward_finish``.
+sums) reuse spline_backward's layout: one block per (input, batch chunk) that
+stages the bases of its samples. The forward keeps phi in registers and
+reduces phi, phi^2, x and x^2 per chunk in float64 (shared tile, fixed order),
+then a small launch sums the chunks; the backward is spline_backward's kernel
+built with g = gphi = ds1[i, o] + 2 ds2[i, o] phi, finished by the same
+``_backward_finish``.
 
 When K x TO does not fit in shared memory (very fine grids) the block walks the
 basis index in tiles of MT rows, visiting its samples once per tile; for the
@@ -68,7 +70,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from numba import cuda, from_dtype
+from numba import config, cuda, from_dtype
 
 from . import _scalar
 from ._scalar import BASE_CODES
@@ -76,14 +78,31 @@ from ._scalar import BASE_CODES
 name = "cuda"
 
 # the scalar maths, compiled for the device (compiled lazily on first use)
+_SIMULATOR = bool(config.ENABLE_CUDASIM)  # numba's CUDA simulator replaces the compiler
+
 _base_value = cuda.jit(device=True)(_scalar.base_value)
 _base_pair = cuda.jit(device=True)(_scalar.base_pair)  # b and b' from one exp
 _find_span = cuda.jit(device=True)(_scalar.find_span)
 _local_basis = cuda.jit(device=True)(_scalar.local_basis)
 
-_NT = 256                 # threads per block of the layer kernels
+_NT = 256                 # threads per block of the forward kernels
+_NT_BACKWARD = 128        # threads per block of the backward kernels
+# Launch bounds: (threads, blocks each SM must hold). They cap registers per thread at
+# 65536 / (threads * blocks): 128 for the forward kernels. The backward's span search and
+# Cox-de Boor with derivatives need about 140-170 registers without a cap, and a cap of
+# 128 makes ptxas spill; three blocks of 128 threads (12 warps an SM, where one block of
+# 256 threads at that register count would hold 8) leave it 170 and spill nothing.
+_BOUNDS = (_NT, 2)
+_BOUNDS_BACKWARD = (_NT_BACKWARD, 3)
 _SHARED_BUDGET = 44 * 1024  # bytes of shared memory per block we allow ourselves (48 KiB limit)
 _EW = 256                 # threads per block of the elementwise kernels
+
+
+def _layer_jit(bounds):
+    """cuda.jit with launch bounds ``(threads, min_blocks_per_sm)``; the simulator takes none."""
+    if _SIMULATOR:
+        return cuda.jit
+    return cuda.jit(launch_bounds=bounds)
 
 
 def check_available():
@@ -203,11 +222,12 @@ def _stage_fn(k, dtype):
     Outside the knots every entry is zero and a0 = 0.
     """
     KP1 = k + 1
+    W2 = 2 * KP1  # array shapes must be names bound to constants, not expressions
     nbt = from_dtype(np.dtype(dtype))
 
     @cuda.jit(device=True)
     def stage(grid, inv, i, xv, K, N, dN, deriv):
-        work = cuda.local.array(2 * KP1, nbt)
+        work = cuda.local.array(W2, nbt)
         j = _find_span(grid, i, xv)
         if j < 0:
             for s in range(KP1):
@@ -244,7 +264,7 @@ def _forward_kernel(k, dtype, TX, TY, RB, RO, TI):
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @cuda.jit
+    @_layer_jit(_BOUNDS)
     def kernel(y, x, grid, inv, coef, scale_base, scale_sp, mask, code):
         # y (B, O) out; x (B, I); grid (I, G+2k+1); inv (I, k+1, G+2k+1) knot
         # reciprocals; coef (I, K, O); scale_*, mask (I, O)
@@ -319,34 +339,51 @@ def _forward_kernel(k, dtype, TX, TY, RB, RO, TI):
 
 
 @lru_cache(maxsize=None)
-def _backward_kernel(k, dtype, TX, TY, RB, RO):
-    """Launch 1 of spline_backward: block (TX, TY) owns input blockIdx.x and batch chunk blockIdx.y."""
+def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
+    """Launch 1 of spline_backward (``moments=False``) and of edge_moments_backward
+    (``moments=True``): block (TX, TY) owns input blockIdx.x and batch chunk blockIdx.y.
+
+    The two differ only in the upstream gradient of phi[i, o](x[b, i]): dy[b, o]
+    for the layer, gphi = ds1[i, o] + 2 ds2[i, o] phi for the moments (which
+    needs phi, so the coefficient rows are gathered for the value too), plus the
+    x-moment terms dxs1 + 2 x dxs2 of dx. Every sum has a fixed order, so the
+    results are bit-identical from run to run:
+    - dx[b, i]: the TX lane partials of sample b, added in lane order by one thread;
+    - R[m, o] = sum_b g[b, o] B[m](x[b, i]): entry (m, o) has one owner, the
+      thread of lane o (mod TX) and row ty = m (mod TY), which visits the tile's
+      samples in order (no atomics: a sample's k+1 bases fall to k+1 rows);
+    - Rb[o] = sum_b g[b, o] b(x[b, i]): per-row partials in registers, then
+      added over the TY rows in row order.
+    """
     KP1 = k + 1
     TS, TO = TY * RB, TX * RO
     NT = TX * TY
+    TXP = TX + 1  # dx partials padded against bank conflicts (a name: shapes must be constants)
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @cuda.jit
-    def kernel(dx, P, PB, INV, dy, x, grid, coef, scale_base, scale_sp, mask, code, MT):
+    @_layer_jit(_BOUNDS_BACKWARD)
+    def kernel(dx, P, PB, inv, dy, ds1, ds2, dxs1, dxs2, x, grid, coef, scale_base, scale_sp,
+               mask, code, MT):
         # dx (B, I) +=; P (C, I, K, O) and PB (C, I, O) raw partial sums of chunk c:
         #   P[c,i,m,o] = sum_b g[b,o] B[m](x[b,i]),  PB[c,i,o] = sum_b g[b,o] b(x[b,i]);
-        # INV (C, I, k+1, n) scratch: block (i, c) fills and reads only INV[c, i]
+        # inv (I, k+1, n) knot reciprocals (_knot_reciprocals).
+        # Layer: g = dy (B, O). Moments: g = ds1 + 2 ds2 phi with ds1, ds2 (I, O) and
+        # dxs1, dxs2 (I,) float64. The arguments of the other kind are not read.
         R = cuda.shared.array(0, nbt)                  # (MT, TO) tile of P, dynamic
+        Gsh = cuda.shared.array((TS, TO), nbt)         # g of the tile's samples and outputs
         Nsh = cuda.shared.array((TS, KP1), nbt)
         dNsh = cuda.shared.array((TS, KP1), nbt)
         Ash = cuda.shared.array(TS, np.int32)
         BXsh = cuda.shared.array(TS, nbt)
         DBXsh = cuda.shared.array(TS, nbt)
-        DXsh = cuda.shared.array((TS, TX + 1), nbt)    # dx partials, padded against bank conflicts
-        RBsh = cuda.shared.array(TO, nbt)
+        DXsh = cuda.shared.array((TS, TXP), nbt)
+        RBsh = cuda.shared.array((TY, TO), nbt)        # per-row partials of Rb
         N = cuda.local.array(KP1, nbt)
         dN = cuda.local.array(KP1, nbt)
         rb = cuda.local.array(RO, nbt)
-        wb = cuda.local.array(RO, nbt)
-        sp = cuda.local.array(RO, nbt)
         B, I = x.shape
-        O = dy.shape[1]
+        O = coef.shape[2]
         K = coef.shape[1]
         i = cuda.blockIdx.x
         c = cuda.blockIdx.y
@@ -356,90 +393,116 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO):
         tid = ty * TX + tx
         b_lo = c * B // C
         b_hi = (c + 1) * B // C
-        # the knot reciprocals of input i, as _scalar.knot_reciprocals computes them
-        inv = INV[c]
-        _inv_row(inv, grid, i, k, tid, NT)
-        cuda.syncthreads()
         for o0 in range(0, O, TO):
-            for r in range(RO):
-                o = min(o0 + tx + r * TX, O - 1)
-                wb[r] = scale_base[i, o] * mask[i, o]
-                sp[r] = scale_sp[i, o] * mask[i, o]
             for m0 in range(0, K, MT):
-                first = m0 == 0  # the base and dx-base terms are added once
+                first = m0 == 0  # dx and Rb are complete after the first basis tile
                 for p in range(tid, MT * TO, NT):
                     R[p] = 0
-                for p in range(tid, TO, NT):
-                    RBsh[p] = 0
                 for r in range(RO):
                     rb[r] = 0
                 for s0 in range(b_lo, b_hi, TS):
-                    # 1. stage the bases of TS samples of input i
+                    # 1. stage the bases (and derivatives) of TS samples of input i, and g
                     for p in range(tid, TS, NT):
                         b = s0 + p
                         if b < b_hi:
                             xv = x[b, i]
-                            Ash[p] = stage(grid, inv, i, xv, K, N, dN, True)
+                            Ash[p] = stage(grid, inv, i, xv, K, N, dN, first)
                             b_x, db_x = _base_pair(xv, code)
                             BXsh[p] = b_x
                             DBXsh[p] = db_x
                             for s in range(KP1):
                                 Nsh[p, s] = N[s]
                                 dNsh[p, s] = dN[s]
-                    cuda.syncthreads()
-                    # 2. accumulate R, rb and the dx partials of this thread's outputs
-                    for q in range(RB):
-                        ql = ty + q * TY
-                        b = s0 + ql
-                        dxp = nbt(0)
-                        if b < b_hi:
-                            a0 = Ash[ql]
-                            bxv = BXsh[ql]
-                            dbxv = DBXsh[ql]
-                            for s in range(KP1):
-                                N[s] = Nsh[ql, s]
-                                dN[s] = dNsh[ql, s]
+                    if not moments:
+                        for ql in range(ty, TS, TY):
+                            b = s0 + ql
                             for r in range(RO):
                                 ol = tx + r * TX
                                 o = o0 + ol
-                                if o < O:
-                                    g = dy[b, o]
-                                    if first:
-                                        rb[r] += bxv * g
-                                        dxp += g * wb[r] * dbxv
-                                    ds = nbt(0)
-                                    for s in range(KP1):
-                                        a = a0 + s - m0
-                                        if a >= 0 and a < MT:
-                                            cuda.atomic.add(R, a * TO + ol, N[s] * g)
-                                            ds += dN[s] * coef[i, a0 + s, o]
-                                    dxp += g * sp[r] * ds
-                        DXsh[ql, tx] = dxp
+                                Gsh[ql, ol] = dy[b, o] if b < b_hi and o < O else 0
                     cuda.syncthreads()
-                    # 3. one writer per dx[b, i]: sum the TX lane partials of each sample
-                    for p in range(tid, TS, NT):
-                        b = s0 + p
-                        if b < b_hi:
-                            tot = nbt(0)
-                            for l in range(TX):
-                                tot += DXsh[p, l]
-                            dx[b, i] += tot
+                    # 2. the thread's samples and outputs: g (moments), dx partials, rb
+                    if first or moments:
+                        for ql in range(ty, TS, TY):  # not unrolled: fewer registers
+                            b = s0 + ql
+                            dxp = nbt(0)
+                            if b < b_hi:
+                                a0 = Ash[ql]
+                                bxv = BXsh[ql]
+                                dbxv = DBXsh[ql]
+                                for s in range(KP1):
+                                    N[s] = Nsh[ql, s]
+                                    dN[s] = dNsh[ql, s]
+                                for r in range(RO):
+                                    ol = tx + r * TX
+                                    o = o0 + ol
+                                    if o < O:
+                                        # read here, not kept across the loops: registers
+                                        wb = scale_base[i, o] * mask[i, o]
+                                        sp = scale_sp[i, o] * mask[i, o]
+                                        v = nbt(0)
+                                        dv = nbt(0)
+                                        for s in range(KP1):
+                                            cv = coef[i, a0 + s, o]
+                                            if moments:
+                                                v += N[s] * cv
+                                            if first:
+                                                dv += dN[s] * cv
+                                        if moments:
+                                            g = nbt(ds1[i, o] + 2.0 * ds2[i, o]
+                                                    * (wb * bxv + sp * v))
+                                            Gsh[ql, ol] = g
+                                        else:
+                                            g = Gsh[ql, ol]
+                                        if first:
+                                            rb[r] += bxv * g
+                                            dxp += g * (wb * dbxv + sp * dv)
+                                    elif moments:
+                                        Gsh[ql, ol] = 0
+                            DXsh[ql, tx] = dxp
+                        cuda.syncthreads()
+                    # 3. R: thread (tx, ty) owns rows m = ty (mod TY) of its outputs and
+                    #    visits the samples in order; sample bl adds to rows Ash[bl] + s
+                    for bl in range(min(TS, b_hi - s0)):
+                        a = Ash[bl] - m0
+                        s = (ty - a) & (TY - 1)  # (ty - a) mod TY: TY is a power of two
+                        while s < KP1:
+                            m = a + s
+                            if m >= 0 and m < MT:
+                                ns = Nsh[bl, s]
+                                for r in range(RO):
+                                    ol = tx + r * TX
+                                    R[m * TO + ol] += ns * Gsh[bl, ol]
+                            s += TY
+                    # 4. one writer per dx[b, i]: the lane partials in lane order
+                    if first:
+                        for p in range(tid, TS, NT):
+                            b = s0 + p
+                            if b < b_hi:
+                                tot = nbt(0)
+                                for l in range(TX):
+                                    tot += DXsh[p, l]
+                                if moments and o0 == 0:  # the x-moment terms, once per sample
+                                    tot += dxs1[i] + 2.0 * x[b, i] * dxs2[i]
+                                dx[b, i] += tot
                     cuda.syncthreads()
-                # 4. write this chunk's raw partial sums once
-                if first:
-                    for r in range(RO):
-                        cuda.atomic.add(RBsh, tx + r * TX, rb[r])
-                cuda.syncthreads()
+                # 5. write this chunk's raw partial sums once; Rb over the rows in order
                 for p in range(tid, MT * TO, NT):
                     m = m0 + p // TO
                     o = o0 + p % TO
                     if m < K and o < O:
                         P[c, i, m, o] = R[p]
                 if first:
+                    for r in range(RO):
+                        RBsh[ty, tx + r * TX] = rb[r]
+                    cuda.syncthreads()
                     for p in range(tid, TO, NT):
                         o = o0 + p
                         if o < O:
-                            PB[c, i, o] = RBsh[p]
+                            tot = nbt(0)
+                            for l in range(TY):
+                                tot += RBsh[l, p]
+                            PB[c, i, o] = tot
                 cuda.syncthreads()
 
     return kernel
@@ -538,16 +601,20 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
 
 def _backward_config(B, I, O, K, k, itemsize):
     TX, RO = _lanes(O)
-    TY = _NT // TX
-    RB = 4 if TX == 32 else 1
+    TY = _NT_BACKWARD // TX
+    RB = max(1, 32 // TY)  # tiles of at least 32 samples
     TS = TY * RB
-    static = (TS * (2 * (k + 1) + 2 + TX + 1) + TX * RO) * itemsize + 4 * TS
-    room = _SHARED_BUDGET - static
-    if room < TX * itemsize:
-        raise ValueError(f"k={k} is too large for the CUDA kernels' shared-memory tiles")
+
+    def static(RO):  # _backward_kernel's fixed shared arrays, in bytes
+        TO = TX * RO
+        return (TS * (TO + 2 * (k + 1) + 2 + TX + 1) + TY * TO) * itemsize + 4 * TS
+
     # prefer one basis tile (MT = K); give up output width before that
-    while RO > 1 and K * TX * RO * itemsize > room:
+    while RO > 1 and static(RO) + K * TX * RO * itemsize > _SHARED_BUDGET:
         RO //= 2
+    room = _SHARED_BUDGET - static(RO)
+    if room < TX * RO * itemsize:
+        raise ValueError(f"k={k} is too large for the CUDA kernels' shared-memory tiles")
     MT = max(1, min(K, room // (TX * RO * itemsize)))
     # chunks of the batch: enough blocks to fill the GPU, chunks of at least TS
     # samples, and a partial buffer of at most ~256 MB
@@ -570,11 +637,12 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     TX, TY, RB, RO, MT, C = _backward_config(B, I, O, K, k, dtype.itemsize)
     P = cuda.device_array((C, I, K, O), dtype=dtype)
     PB = cuda.device_array((C, I, O), dtype=dtype)
-    INV = cuda.device_array((C, I, k + 1, grid.shape[1]), dtype=dtype)
-    kern = _backward_kernel(k, dtype.str, TX, TY, RB, RO)
+    inv = _knot_reciprocals(grid, k)
+    kern = _backward_kernel(k, dtype.str, TX, TY, RB, RO, False)
     shared = MT * TX * RO * dtype.itemsize
-    kern[(I, C), (TX, TY), 0, shared](dx, P, PB, INV, dy, x, grid, coef, scale_base, scale_sp,
-                                      mask, BASE_CODES[base_fun], MT)
+    # the moments' arguments (ds1, ds2, dxs1, dxs2) are not read: dy stands in for them
+    kern[(I, C), (TX, TY), 0, shared](dx, P, PB, inv, dy, dy, dy, dy[0], dy[0], x, grid, coef,
+                                      scale_base, scale_sp, mask, BASE_CODES[base_fun], MT)
     _backward_finish[(-(-O // 32), -(-I // 8)), (32, 8)](dcoef, dscale_base, dscale_sp, P, PB,
                                                         coef, scale_sp, mask)
 
@@ -674,34 +742,18 @@ def all_finite(*arrays):
 # Regulariser moments: edge_moments_forward / edge_moments_backward
 # ---------------------------------------------------------------------------
 # Both passes use spline_backward's decomposition: block (i, c) owns input i
-# and batch chunk c, fills the knot reciprocals of input i itself (its own row
-# INV[c, i], so no separate launch), stages the bases of TS samples of input i
-# at a time in shared memory (``_stage_fn``, as every layer kernel does) and
-# evaluates phi[i, o](x[b, i]) for its samples and outputs in registers. No
-# (B, I, O) or (B, I, K) array exists anywhere; the per-chunk partial sums are
-# (C, I, O) (forward) or (C, I, K, O) (backward, spline_backward's own P and
-# PB) and a second small launch adds them up in a fixed order.
+# and batch chunk c, stages the bases of TS samples of input i at a time in
+# shared memory (``_stage_fn``, as every layer kernel does) and evaluates
+# phi[i, o](x[b, i]) for its samples and outputs in registers. No (B, I, O) or
+# (B, I, K) array exists anywhere; the per-chunk partial sums are (C, I, O)
+# (forward) or (C, I, K, O) (backward, spline_backward's own P and PB) and a
+# second small launch adds them up in a fixed order.
 #
 # Forward: each thread sums phi and phi^2 of its rows in float64 registers;
 # the TY rows are reduced through a shared tile by one thread per output (a
 # fixed order, no atomics), and the staging threads sum x and x^2 on the way.
-# Backward: gphi = ds1 + 2 ds2 phi replaces spline_backward's dy[b, o]; the
-# raw sums R[i,m,o] = sum_b gphi B[m] and Rb[i,o] = sum_b gphi b(x) are built
-# exactly as there (shared tile, shared-memory atomics only) and finished by
-# the same ``_backward_finish``, since the parameter gradients have the same
-# form; dx[b, i] has one writer, which also adds dxs1[i] + 2 x dxs2[i].
-@cuda.jit(device=True)
-def _inv_row(inv, grid, i, k, tid, nt):
-    """Threads tid = 0..nt-1 of a block fill inv[i] (knot reciprocals of input i)."""
-    n = grid.shape[1]
-    for p in range(tid, k * n, nt):
-        r = 1 + p // n
-        m = p - (r - 1) * n
-        if m < n - r:
-            d = grid[i, m + r] - grid[i, m]
-            inv[i, r, m] = 1.0 / d if d > 0 else 0.0
-
-
+# Backward: ``_backward_kernel(..., moments=True)``, where gphi = ds1 + 2 ds2 phi
+# replaces dy[b, o] and dx[b, i]'s one writer also adds dxs1[i] + 2 x dxs2[i].
 @lru_cache(maxsize=None)
 def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
     """Launch 1 of edge_moments_forward: block (TX, TY) owns input blockIdx.x and batch chunk blockIdx.y."""
@@ -711,10 +763,10 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @cuda.jit
-    def kernel(P1, P2, PX, INV, x, grid, coef, scale_base, scale_sp, mask, code):
+    @_layer_jit(_BOUNDS)
+    def kernel(P1, P2, PX, inv, x, grid, coef, scale_base, scale_sp, mask, code):
         # P1, P2 (C, I, O) float64: sums of phi and phi^2 over chunk c's samples;
-        # PX (C, I, 2) float64: sums of x and x^2; INV (C, I, k+1, n) scratch
+        # PX (C, I, 2) float64: sums of x and x^2; inv (I, k+1, n) knot reciprocals
         Nsh = cuda.shared.array((TS, KP1), nbt)
         Ash = cuda.shared.array(TS, np.int32)
         BXsh = cuda.shared.array(TS, nbt)
@@ -738,9 +790,6 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
         tid = ty * TX + tx
         b_lo = c * B // C
         b_hi = (c + 1) * B // C
-        inv = INV[c]
-        _inv_row(inv, grid, i, k, tid, NT)
-        cuda.syncthreads()
         x1 = 0.0  # sample tid's staging thread sums x and x^2 (first output tile only)
         x2 = 0.0
         for o0 in range(0, O, TO):
@@ -837,144 +886,6 @@ def _moments_forward_finish(s1, s2, xs1, xs2, P1, P2, PX):
             xs2[i] = t2
 
 
-@lru_cache(maxsize=None)
-def _moments_backward_kernel(k, dtype, TX, TY, RB, RO):
-    """Launch 1 of edge_moments_backward: spline_backward's launch 1 with dy[b, o]
-    replaced by gphi = ds1[i, o] + 2 ds2[i, o] phi[i, o](x[b, i])."""
-    KP1 = k + 1
-    TS, TO = TY * RB, TX * RO
-    NT = TX * TY
-    nbt = from_dtype(np.dtype(dtype))
-    stage = _stage_fn(k, dtype)
-
-    @cuda.jit
-    def kernel(dx, P, PB, INV, ds1, ds2, dxs1, dxs2, x, grid, coef, scale_base, scale_sp, mask,
-               code, MT):
-        # dx (B, I) +=; P (C, I, K, O), PB (C, I, O): raw sums of chunk c,
-        #   P[c,i,m,o] = sum_b gphi B[m](x[b,i]),  PB[c,i,o] = sum_b gphi b(x[b,i]);
-        # ds1, ds2 (I, O), dxs1, dxs2 (I,) float64; INV (C, I, k+1, n) scratch
-        R = cuda.shared.array(0, nbt)                  # (MT, TO) tile of P, dynamic
-        Nsh = cuda.shared.array((TS, KP1), nbt)
-        dNsh = cuda.shared.array((TS, KP1), nbt)
-        Ash = cuda.shared.array(TS, np.int32)
-        BXsh = cuda.shared.array(TS, nbt)
-        DBXsh = cuda.shared.array(TS, nbt)
-        DXsh = cuda.shared.array((TS, TX + 1), nbt)    # dx partials, padded against bank conflicts
-        RBsh = cuda.shared.array(TO, nbt)
-        N = cuda.local.array(KP1, nbt)
-        dN = cuda.local.array(KP1, nbt)
-        rb = cuda.local.array(RO, nbt)
-        wb = cuda.local.array(RO, nbt)
-        sp = cuda.local.array(RO, nbt)
-        g1 = cuda.local.array(RO, np.float64)
-        g2 = cuda.local.array(RO, np.float64)
-        B, I = x.shape
-        O = coef.shape[2]
-        K = coef.shape[1]
-        i = cuda.blockIdx.x
-        c = cuda.blockIdx.y
-        C = cuda.gridDim.y
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * TX + tx
-        b_lo = c * B // C
-        b_hi = (c + 1) * B // C
-        inv = INV[c]
-        _inv_row(inv, grid, i, k, tid, NT)
-        cuda.syncthreads()
-        for o0 in range(0, O, TO):
-            for r in range(RO):
-                o = min(o0 + tx + r * TX, O - 1)
-                wb[r] = scale_base[i, o] * mask[i, o]
-                sp[r] = scale_sp[i, o] * mask[i, o]
-                g1[r] = ds1[i, o]
-                g2[r] = 2.0 * ds2[i, o]
-            for m0 in range(0, K, MT):
-                first = m0 == 0  # rb and dx are complete after the first basis tile
-                for p in range(tid, MT * TO, NT):
-                    R[p] = 0
-                for p in range(tid, TO, NT):
-                    RBsh[p] = 0
-                for r in range(RO):
-                    rb[r] = 0
-                for s0 in range(b_lo, b_hi, TS):
-                    # 1. stage the bases and derivatives of TS samples of input i
-                    for p in range(tid, TS, NT):
-                        b = s0 + p
-                        if b < b_hi:
-                            xv = x[b, i]
-                            Ash[p] = stage(grid, inv, i, xv, K, N, dN, True)
-                            b_x, db_x = _base_pair(xv, code)
-                            BXsh[p] = b_x
-                            DBXsh[p] = db_x
-                            for s in range(KP1):
-                                Nsh[p, s] = N[s]
-                                dNsh[p, s] = dN[s]
-                    cuda.syncthreads()
-                    # 2. phi, then gphi; accumulate R, rb and the dx partials
-                    for q in range(RB):
-                        ql = ty + q * TY
-                        b = s0 + ql
-                        dxp = nbt(0)
-                        if b < b_hi:
-                            a0 = Ash[ql]
-                            bxv = BXsh[ql]
-                            dbxv = DBXsh[ql]
-                            for s in range(KP1):
-                                N[s] = Nsh[ql, s]
-                                dN[s] = dNsh[ql, s]
-                            for r in range(RO):
-                                ol = tx + r * TX
-                                o = o0 + ol
-                                if o < O:
-                                    v = nbt(0)
-                                    dv = nbt(0)
-                                    for s in range(KP1):
-                                        cv = coef[i, a0 + s, o]
-                                        v += N[s] * cv
-                                        dv += dN[s] * cv
-                                    g = nbt(g1[r] + g2[r] * (wb[r] * bxv + sp[r] * v))
-                                    if first:
-                                        rb[r] += bxv * g
-                                        dxp += g * (wb[r] * dbxv + sp[r] * dv)
-                                    for s in range(KP1):
-                                        a = a0 + s - m0
-                                        if a >= 0 and a < MT:
-                                            cuda.atomic.add(R, a * TO + ol, N[s] * g)
-                        DXsh[ql, tx] = dxp
-                    cuda.syncthreads()
-                    # 3. one writer per dx[b, i]: the lane partials plus the x-moment terms
-                    if first:
-                        for p in range(tid, TS, NT):
-                            b = s0 + p
-                            if b < b_hi:
-                                tot = nbt(0)
-                                for l in range(TX):
-                                    tot += DXsh[p, l]
-                                if o0 == 0:  # the x-moment terms, once per sample
-                                    tot += dxs1[i] + 2.0 * x[b, i] * dxs2[i]
-                                dx[b, i] += tot
-                    cuda.syncthreads()
-                # 4. write this chunk's raw partial sums once
-                if first:
-                    for r in range(RO):
-                        cuda.atomic.add(RBsh, tx + r * TX, rb[r])
-                cuda.syncthreads()
-                for p in range(tid, MT * TO, NT):
-                    m = m0 + p // TO
-                    o = o0 + p % TO
-                    if m < K and o < O:
-                        P[c, i, m, o] = R[p]
-                if first:
-                    for p in range(tid, TO, NT):
-                        o = o0 + p
-                        if o < O:
-                            PB[c, i, o] = RBsh[p]
-                cuda.syncthreads()
-
-    return kernel
-
-
 def _moments_forward_config(B, I, O, k, itemsize):
     TX, RO = _lanes(O)
     TY = _NT // TX
@@ -1003,9 +914,9 @@ def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, 
     P1 = cuda.device_array((C, I, O), dtype=np.float64)
     P2 = cuda.device_array((C, I, O), dtype=np.float64)
     PX = cuda.device_array((C, I, 2), dtype=np.float64)
-    INV = cuda.device_array((C, I, k + 1, grid.shape[1]), dtype=dtype)
+    inv = _knot_reciprocals(grid, k)
     kern = _moments_forward_kernel(k, dtype.str, TX, TY, RB, RO)
-    kern[(I, C), (TX, TY)](P1, P2, PX, INV, x, grid, coef, scale_base, scale_sp, mask,
+    kern[(I, C), (TX, TY)](P1, P2, PX, inv, x, grid, coef, scale_base, scale_sp, mask,
                            BASE_CODES[base_fun])
     _moments_forward_finish[(-(-O // 32), -(-I // 8)), (32, 8)](s1, s2, xs1, xs2, P1, P2, PX)
 
@@ -1024,10 +935,11 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
     TX, TY, RB, RO, MT, C = _backward_config(B, I, O, K, k, dtype.itemsize)
     P = cuda.device_array((C, I, K, O), dtype=dtype)
     PB = cuda.device_array((C, I, O), dtype=dtype)
-    INV = cuda.device_array((C, I, k + 1, grid.shape[1]), dtype=dtype)
-    kern = _moments_backward_kernel(k, dtype.str, TX, TY, RB, RO)
+    inv = _knot_reciprocals(grid, k)
+    kern = _backward_kernel(k, dtype.str, TX, TY, RB, RO, True)
     shared = MT * TX * RO * dtype.itemsize
-    kern[(I, C), (TX, TY), 0, shared](dx, P, PB, INV, ds1, ds2, dxs1, dxs2, x, grid, coef,
+    # dy is not read: ds1 stands in for it
+    kern[(I, C), (TX, TY), 0, shared](dx, P, PB, inv, ds1, ds1, ds2, dxs1, dxs2, x, grid, coef,
                                       scale_base, scale_sp, mask, BASE_CODES[base_fun], MT)
     _backward_finish[(-(-O // 32), -(-I // 8)), (32, 8)](dcoef, dscale_base, dscale_sp, P, PB,
                                                         coef, scale_sp, mask)
