@@ -269,6 +269,72 @@ def test_cpu_forward_overwrites_and_backward_adds():
 
 
 # ---------------------------------------------------------------------------
+# non-finite values (the semantics are in reference.py's module docstring)
+def assert_same_nonfinite(name, a, e):
+    """The same NaN and the same signed infinities, entry by entry."""
+    for what, f in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        bad = np.argwhere(f(a) != f(e))
+        assert bad.size == 0, f"{name}: {what} differs at {tuple(bad[0])}: got {a[tuple(bad[0])]}, " \
+                              f"expected {e[tuple(bad[0])]}"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, on the NaN and overflow meant here
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("base_fun", BASE_FUNS)
+@pytest.mark.parametrize("kind", ["uniform", "nonuniform"])
+def test_cpu_matches_reference_on_non_finite_inputs(dtype, base_fun, kind):
+    """NaN, +-inf, the largest floats and subnormals among ordinary inputs: the same
+    NaN and infinities as the reference, the same values elsewhere; a sample with a
+    non-finite input gets a non-finite output row, the others finite ones; bases of
+    a non-finite x are 0, so dcoef and dscale_sp are those of the finite samples."""
+    fi = np.finfo(dtype)
+    specials = np.array([np.nan, np.inf, -np.inf, fi.max, -fi.max, fi.smallest_subnormal, -0.0], dtype)
+    p, dy, start = random_layer(seed=21, B=70, I=3, O=5, G=6, k=3, kind=kind, dtype=dtype, base_fun=base_fun)
+    rng = np.random.default_rng(5)
+    x = p["x"]
+    x[rng.random(x.shape) < 0.15] = np.nan
+    x[0:7, 0] = specials   # a full tile: lanes of the vectorised span guess
+    x[40:47, 2] = specials
+    for i in range(3):     # and a few more NaN and inf in every column
+        x[50 + i::10, i] = specials[i % 3]
+    p["mask"][0, 1] = 0.0  # a pruned edge of a huge x: 0, not 0 * inf
+    ref = run(reference, p, dy, start)
+    fast = run(cpu, p, dy, start)
+    huge = np.any(np.abs(np.where(np.isfinite(x), x, 0)) > 1e3, axis=1)
+    nonfinite = ~np.all(np.isfinite(x), axis=1)
+    for out in (ref, fast):
+        assert not np.isfinite(out["y"][nonfinite]).any(), "a non-finite input gave a finite output"
+        assert np.isfinite(out["y"][~nonfinite & ~huge]).all(), "finite inputs gave a NaN or inf output"
+    tol = TOL[np.dtype(dtype)]
+    for name in ref:
+        assert_same_nonfinite(f"{kind} {base_fun} {name}", fast[name], ref[name])
+        both = np.isfinite(ref[name])
+        scale = max(float(np.max(np.abs(ref[name][both]), initial=0.0)), 1.0)
+        assert_close(f"{kind} {base_fun} {name}", np.where(both, fast[name], 0), np.where(both, ref[name], 0),
+                     tol["rtol"], tol["floor"] * scale)
+    # dcoef and dscale_sp depend on x only through the bases: as for a finite x outside the knots
+    outside = dict(p, x=np.where(np.isfinite(x), x, np.asarray(p["grid"].max() + 10, dtype)))
+    for backend, out in ((reference, ref), (cpu, fast)):
+        same = run(backend, outside, dy, start)
+        for name in ("dcoef", "dscale_sp"):
+            np.testing.assert_array_equal(out[name], same[name], err_msg=f"{backend.name} {name}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_reference_bases_of_non_finite_inputs_are_zero():
+    t = np.linspace(-1.6, 1.6, 12)[None, :]
+    x = np.array([[np.nan], [np.inf], [-np.inf], [1.7e308], [-1.7e308], [0.3]])
+    span, N, dN = reference.local_basis(x, t, 3, deriv=True)
+    assert list(span[:5, 0]) == [-1] * 5 and span[5, 0] >= 0
+    assert np.all(N[:5] == 0) and np.all(dN[:5] == 0) and N[5].sum() > 0
+    for base_fun in BASE_FUNS:
+        b, db = reference.base_value(x, base_fun), reference.base_deriv(x, base_fun)
+        assert np.isnan(db[:3]).all(), base_fun
+        assert not np.isfinite(b[:3]).any(), base_fun
+        assert np.isfinite(b[3:]).all() and np.isfinite(db[3:]).all(), base_fun
+
+
+# ---------------------------------------------------------------------------
 # the bases against a naive full Cox-de Boor recursion
 def cox_de_boor(t, x, k):
     """All bases B[m, k](x), m = 0 .. len(t) - k - 2, and their derivatives, by the full recursion.

@@ -51,7 +51,8 @@ def base_pair(x, code):
 def find_span(grid, i, x):
     """The span j with grid[i, j] <= x < grid[i, j+1]; -1 outside [grid[i, 0], grid[i, -1]).
 
-    NaN compares false everywhere and lands outside too. The search starts
+    NaN compares false everywhere and lands outside too, and so do +-inf: a
+    non-finite x is never turned into an index. The search starts
     from the guess a uniform grid would give (exact for uniform knots), checks
     it against the knots themselves, and falls back to a binary search on the
     bracket that the guess leaves, so the result is always that of a binary
@@ -62,10 +63,16 @@ def find_span(grid, i, x):
     tn = grid[i, n - 1]
     if not (x >= t0 and x < tn):
         return -1
-    # (n-1)/(tn-t0) does not depend on x: compiled loops over samples hoist it
-    j = int((x - t0) * ((n - 1) / (tn - t0)))
-    if j > n - 2:
-        j = n - 2
+    # (n-1)/(tn-t0) does not depend on x: compiled loops over samples hoist it.
+    # The guess is clamped while still a float: on knots whose span overflows (inf)
+    # or is subnormal, the product is inf or NaN, and converting either to an int
+    # is undefined in compiled code (on x86 a huge negative index).
+    g = (x - t0) * ((n - 1) / (tn - t0))
+    if not g >= 0.0:  # NaN too
+        g = 0.0
+    if g > n - 2:
+        g = n - 2
+    j = int(g)
     lo = 0
     hi = n - 1  # invariant: grid[i, lo] <= x < grid[i, hi]
     if grid[i, j] <= x:

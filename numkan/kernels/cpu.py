@@ -278,7 +278,9 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
        reciprocals of the knot differences computed here), and OK[u] = 1
        where t[j] <= x < t[j+1], i.e. the guess was the span;
     4. the lanes where it was not (non-uniform knots, a boundary span, outside
-       the knots) are redone one by one by ``_bases_at``.
+       the knots, a non-finite x) are redone one by one by ``_bases_at``.
+    A NaN or infinite x, or knots whose guess is NaN, get a clamped guess (the
+    float is clamped before it becomes an index) and fail step 3's check.
     XS, KW, OK (T, 2k*T, T) and N, dN, work are the caller's stack scratch; T, the
     tile's size, is a constant of the caller's compiled code.
     """
@@ -294,7 +296,9 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
             xv = x[_u(t0 + u), i] if u < nb else x[_u(t0), i]  # idle lanes repeat the first sample
             XS[u] = xv
             g = (xv - lo[i]) * sc
-            g = kk if g < kk else (last if g > last else g)
+            # clamped as a float, NaN to kk (g >= kk is false for NaN): an int32 of NaN or
+            # inf is undefined, and the knot loads below would index with it
+            g = (g if g <= last else last) if g >= kk else kk
             JT[r, u] = np.int32(g)
     else:
         mlast = XS.dtype.type(M - 1)
@@ -302,7 +306,7 @@ def _tile_bases(NT, DT, JT, r, XS, KW, OK, N, dN, work, x, t0, nb, grid, inv, lo
             xv = x[_u(t0 + u), i] if u < nb else x[_u(t0), i]
             XS[u] = xv
             g = (xv - lo[i]) * scale[i]
-            g = zero if g < zero else (mlast if g > mlast else g)
+            g = (g if g <= mlast else mlast) if g >= zero else zero  # NaN to 0, as above
             JT[r, u] = span[i, _u(np.int32(g))]
     for u in range(T):  # the knots around the spans (one load per lane and knot)
         a = JT[r, u] - k + 1
@@ -343,7 +347,8 @@ def _base_lanes(BV, BD, r, XS, code, deriv, T):
     """b(x) into BV[r, u] and, when ``deriv``, b'(x) into BD[r, u] for the tile's lanes
     x = XS[u]; vectorised across the lanes. silu: b = x s, b' = s (1 + x (1 - s)) with
     s = sigmoid(x) = 1 / (1 + exp(-x)), exp from ``_vexp`` (compiled apart, without
-    reassociation, and inlined by LLVM)."""
+    reassociation, and inlined by LLVM). At a non-finite x these are what
+    ``reference.base_value`` / ``base_deriv`` give (the products with 0 * x carry it)."""
     one = XS.dtype.type(1)  # typed constants: a bare 1 would promote float32 to float64
     zero = XS.dtype.type(0)
     for u in range(T):
@@ -356,11 +361,11 @@ def _base_lanes(BV, BD, r, XS, code, deriv, T):
         elif code == IDENTITY:
             BV[r, u] = xv
             if deriv:
-                BD[r, u] = one
+                BD[r, u] = one + zero * xv  # NaN at a non-finite x, as in the reference
         else:
-            BV[r, u] = zero
+            BV[r, u] = zero * xv
             if deriv:
-                BD[r, u] = zero
+                BD[r, u] = zero * xv
 
 
 @njit(**_inline)
@@ -396,9 +401,22 @@ def _setup_input(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask
     n = grid.shape[1]
     M = span.shape[1] - 1
     _knot_reciprocals(inv, grid, i, k)
+    for o in range(mask.shape[1]):
+        spm[i, o] = scale_sp[i, o] * mask[i, o]
+        Wb[i, o] = scale_base[i, o] * mask[i, o]
     t0 = np.float64(grid[i, 0])
     width = np.float64(grid[i, n - 1]) - t0
     lo[i] = t0
+    if not (width > 0.0 and width < np.inf and M / width < np.inf):
+        # knots the boundary checks reject (a non-finite or empty span, written
+        # into a live grid): every guess is span k, checked against the knots and
+        # redone by binary search when wrong, so the results stay those of the
+        # search and no NaN reaches an int conversion below
+        scale[i] = 0.0
+        for b in range(M):
+            span[i, b] = k
+        span[i, M] = 0
+        return
     rs = M / width
     scale[i] = rs
     # The table is filled knot by knot: span j >= k+1 begins at the first bucket whose
@@ -409,7 +427,9 @@ def _setup_input(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask
     b0 = 0
     for j in range(k + 1, n - 1 - k):
         tj = np.float64(grid[i, j])
-        b1 = min(max(int(math.ceil((tj - t0) * rs - 0.5)), b0), M)
+        f = (tj - t0) * rs - 0.5
+        f = (f if f <= M else M) if f >= b0 else b0  # clamped as a float: tj may be NaN
+        b1 = int(math.ceil(f))
         while b1 > b0 and t0 + (b1 - 0.5) * step >= tj:
             b1 -= 1
         while b1 < M and t0 + (b1 + 0.5) * step < tj:
@@ -423,9 +443,6 @@ def _setup_input(inv, lo, scale, span, spm, Wb, grid, scale_base, scale_sp, mask
     for b in range(M):
         uniform &= np.int32(span[i, b] == min(max(b // SPAN_BUCKETS, k), n - 2 - k))
     span[i, M] = uniform
-    for o in range(mask.shape[1]):
-        spm[i, o] = scale_sp[i, o] * mask[i, o]
-        Wb[i, o] = scale_base[i, o] * mask[i, o]
 
 
 def _contract(y, acc, width, b, t, u, ob, i0, i1, nt, JT, NT, BXT, W, Wb, k):

@@ -12,6 +12,32 @@ Shapes: x (B, I), y (B, O), grid (I, G+2k+1), coef (I, K, O) with K = G + k,
 scale_base, scale_sp, mask (I, O). Nothing here builds a (B, I, O) or a
 (B, I, K) array: the local bases are (B, I, k+1) and the contraction walks one
 input at a time with (B, O) temporaries.
+
+Non-finite values. The public API accepts only finite inputs and knots, but a
+NaN or inf can still reach a layer (a hidden value that overflows, a
+diverging fit, a NaN written into a live parameter array). Every backend then
+gives what this module gives, and never turns the value into an index:
+
+- a NaN or +-inf x lies in no knot span (``x >= t[0]`` and ``x < t[-1]`` are
+  false for NaN, and +-inf is beyond every finite knot), so like any x outside
+  the knots all its bases and their derivatives are exactly 0, and its spline
+  terms are dropped (not multiplied by 0): it adds no spline term to y and
+  nothing to dcoef or dscale_sp, whatever dy, coef or scale_sp hold;
+- the base branch carries it: b(x) and b'(x) are the formulas below in IEEE
+  arithmetic, with "zero" meaning 0 * x and identity's b'(x) = 1 + 0 * x, so
+  b'(x) is NaN at every non-finite x, and b(x) is NaN there too except for
+  silu(+inf) = +inf and identity(+-inf) = +-inf. Each output y[b, :] of a
+  sample with a non-finite input is therefore NaN or +-inf, whatever the
+  masks and scales (0 * inf is NaN): a non-finite value is never hidden;
+- the scales multiply the mask first, (mask * scale_base) * b(x), as the
+  compiled kernels do, so a pruned edge (mask 0) of a huge finite x gives 0,
+  not 0 * inf.
+
+Likewise a basis that does not exist at x (near the ends of the knots) drops
+its term. Non-finite parameters or knots give NaN or inf wherever they are
+used and never crash a kernel, but the backends need not agree on exactly
+which outputs they reach (the cpu backend, for one, forms dscale_sp as
+sum_m coef * dcoef, which sees every coefficient).
 """
 import numpy as np
 
@@ -77,7 +103,7 @@ def base_value(x, base_fun):
         return x * sig
     if base_fun == "identity":
         return x.copy()
-    return np.zeros_like(x)
+    return 0 * x  # 0, but NaN at a non-finite x (see the module docstring)
 
 
 def base_deriv(x, base_fun):
@@ -87,8 +113,8 @@ def base_deriv(x, base_fun):
         sig = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
         return sig * (1 + x * (1 - sig))
     if base_fun == "identity":
-        return np.ones_like(x)
-    return np.zeros_like(x)
+        return 1 + 0 * x  # NaN at a non-finite x, as b'(x) of silu
+    return 0 * x
 
 
 # ---------------------------------------------------------------------------
@@ -123,7 +149,10 @@ def local_basis(x, grid, k, deriv=False):
                + (t[a+r+1] - x) / (t[a+r+1] - t[a+1]) * B[a+1,r-1],
 
     where a zero denominator makes its term 0, and a basis index a outside
-    0..n-2-r (n knots) does not exist at order r.
+    0..n-2-r (n knots) does not exist at order r. Outside the knots (NaN and
+    +-inf included) every N and dN is exactly 0: the recursion runs there on a
+    placeholder span, and its values (x - t could overflow, or be NaN) are
+    discarded at the end.
     """
     B, I = x.shape
     n = grid.shape[1]
@@ -141,42 +170,59 @@ def local_basis(x, grid, k, deriv=False):
         safe = np.where(den > 0, den, 1)
         return np.where(den > 0, num / safe, 0)
 
-    N = np.zeros((B, I, k + 1), dtype=x.dtype)
-    N[:, :, 0] = inside  # order 0: the indicator of span j
-    dN = None
-    for r in range(1, k + 1):
-        if deriv and r == k:
-            dN = np.zeros((B, I, k + 1), dtype=x.dtype)
-            for s in range(k + 1):
-                a = j - k + s
-                exists = (a >= 0) & (a <= n - 2 - k)
+    # the placeholder span of a point outside the knots may overflow or give NaN here;
+    # those values are discarded below, so numpy need not warn about them
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        N = np.zeros((B, I, k + 1), dtype=x.dtype)
+        N[:, :, 0] = inside  # order 0: the indicator of span j
+        dN = None
+        for r in range(1, k + 1):
+            if deriv and r == k:
+                dN = np.zeros((B, I, k + 1), dtype=x.dtype)
+                for s in range(k + 1):
+                    a = j - k + s
+                    exists = (a >= 0) & (a <= n - 2 - k)
+                    v = np.zeros((B, I), dtype=x.dtype)
+                    if s >= 1:
+                        v += ratio(N[:, :, s - 1], knot(a + k) - knot(a))
+                    if s <= k - 1:
+                        v -= ratio(N[:, :, s], knot(a + k + 1) - knot(a + 1))
+                    dN[:, :, s] = np.where(exists, k * v, 0)
+            new = np.zeros((B, I, k + 1), dtype=x.dtype)
+            for s in range(r + 1):
+                a = j - r + s
+                exists = (a >= 0) & (a <= n - 2 - r)
                 v = np.zeros((B, I), dtype=x.dtype)
-                if s >= 1:
-                    v += ratio(N[:, :, s - 1], knot(a + k) - knot(a))
-                if s <= k - 1:
-                    v -= ratio(N[:, :, s], knot(a + k + 1) - knot(a + 1))
-                dN[:, :, s] = np.where(exists, k * v, 0)
-        new = np.zeros((B, I, k + 1), dtype=x.dtype)
-        for s in range(r + 1):
-            a = j - r + s
-            exists = (a >= 0) & (a <= n - 2 - r)
-            v = np.zeros((B, I), dtype=x.dtype)
-            if s >= 1:  # left term, B[a, r-1] sits in slot s-1 of order r-1
-                v += ratio(x - knot(a), knot(a + r) - knot(a)) * N[:, :, s - 1]
-            if s <= r - 1:  # right term, B[a+1, r-1] sits in slot s
-                v += ratio(knot(a + r + 1) - x, knot(a + r + 1) - knot(a + 1)) * N[:, :, s]
-            new[:, :, s] = np.where(exists, v, 0)
-        N = new
+                if s >= 1:  # left term, B[a, r-1] sits in slot s-1 of order r-1
+                    v += ratio(x - knot(a), knot(a + r) - knot(a)) * N[:, :, s - 1]
+                if s <= r - 1:  # right term, B[a+1, r-1] sits in slot s
+                    v += ratio(knot(a + r + 1) - x, knot(a + r + 1) - knot(a + 1)) * N[:, :, s]
+                new[:, :, s] = np.where(exists, v, 0)
+            N = new
+    N = np.where(inside[:, :, None], N, 0)
+    if dN is not None:
+        dN = np.where(inside[:, :, None], dN, 0)
     return span, N, dN
 
 
 def _basis_index(span, k, K):
-    """Basis indices a = span - k + s (B, I, k+1), clipped into 0..K-1.
+    """Basis indices a = span - k + s (B, I, k+1), clipped into 0..K-1, and ``live``
+    (B, I, k+1): where the basis exists and x is inside the knots.
 
-    Clipped entries always carry a zero basis value, so they add nothing.
+    Entries that are not live carry a zero basis value, but their terms are
+    dropped rather than multiplied by 0 (``_live``): a NaN or inf in a
+    coefficient, or in dy, then reaches only the samples whose bases touch it,
+    as in the compiled kernels, which never visit those entries.
     """
     s = np.arange(k + 1)
-    return np.clip(np.maximum(span, 0)[:, :, None] - k + s, 0, K - 1)
+    a = span[:, :, None] - k + s
+    live = (span[:, :, None] >= 0) & (a >= 0) & (a < K)
+    return np.clip(np.maximum(span, 0)[:, :, None] - k + s, 0, K - 1), live
+
+
+def _live(live, term):
+    """term (B, O) where live (B,), else 0 (not 0 * term: see ``_basis_index``)."""
+    return np.where(live[:, None], term, 0)
 
 
 # ---------------------------------------------------------------------------
@@ -189,15 +235,16 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     B, I = x.shape
     K = coef.shape[1]
     span, N, _ = local_basis(x, grid, k)
-    idx = _basis_index(span, k, K)
+    idx, live = _basis_index(span, k, K)
     bx = base_value(x, base_fun)
     y[...] = 0
     for i in range(I):
         # s[b, o] = sum_s N[b, i, s] * coef[i, idx[b, i, s], o]: k+1 gathered rows
         s_io = np.zeros((B, y.shape[1]), dtype=y.dtype)
         for s in range(k + 1):
-            s_io += N[:, i, s, None] * coef[i, idx[:, i, s], :]
-        y += mask[i] * (scale_base[i] * bx[:, i, None] + scale_sp[i] * s_io)
+            s_io += _live(live[:, i, s], N[:, i, s, None] * coef[i, idx[:, i, s], :])
+        # outside the knots the edge is its base term alone (no scale_sp * 0)
+        y += (mask[i] * scale_base[i]) * bx[:, i, None] + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * s_io)
     return y
 
 
@@ -216,7 +263,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
     K = coef.shape[1]
     g = dy
     span, N, dN = local_basis(x, grid, k, deriv=True)
-    idx = _basis_index(span, k, K)
+    idx, live = _basis_index(span, k, K)
     bx = base_value(x, base_fun)
     dbx = base_deriv(x, base_fun)
     for i in range(I):
@@ -224,13 +271,15 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
         ds_io = np.zeros_like(g)  # s'[i, o](x[b, i]) (B, O)
         for s in range(k + 1):
             rows = coef[i, idx[:, i, s], :]
-            s_io += N[:, i, s, None] * rows
-            ds_io += dN[:, i, s, None] * rows
+            s_io += _live(live[:, i, s], N[:, i, s, None] * rows)
+            ds_io += _live(live[:, i, s], dN[:, i, s, None] * rows)
             # scatter-add g * B into the coefficient each sample touched
-            np.add.at(dcoef[i], idx[:, i, s], (mask[i] * scale_sp[i]) * N[:, i, s, None] * g)
+            np.add.at(dcoef[i], idx[:, i, s], _live(live[:, i, s], (mask[i] * scale_sp[i]) * N[:, i, s, None] * g))
         dscale_base[i] += mask[i] * (bx[:, i] @ g)
-        dscale_sp[i] += mask[i] * np.sum(g * s_io, axis=0)
-        dx[:, i] += np.sum(g * mask[i] * (scale_base[i] * dbx[:, i, None] + scale_sp[i] * ds_io), axis=1)
+        # a sample outside the knots has s = 0 exactly and adds nothing (not g * 0)
+        dscale_sp[i] += mask[i] * np.sum(_live(span[:, i] >= 0, g * s_io), axis=0)
+        dx[:, i] += np.sum(g * ((mask[i] * scale_base[i]) * dbx[:, i, None]
+                                + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * ds_io)), axis=1)
 
 
 # ===========================================================================
@@ -280,13 +329,14 @@ def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, 
     B, I = x.shape
     K = coef.shape[1]
     span, N, _ = local_basis(x, grid, k)
-    idx = _basis_index(span, k, K)
+    idx, live = _basis_index(span, k, K)
     bx = base_value(x, base_fun)
     for i in range(I):
         s_io = np.zeros((B, coef.shape[2]), dtype=x.dtype)
         for s in range(k + 1):
-            s_io += N[:, i, s, None] * coef[i, idx[:, i, s], :]
-        phi = (mask[i] * (scale_base[i] * bx[:, i, None] + scale_sp[i] * s_io)).astype(np.float64)
+            s_io += _live(live[:, i, s], N[:, i, s, None] * coef[i, idx[:, i, s], :])
+        phi = ((mask[i] * scale_base[i]) * bx[:, i, None]
+               + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * s_io)).astype(np.float64)
         s1[i] = phi.sum(axis=0)
         s2[i] = (phi * phi).sum(axis=0)
     x64 = x.astype(np.float64)
@@ -314,7 +364,7 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
     B, I = x.shape
     K = coef.shape[1]
     span, N, dN = local_basis(x, grid, k, deriv=True)
-    idx = _basis_index(span, k, K)
+    idx, live = _basis_index(span, k, K)
     bx = base_value(x, base_fun)
     dbx = base_deriv(x, base_fun)
     for i in range(I):
@@ -322,13 +372,15 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
         ds_io = np.zeros_like(s_io)
         for s in range(k + 1):
             rows = coef[i, idx[:, i, s], :]
-            s_io += N[:, i, s, None] * rows
-            ds_io += dN[:, i, s, None] * rows
-        phi = mask[i] * (scale_base[i] * bx[:, i, None] + scale_sp[i] * s_io)
+            s_io += _live(live[:, i, s], N[:, i, s, None] * rows)
+            ds_io += _live(live[:, i, s], dN[:, i, s, None] * rows)
+        phi = (mask[i] * scale_base[i]) * bx[:, i, None] + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * s_io)
         g = (ds1[i] + 2.0 * ds2[i] * phi).astype(x.dtype)  # (B, O): dL/dphi for this input
         for s in range(k + 1):
-            np.add.at(dcoef[i], idx[:, i, s], (mask[i] * scale_sp[i]) * N[:, i, s, None] * g)
+            np.add.at(dcoef[i], idx[:, i, s], _live(live[:, i, s], (mask[i] * scale_sp[i]) * N[:, i, s, None] * g))
         dscale_base[i] += mask[i] * (bx[:, i] @ g)
-        dscale_sp[i] += mask[i] * np.sum(g * s_io, axis=0)
-        dx[:, i] += (np.sum(g * mask[i] * (scale_base[i] * dbx[:, i, None] + scale_sp[i] * ds_io), axis=1)
+        # a sample outside the knots has s = 0 exactly and adds nothing (not g * 0)
+        dscale_sp[i] += mask[i] * np.sum(_live(span[:, i] >= 0, g * s_io), axis=0)
+        dx[:, i] += (np.sum(g * ((mask[i] * scale_base[i]) * dbx[:, i, None]
+                                 + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * ds_io)), axis=1)
                      + dxs1[i] + 2.0 * x[:, i] * dxs2[i]).astype(dx.dtype)
