@@ -5,8 +5,8 @@ naming the file: never another exception, never a crash, never a
 MemoryError. Three kinds of damage:
 
     bytes    bit flips, byte writes, insertions, deletions and truncations of
-             a saved file, aimed two times in three at the zip records and
-             .npy headers (one in three at the flag and method fields).
+             a saved file, aimed mostly at the zip records and .npy headers,
+             and telling values written into the zip's flag and method fields.
              The zip's CRC-32 guards the data, so a file that still loads must
              give the very model that was saved.
     header   edits of the JSON header (wrong types, nulls, huge sizes, the
@@ -222,6 +222,10 @@ def _byte_edit(size, hot):
     records, fields = hot
     offset = st.one_of(st.integers(0, size - 1), st.sampled_from(records), st.sampled_from(fields))
     return st.one_of(
+        # values that mean something in a flag or method field: encrypted, patched data,
+        # strong encryption; methods implode, deflate64, bzip2, lzma, AES, and none at all
+        st.tuples(st.just("set"), st.sampled_from(fields),
+                  st.sampled_from([0x01, 0x20, 0x40, 0x08, 6, 9, 12, 14, 99, 0xFF])),
         st.tuples(st.just("flip"), offset, st.integers(0, 7)),
         st.tuples(st.just("set"), offset, st.integers(0, 255)),
         st.tuples(st.just("insert"), offset, st.binary(min_size=1, max_size=8)),
