@@ -92,9 +92,11 @@ def _header(model):
 def save(model, path):
     """Write ``model`` to ``path`` (".npz" is appended when missing); returns that path.
 
-    The file is written under a temporary name in the target's directory,
-    flushed to disk and renamed over the target, so an interrupted save never
-    leaves a half-written file under ``path`` (nor a temporary file). A file
+    The file is written under a temporary name in the target's directory
+    (".<name>.<hex>.tmp"), flushed to disk and renamed over the target, so an
+    interrupted save never leaves a half-written file under ``path``. Any
+    error, KeyboardInterrupt included, removes the temporary file (only a
+    killed process can leave one behind) and leaves ``path`` as it was. A file
     that is replaced keeps its permission bits; a new file gets the umask's
     default, as ``open`` would give it. When ``path`` is a symbolic link, the
     file it points to is written and the link stays. Errors name ``path``.
@@ -141,7 +143,7 @@ def save(model, path):
         # the temporary name means nothing to the caller: report the path they gave
         if exc.errno is None:
             raise OSError(f"could not save to {path}: {exc}") from None
-        raise type(exc)(exc.errno, f"could not save to {path}: {exc.strerror}", path) from None
+        raise type(exc)(exc.errno, exc.strerror, path) from None
     finally:
         # any failure, KeyboardInterrupt included, takes the temporary file with it
         if tmp is not None:
