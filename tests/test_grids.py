@@ -274,3 +274,18 @@ def test_update_grid_sees_symbolic_edges(device):
     # layer 1's interior grid spans its real inputs, symbolic part included
     np.testing.assert_allclose(t1[:, k], hidden.min(axis=0), rtol=0, atol=1e-9)
     np.testing.assert_allclose(t1[:, -k - 1], hidden.max(axis=0), rtol=0, atol=1e-9)
+
+
+def test_update_grid_keeps_knots_that_float32_cannot_separate():
+    """Samples spanning two float32 ulps: G + 1 distinct interior knots do not exist
+    in float32, so that input keeps its knots (as for equal samples); float64 moves them."""
+    x = np.column_stack([1000.0 + (np.arange(20) % 3) * 6.1035e-5, np.linspace(-1, 1, 20)])
+    for dtype, moved in ((np.float32, False), (np.float64, True)):
+        model = nk.KAN([2, 1], grid=5, dtype=dtype)
+        before = host(model, 0, "grid")
+        model.update_grid(x)
+        t = host(model, 0, "grid")
+        assert np.array_equal(t[0], before[0]) != moved, dtype
+        assert not np.array_equal(t[1], before[1])
+        assert np.all(np.diff(t[:, 3:-3], axis=1) > 0)
+    assert grids.sample_knots(x[:, 0].astype(np.float32), 5, 3, 0.02, dtype=np.float32) is None

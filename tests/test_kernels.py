@@ -10,6 +10,9 @@
    G = 1..12, batches 1..200, every base_fun, float64 and float32; widths
    1..6, and 40, 64, 70, 100 and 130 (the CPU kernels' full and partial blocks of
    outputs); gradient buffers start non-zero, so accumulation (+=) is checked too.
+3. non-finite inputs (NaN, +-inf, the largest floats, subnormals): the cpu kernels
+   give the reference's NaN and infinities, entry by entry (the semantics are in
+   reference.py's docstring; tests/test_fuzz_kernels.py fuzzes them in a child process).
 """
 import numpy as np
 import pytest
