@@ -34,10 +34,12 @@ gives what this module gives, and never turns the value into an index:
   not 0 * inf.
 
 Likewise a basis that does not exist at x (near the ends of the knots) drops
-its term. Non-finite parameters or knots give NaN or inf wherever they are
-used and never crash a kernel, but the backends need not agree on exactly
-which outputs they reach (the cpu backend, for one, forms dscale_sp as
-sum_m coef * dcoef, which sees every coefficient).
+its term. Non-finite parameters give NaN or inf wherever they are used, but
+the backends need not agree on exactly which outputs they reach (the cpu
+backend, for one, forms dscale_sp as sum_m coef * dcoef, which sees every
+coefficient). Knots that ``_validate.check_knots`` rejects (only a write into
+a live grid array can bring them here) give unspecified values. Neither ever
+crashes a kernel or makes it index outside an array.
 """
 import numpy as np
 
