@@ -292,7 +292,9 @@ def child_fits(n_examples, settings_kw):
     def fit_cases(draw):
         c = _model_case(draw, st)
         c.update(opt=draw(st.sampled_from(["Adam", "Adam", "LBFGS"])), lr=draw(st.sampled_from([1e-2, 1e6, 1e30])),
-                 lamb=draw(st.sampled_from([0.0, 0.01])), label_scale=draw(st.sampled_from([1.0, 1e200])))
+                 lamb=draw(st.sampled_from([0.0, 0.01])), label_scale=draw(st.sampled_from([1.0, 1e200])),
+                 poison=draw(st.sampled_from([None, None, "coef", "grid"])),
+                 value=draw(st.sampled_from([np.nan, np.inf, -1e308])))
         return c
 
     count = [0]
@@ -312,6 +314,10 @@ def child_fits(n_examples, settings_kw):
         ds = dict(train_input=xs[:30], train_label=ys[:30], test_input=xs[30:], test_label=ys[30:])
         m = nk.KAN(case["width"], grid=case["grid"], k=case["k"], seed=case["seed"] % 1000,
                    dtype=case["dtype"], device=case["device"])
+        if case["poison"] == "coef":    # through the live arrays, before the fit
+            m.params["layers.0.coef"].flat[rng.integers(0, m.params["layers.0.coef"].size)] = case["value"]
+        elif case["poison"] == "grid":
+            m.layers[-1].grid[0, rng.integers(0, m.layers[-1].grid.shape[1])] = case["value"]
         try:
             m.fit(ds, opt=case["opt"], lr=case["lr"], steps=3 if case["opt"] == "Adam" else 1,
                   lamb=case["lamb"], log=0, grid_update_num=2, stop_grid_update_step=3)
