@@ -80,6 +80,33 @@ class SymbolicFunction:
         self._df = sympy.lambdify(x, d, "numpy")
 
     @property
+    def n_params(self):
+        """How many of (a, b, c, d) change c*f(a*x + b) + d independently: 2 for x,
+        3 for powers, exp and log (a scale or shift of the argument is absorbed by c
+        or d), 4 for sin, tanh, gaussian... ``suggest_symbolic`` counts a function
+        with fewer as simpler, so x^2 wins over cos(a*x + b) when both fit.
+
+        It is the rank of the Jacobian columns d/da, d/db, d/dc, d/dd, which span
+        {u f'(u), f'(u), f(u), 1} (x is affine in u = a*x + b), sampled on points
+        around 0 inside the function's domain and outside its hole.
+        """
+        if not hasattr(self, "_n_params"):
+            lo, hi = self.domain
+            u = np.linspace(-0.9, 0.8, 97)  # around 0 (abs, sgn have their kink there), asymmetric
+            u = u[(u > lo) & (u < hi) & (np.abs(u) >= max(self.hole, 0.05))]
+            if u.size < 16:  # a domain away from [-0.9, 0.8]: sample its inner part instead
+                L = lo if np.isfinite(lo) else hi - 2.0
+                H = hi if np.isfinite(hi) else lo + 2.0
+                u = np.linspace(L + 0.05 * (H - L), H - 0.05 * (H - L), 97)
+            f, df = self.value_and_deriv(u)
+            cols = np.stack([u * df, df, f, np.ones_like(u)], axis=1)
+            norms = np.linalg.norm(cols, axis=0)
+            cols = cols[:, norms > 0] / norms[norms > 0]
+            s = np.linalg.svd(cols, compute_uv=False)
+            self._n_params = int(np.sum(s > 1e-7 * s[0]))
+        return self._n_params
+
+    @property
     def is_even(self):
         """f(-u) == f(u) (checked numerically at a few points)."""
         if not hasattr(self, "_even"):
@@ -638,31 +665,62 @@ def _lib_names(lib):
     return names
 
 
-def _score(r2, complexity, weight_simple):
-    """pykan's ranking: weight_simple * complexity + (1 - weight_simple) * log2(1 + 1e-5 - r^2); lower wins."""
-    return weight_simple * complexity + (1 - weight_simple) * math.log2(1 + 1e-5 - min(r2, 1.0))
+# Two fits count as equally good when both leave less than this fraction of the edge's
+# variance unexplained: a relative RMS error of 1e-6, about the precision of an edge that
+# a spline represents; below it, 1 - r^2 measures rounding and spline error, not the law.
+_Q_FLOOR = 1e-12
+
+
+def _band_ratio(weight_simple):
+    """How many times more unexplained variance than the best fit a simpler function may
+    leave and still be chosen: 2 ** (weight_simple / (1 - weight_simple)).
+
+    This is pykan's exchange rate: its score weight_simple * complexity +
+    (1 - weight_simple) * log2(1 - r^2) trades one unit of complexity for
+    weight_simple / (1 - weight_simple) bits of 1 - r^2 (4 bits, a factor 16, at 0.8).
+    """
+    if weight_simple >= 1:
+        return _INF
+    return 2.0 ** (weight_simple / (1.0 - weight_simple))
+
+
+def _rank(rows, weight_simple):
+    """Sort rows (name, r2, complexity, n_params, params) best first; see ``suggest_symbolic``."""
+    fitted = [1.0 - r[1] for r in rows if r[4] is not None]
+    q_best = max(min(fitted), 0.0) if fitted else 1.0
+    limit = _band_ratio(weight_simple) * q_best + _Q_FLOOR
+
+    def key(r):
+        name, r2, c, n_p, params = r
+        q = 1.0 - r2
+        if params is not None and q <= limit:   # fits as well as the best: simplest first
+            return (0, c, n_p, q)
+        return (1, q, c, n_p)                    # the rest: best fit first
+    rows.sort(key=key)
+    return rows
 
 
 def _suggest(xi, yi, names, weight_simple, a_range, b_range):
-    """Rows (name, r2, complexity, score, params) for samples xi -> yi of one edge, best first."""
+    """Rows (name, r2, complexity, n_params, params) for samples xi -> yi of one edge, best first."""
     constant = float(np.ptp(yi)) <= 1e-12 * max(1.0, float(np.max(np.abs(yi))))
     rows = []
     for n in names:
         fun = SYMBOLIC_LIB[n]
         if _is_zero_function(fun) and not constant:
             # the zero function leaves only d: never a fit for a varying edge (pykan agrees)
-            rows.append((n, 0.0, fun.complexity, _INF, None))
+            rows.append((n, 0.0, fun.complexity, fun.n_params, None))
             continue
         params, r2 = fit_params(xi, yi, fun, a_range, b_range, polish=False)
-        rows.append((n, r2, fun.complexity, _score(r2, fun.complexity, weight_simple), params))
-    rows.sort(key=lambda r: r[3])
-    # polishing only raises r^2 a little: refine the leading candidates, then rank again
-    for k, (n, r2, c, score, params) in enumerate(rows[:_POLISH_TOP]):
+        rows.append((n, r2, fun.complexity, fun.n_params, params))
+    # polishing raises r^2 (by orders of magnitude near 1): refine the best fits found by the
+    # search, then rank again. Ranking by quality alone here keeps every candidate that can
+    # join the best after polishing, simple or not.
+    rows.sort(key=lambda r: (r[4] is None, -r[1]))
+    for k, (n, r2, c, n_p, params) in enumerate(rows[:_POLISH_TOP]):
         if params is not None:
             params, r2 = fit_params(xi, yi, SYMBOLIC_LIB[n], a_range, b_range)
-            rows[k] = (n, r2, c, _score(r2, c, weight_simple), params)
-    rows.sort(key=lambda r: r[3])
-    return rows
+            rows[k] = (n, r2, c, n_p, params)
+    return _rank(rows, weight_simple)
 
 
 def suggest_symbolic(self, l, i, j, topk=5, weight_simple=0.8, lib=None, a_range=(-10, 10),
@@ -670,11 +728,30 @@ def suggest_symbolic(self, l, i, j, topk=5, weight_simple=0.8, lib=None, a_range
     """Rank library functions for edge (l, i -> j); returns up to ``topk`` rows
     ``(name, r2, complexity)``, best first. Does not change the model.
 
-    Each function is fitted as in ``fix_symbolic``; the ranking is pykan's:
-    ``weight_simple * complexity + (1 - weight_simple) * log2(1 + 1e-5 - r2)``,
-    lower is better, so a simple function wins unless a complex one fits
-    much better. The zero function is ranked last unless the edge is constant.
-    ``verbose`` prints the table.
+    Each function is fitted as in ``fix_symbolic``. The ranking is the one a
+    scientist applies: the quality of the fit first, then its simplicity.
+
+    1. Quality. With q = 1 - r^2 (the fraction of the edge's variance the fit
+       leaves unexplained) and q_best the smallest q over the library, a
+       function fits as well as the best when
+
+           q <= 2 ** (weight_simple / (1 - weight_simple)) * q_best + 1e-12
+
+       The factor is 16 at the default ``weight_simple = 0.8`` (pykan's exchange
+       rate between complexity and log2(1 - r^2); 1 at 0: only the best fit
+       and its equals; unbounded at 1: every function); 1e-12 (a relative RMS
+       error of 1e-6) counts fits that are all exact to a spline's precision
+       as equally good.
+    2. Simplicity, among those: the lowest ``complexity`` (pykan's values),
+       then the fewest effective parameters (``SymbolicFunction.n_params``: 3
+       for x^2 = c(x + b)^2 + d, 4 for c*cos(a*x + b) + d), then the best fit.
+       So x^2 wins over cos(a*x + b), which can mimic it with a small a, when
+       both fit, and exp wins over tanh, which mimics exp in a limit.
+
+    The functions that fit worse follow, best fit first. The zero function
+    counts only for a constant edge. ``verbose`` prints the table, with the
+    effective parameter count and ``*`` marking the functions that fit as
+    well as the best.
     """
     l, i, j = _check_edge(self, l, i, j)
     topk = v.check_int("topk", topk, 1)
@@ -686,9 +763,12 @@ def suggest_symbolic(self, l, i, j, topk=5, weight_simple=0.8, lib=None, a_range
     rows = _suggest(xi, yi, names, weight_simple, v.check_range("a_range", a_range),
                     v.check_range("b_range", b_range))[:topk]
     if verbose:
-        print(f"edge ({l}, {i}, {j}):  {'function':<10} {'r2':>10} {'complexity':>10} {'score':>9}")
-        for n, r2, c, s, _ in rows:
-            print(f"{'':17}{n:<10} {r2:10.6f} {c:10g} {s:9.3f}")
+        limit = _band_ratio(weight_simple) * max(1.0 - max(r[1] for r in rows), 0.0) + _Q_FLOOR
+        print(f"edge ({l}, {i}, {j}):  {'function':<10} {'r2':>14} {'1 - r2':>9} {'complexity':>10} "
+              f"{'params':>6}")
+        for n, r2, c, n_p, params in rows:
+            mark = "*" if params is not None and 1.0 - r2 <= limit else " "
+            print(f"{'':15}{mark} {n:<10} {r2:14.10f} {1.0 - r2:9.2e} {c:10g} {n_p:6d}")
     return [(n, r2, c) for n, r2, c, _, _ in rows]
 
 
@@ -699,7 +779,12 @@ def auto_symbolic(self, lib=None, weight_simple=0.8, r2_threshold=0.0, a_range=(
     For each edge with a live spline (mask != 0) and no symbolic part, the
     best function by ``suggest_symbolic``'s ranking is fixed when its
     r^2 >= ``r2_threshold``; otherwise the edge keeps its spline and a
-    warning names it. Already-symbolic and pruned edges are left alone.
+    warning names it. The ranking is by the fit's quality, then its
+    simplicity: among the functions whose unexplained variance 1 - r^2 is at
+    most 2 ** (weight_simple / (1 - weight_simple)) times the best one's
+    (16 times at the default 0.8) plus 1e-12, the one with the lowest
+    complexity, then the fewest effective parameters, wins; so x^2 is chosen
+    over cos(a*x + b) when both fit (details in ``suggest_symbolic``). Already-symbolic and pruned edges are left alone.
     Fits with r^2 below 0.9 are also reported by a warning. ``verbose >= 1``
     prints one line per edge.
 
@@ -772,14 +857,14 @@ def _variables(model, var):
     return out
 
 
-def round_floats(expr, digits):
-    """expr with its numbers rounded to ``digits`` decimals, for display.
+def _normalize(expr):
+    """expr with its numbers gathered, so that each constant of the law is one number.
 
-    Numbers are first combined where that keeps the expression small (powers
-    of sums such as (a*x + b)**2 are multiplied out, so that their product
-    with an outer factor is rounded once, not factor by factor); then every
-    float is rounded, integral values become integers, and the rounding is
-    repeated until sympy's automatic arithmetic creates no new float.
+    Powers of sums such as (a*x + b)**2 are multiplied out and products
+    distributed, where that keeps the expression small, so an outer factor
+    meets the inner ones; a constant term inside exp is moved out as a factor
+    (c*exp(u + 6.3) -> (c*e^6.3)*exp(u)), where it meets the edge's c. The
+    function is unchanged (up to rounding in the last digit).
     """
     import sympy
     try:
@@ -788,6 +873,28 @@ def round_floats(expr, digits):
             expr = expanded
     except (TypeError, ValueError, RecursionError):
         pass
+
+    def has_float_term(e):
+        return isinstance(e, sympy.exp) and e.args[0].is_Add and \
+            isinstance(e.args[0].as_coeff_Add()[0], sympy.Float)
+
+    def pull(e):
+        const, rest = e.args[0].as_coeff_Add()
+        return sympy.exp(const) * sympy.exp(rest)
+    return expr.replace(has_float_term, pull)
+
+
+def round_floats(expr, digits):
+    """expr with its numbers rounded to ``digits`` decimals, for display.
+
+    Numbers are first gathered (``_normalize``: powers of sums multiplied out,
+    constants moved out of exp), so that a product of factors is rounded once,
+    not factor by factor; then every float is rounded, integral values become
+    integers, and the rounding is repeated until sympy's automatic arithmetic
+    creates no new float.
+    """
+    import sympy
+    expr = _normalize(expr)
     for _ in range(5):
         reps = {}
         for f in expr.atoms(sympy.Float):
@@ -799,7 +906,95 @@ def round_floats(expr, digits):
     return expr
 
 
-def symbolic_formula(self, var=None, floating_digits=4):
+# simple values that constants snap to: p/q * base with q <= _SNAP_Q, |p| <= _SNAP_P, base 1, pi
+# or e; their cost (about the digits a person writes) orders the tries, simplest first
+_SNAP_Q = 12
+_SNAP_P = 1000
+_SNAP_BASES = ((1, 0.0), ("pi", 1.0), ("E", 1.5))
+
+
+def _snap_candidates(value):
+    """[(cost, sympy number)] for the float ``value``, simplest first; 0 leads."""
+    import sympy
+    out = [(0.0, sympy.S.Zero)]
+    seen = set()
+    for base, base_cost in _SNAP_BASES:
+        b = sympy.S.One if base == 1 else getattr(sympy, base)
+        t = value / float(b)
+        for q in range(1, _SNAP_Q + 1):
+            p = int(round(t * q))
+            if p == 0 or abs(p) > _SNAP_P or math.gcd(abs(p), q) != 1 or (p, q, base) in seen:
+                continue
+            seen.add((p, q, base))
+            cost = math.log2(1 + abs(p)) + math.log2(q) + base_cost
+            out.append((cost + 1e-9 * abs(p / q * float(b) - value), sympy.Rational(p, q) * b))
+    out.sort(key=lambda c: c[0])
+    return out
+
+
+def snap_constants(expr, symbols, x, y=None, tol=1e-6):
+    """expr with its constants replaced by simple exact values where the data allow it.
+
+    ``symbols`` are the expression's variables, in the column order of the
+    inputs ``x`` (B, n); ``y`` (B,) are the values to fit (default: the
+    expression's own values on x, so that only the change of the function
+    counts). The numbers are first gathered (``_normalize``). Then each float,
+    the closest to a simple value first, is replaced by the simplest value
+    among 0 and p/q, p/q*pi, p/q*e (1 <= q <= 12, |p| <= 1000) that keeps
+
+        RMSE(snapped, y) <= RMSE(unsnapped, y) + tol * RMS(y)
+
+    on the samples where the unsnapped expression is finite, the snaps
+    accepted before it included; a float that no simple value passes stays as
+    it is. With exact data, tol = 1e-6 turns 3.14159265358979 into pi and
+    leaves 3.1416 alone (its error shows at about 3e-6 of RMS(y)).
+    """
+    import sympy
+    expr = _normalize(expr)
+    floats = sorted(expr.atoms(sympy.Float), key=float)
+    if not floats:
+        return expr
+    params = [sympy.Dummy(f"p{k}") for k in range(len(floats))]
+    g = sympy.lambdify(list(symbols) + params, expr.xreplace(dict(zip(floats, params))), "numpy")
+    cols = [x[:, t] for t in range(x.shape[1])]
+
+    def values(p):
+        with np.errstate(all="ignore"):
+            return np.broadcast_to(np.asarray(g(*cols, *p), dtype=np.float64), (x.shape[0],))
+
+    current = [float(f) for f in floats]
+    f0 = values(current)
+    ref = f0 if y is None else y
+    ok = np.isfinite(f0) & np.isfinite(ref)
+    if not np.any(ok):
+        return expr
+
+    def rmse(f):
+        return float(np.sqrt(np.mean((f[ok] - ref[ok]) ** 2)))
+
+    scale = float(np.sqrt(np.mean(ref[ok] ** 2))) or 1.0
+    limit = rmse(f0) + tol * scale
+    cands = [_snap_candidates(c) for c in current]
+    # the constants nearest to a simple value go first: they use the least of the tolerance
+    order = sorted(range(len(floats)), key=lambda k: min(
+        abs(float(c) - current[k]) / max(abs(current[k]), 1e-300) for _, c in cands[k]))
+    exact = {}
+    for k in order:
+        for _, c in cands[k]:
+            trial = list(current)
+            trial[k] = float(c)
+            f = values(trial)
+            if np.all(np.isfinite(f[ok])) and rmse(f) <= limit:
+                current, exact[floats[k]] = trial, c
+                break
+    return expr.xreplace(exact)
+
+
+_UNSET = object()
+
+
+def symbolic_formula(self, var=None, floating_digit=None, snap=False, snap_tol=1e-6, x=None, y=None,
+                     floating_digits=_UNSET):
     """One sympy expression per output of the network, built layer by layer.
 
     Needs every live edge to be symbolic: an edge whose spline is still live
@@ -809,13 +1004,43 @@ def symbolic_formula(self, var=None, floating_digits=4):
     Variables are ``x_1 .. x_n`` (numbered by original input after
     ``prune_input``) or the names/symbols in ``var``.
 
-    ``floating_digits`` rounds the numbers in the returned expressions for
-    display (``None`` keeps them exact): rounding changes the function, so
-    evaluate an unrounded formula when numbers matter.
+    By default the numbers are the model's own, in full precision: the
+    formula is the model's function. Two options make it read as a law:
+
+    ``snap=True`` gathers the numbers (powers of sums multiplied out, constant
+    terms moved out of exp) and replaces each by a simple exact value (0, p/q,
+    p/q*pi, p/q*e, 1 <= q <= 12) where that does not worsen the fit on the
+    data beyond ``snap_tol``: the snapped formula's RMSE against ``y`` (B, O)
+    may exceed the unsnapped one's by at most ``snap_tol * RMS(y)``, per
+    output. Without ``y`` the unsnapped formula's own values are the target,
+    so the function may change by at most ``snap_tol`` (relative RMS). ``x``
+    (B, n) are the data (default: the inputs of the last ``forward``, as in
+    ``auto_symbolic``). The default 1e-6 turns sin(3.14159265358979*x_1)
+    into sin(pi*x_1) and keeps sin(3.1416*x_1). See ``snap_constants``.
+
+    ``floating_digit`` (pykan's name) rounds the remaining numbers to that
+    many decimals for display; rounding changes the function, so evaluate an
+    unrounded formula when numbers matter. (``floating_digits`` is the old
+    name, deprecated.)
     """
     import sympy
-    if floating_digits is not None:
-        floating_digits = v.check_int("floating_digits", floating_digits, 0)
+    if floating_digits is not _UNSET:
+        warnings.warn("symbolic_formula(floating_digits=...) is deprecated: use floating_digit "
+                      "(pykan's name)", DeprecationWarning, stacklevel=2)
+        if floating_digit is not None:
+            raise ValueError("pass floating_digit or its old name floating_digits, not both")
+        floating_digit = floating_digits
+    if floating_digit is not None:
+        floating_digit = v.check_int("floating_digit", floating_digit, 0)
+    if not isinstance(snap, (bool, np.bool_)):
+        raise ValueError(f"snap must be True or False, got {snap!r}")
+    snap_tol = v.check_float("snap_tol", snap_tol, minimum=0)
+    if snap:
+        xd = model_data(self, x)
+        if y is not None:
+            y = v.check_array("y", y, self.width[-1], np.float64, n_rows=xd.shape[0])
+    elif x is not None or y is not None:
+        raise ValueError("x and y are the data for snap=True; got them with snap=False")
     live = []
     for l, layer in enumerate(self.layers):
         mask = np.asarray(layer.backend.to_host(layer.mask))
@@ -826,7 +1051,8 @@ def symbolic_formula(self, var=None, floating_digits=4):
         raise ValueError(f"symbolic_formula needs every live edge to be symbolic; {len(live)} edge(s) "
                          f"(l, i, j) still have a live spline: {shown}. Call fix_symbolic/auto_symbolic "
                          "or prune them first")
-    h = _variables(self, var)
+    syms = _variables(self, var)
+    h = syms
     for layer in self.layers:
         aff = np.asarray(layer.backend.to_host(layer.symbolic_affine), dtype=np.float64)
         nxt = []
@@ -836,13 +1062,16 @@ def symbolic_formula(self, var=None, floating_digits=4):
                 m = float(layer.symbolic_mask[i, o])
                 if m == 0:
                     continue
-                a, b, c, d = (sympy.Float(float(t), 17) for t in aff[i, o])
+                a, b, c, d = (sympy.Float(float(t)) for t in aff[i, o])  # 53 bits: the float64 exactly
                 term = c * SYMBOLIC_LIB[layer.symbolic_names[i][o]].sympy(a * h[i] + b) + d
-                acc += term if m == 1 else sympy.Float(m, 17) * term
+                acc += term if m == 1 else sympy.Float(m) * term
             nxt.append(acc)
         h = nxt
-    if floating_digits is not None:
-        h = [round_floats(e, floating_digits) for e in h]
+    if snap:
+        h = [snap_constants(e, syms, xd, None if y is None else y[:, o], snap_tol)
+             for o, e in enumerate(h)]
+    if floating_digit is not None:
+        h = [round_floats(e, floating_digit) for e in h]
     return h
 
 

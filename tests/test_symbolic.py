@@ -293,7 +293,7 @@ def test_auto_symbolic_finds_the_functions_of_a_known_network():
     fixed = model.auto_symbolic(verbose=0)
     assert sorted(r[3] for r in fixed) == ["exp", "sin", "x^2"]
     assert all(r[4] > 1 - 1e-6 for r in fixed)
-    (f,) = model.symbolic_formula(floating_digits=None)
+    (f,) = model.symbolic_formula()
     x1, x2 = sympy.symbols("x_1 x_2", real=True)
     fn = sympy.lambdify((x1, x2), f, "numpy")
     truth = np.exp(np.sin(np.pi * x[:, 0]) + x[:, 1] ** 2)
@@ -330,7 +330,7 @@ def clipped_samples(model, x):
 def test_formula_matches_model_for_random_symbolic_networks(data):
     model, rng = random_symbolic_model(data.draw, "cpu", all_symbolic=True)
     x = rng.uniform(-1, 1, (50, model.width[0]))
-    formulas = model.symbolic_formula(floating_digits=None)
+    formulas = model.symbolic_formula()
     assert len(formulas) == model.width[-1]
     syms = sympy.symbols(" ".join(f"x_{i + 1}" for i in range(model.width[0])) + " _", real=True)[:-1]
     y = model(x)
@@ -353,7 +353,7 @@ def test_formula_names_rounding_and_errors():
             for o in range(layer.out_dim):
                 model.fix_symbolic(l, i, o, "sin" if l == 0 else "x", fit_params=False)
     model.layers[0].symbolic_affine[0, 0] = [1.23456789, 0.0, 2.0, 0.0]
-    (f,) = model.symbolic_formula(var=["p", "q"], floating_digits=2)
+    (f,) = model.symbolic_formula(var=["p", "q"], floating_digit=2)
     assert {s.name for s in f.free_symbols} == {"p", "q"}
     assert sympy.Float(1.23) in f.atoms(sympy.Float)
     with pytest.raises(ValueError, match="var"):
@@ -449,5 +449,5 @@ def test_formula_after_prune_input_names_original_inputs():
     assert list(pruned.input_id) == [0, 2]
     for i in range(2):
         pruned.fix_symbolic(0, i, 0, "x")
-    (f,) = pruned.symbolic_formula(floating_digits=None)
+    (f,) = pruned.symbolic_formula()
     assert {s.name for s in f.free_symbols} == {"x_1", "x_3"}
