@@ -289,3 +289,21 @@ def test_update_grid_keeps_knots_that_float32_cannot_separate():
         assert not np.array_equal(t[1], before[1])
         assert np.all(np.diff(t[:, 3:-3], axis=1) > 0)
     assert grids.sample_knots(x[:, 0].astype(np.float32), 5, 3, 0.02, dtype=np.float32) is None
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_refine_with_symbolic_edges_keeps_the_output(device):
+    """refine carries symbolic edges over and fits each layer on the old layer's whole
+    output for x (symbolic part included): with cubic splines the transfer is exact."""
+    rng = np.random.default_rng(12)
+    model = nk.KAN([2, 3, 1], grid=5, k=3, seed=3, grid_range=(-8, 8), device=device)
+    _set_cubic_splines(model, rng)
+    model.fix_symbolic(0, 0, 1, "sin", fit_params=False)
+    model.params["layers.0.symbolic_affine"][0, 1] = [2.0, 0.5, 3.0, 1.5]
+    x = rng.uniform(-1, 1, (200, 2))
+    y = model(x)
+    for G in (7, 10):
+        new = model.refine(G, x=x)
+        assert new.layers[0].symbolic_names[0][1] == "sin"
+        err = np.abs(new(x) - y).max()
+        assert err <= 1e-9 * max(1.0, np.abs(y).max()), f"refine({G}) moved the output by {err:.3g}"
