@@ -383,19 +383,19 @@ def test_adam_fit_non_finite_restores_last_finite_on_device():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_backward_passes_are_bit_identical_across_runs(dtype):
-    """The backward kernels sum in a fixed order (no atomics): three runs give the same bits.
+    """The backward kernels sum in a fixed order (no atomics): two runs give the same bits.
 
     In the simulator threads run one after another, so this bites on a real GPU, where
     the warps of a block and the blocks of a launch race; the compile test checks the
     kernels' PTX for atomics on every machine."""
     rng = np.random.default_rng(11)
-    B, I, O, G, k = 200, 2, 40, 6, 3  # several chunks, warps and output lanes per block
+    B, I, O, G, k = 80, 2, 40, 6, 3  # several chunks, warps and output lanes per block
     arrays, dy = make_layer(rng, B, I, O, G, k, dtype, "random")
     dev = [C.asarray(a, dtype) for a in arrays]
     dyd = C.asarray(dy, dtype)
     up = [C.asarray(rng.normal(size=s), np.float64) for s in ((I, O), (I, O), (I,), (I,))]
     runs = []
-    for _ in range(3):
+    for _ in range(2):
         g = [C.zeros(s, dtype) for s in ((B, I), arrays[2].shape, (I, O), (I, O))]
         C.spline_backward(*g, dyd, *dev, k, "silu")
         gm = [C.zeros(s, dtype) for s in ((B, I), arrays[2].shape, (I, O), (I, O))]

@@ -87,13 +87,26 @@ _local_basis = cuda.jit(device=True)(_scalar.local_basis)
 
 _NT = 256                 # threads per block of the forward kernels
 _NT_BACKWARD = 128        # threads per block of the backward kernels
-# Launch bounds: (threads, blocks each SM must hold). They cap registers per thread at
-# 65536 / (threads * blocks): 128 for the forward kernels. The backward's span search and
-# Cox-de Boor with derivatives need about 140-170 registers without a cap, and a cap of
-# 128 makes ptxas spill; three blocks of 128 threads (12 warps an SM, where one block of
-# 256 threads at that register count would hold 8) leave it 170 and spill nothing.
-_BOUNDS = (_NT, 2)
-_BOUNDS_BACKWARD = (_NT_BACKWARD, 3)
+
+
+def launch_bounds(kind, k, dtype):
+    """(threads per block, blocks each SM must hold) for a layer kernel of order k.
+
+    The second number caps registers per thread at 65536 / (threads * blocks), and
+    ptxas spills what does not fit. The span search and Cox-de Boor, unrolled for k,
+    take most of them: the backward needs about 140-170 without a cap. Three
+    128-thread blocks (12 warps an SM, a 168-register cap) compile without spills for
+    float32 at k = 2 and 3, the usual orders; other orders and float64 get two blocks
+    (8 warps, up to 255 registers), and the float64 forward at k >= 4 one 256-thread
+    block. ``tests/test_cuda_compile.py`` assembles every variant with these bounds and
+    fails on any spill; ``tests/cuda_ptx.py --table`` prints what each variant uses.
+    """
+    single = np.dtype(dtype).itemsize == 4
+    if kind == "backward":
+        return _NT_BACKWARD, (3 if single and k in (2, 3) else 2)
+    return _NT, (2 if single or k <= 3 else 1)
+
+
 _SHARED_BUDGET = 44 * 1024  # bytes of shared memory per block we allow ourselves (48 KiB limit)
 _EW = 256                 # threads per block of the elementwise kernels
 
@@ -264,7 +277,7 @@ def _forward_kernel(k, dtype, TX, TY, RB, RO, TI):
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @_layer_jit(_BOUNDS)
+    @_layer_jit(launch_bounds("forward", k, dtype))
     def kernel(y, x, grid, inv, coef, scale_base, scale_sp, mask, code):
         # y (B, O) out; x (B, I); grid (I, G+2k+1); inv (I, k+1, G+2k+1) knot
         # reciprocals; coef (I, K, O); scale_*, mask (I, O)
@@ -362,7 +375,7 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @_layer_jit(_BOUNDS_BACKWARD)
+    @_layer_jit(launch_bounds("backward", k, dtype))
     def kernel(dx, P, PB, inv, dy, ds1, ds2, dxs1, dxs2, x, grid, coef, scale_base, scale_sp,
                mask, code, MT):
         # dx (B, I) +=; P (C, I, K, O) and PB (C, I, O) raw partial sums of chunk c:
@@ -763,7 +776,7 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @_layer_jit(_BOUNDS)
+    @_layer_jit(launch_bounds("forward", k, dtype))
     def kernel(P1, P2, PX, inv, x, grid, coef, scale_base, scale_sp, mask, code):
         # P1, P2 (C, I, O) float64: sums of phi and phi^2 over chunk c's samples;
         # PX (C, I, 2) float64: sums of x and x^2; inv (I, k+1, n) knot reciprocals
