@@ -784,9 +784,10 @@ def auto_symbolic(self, lib=None, weight_simple=0.8, r2_threshold=0.0, a_range=(
     most 2 ** (weight_simple / (1 - weight_simple)) times the best one's
     (16 times at the default 0.8) plus 1e-12, the one with the lowest
     complexity, then the fewest effective parameters, wins; so x^2 is chosen
-    over cos(a*x + b) when both fit (details in ``suggest_symbolic``). Already-symbolic and pruned edges are left alone.
-    Fits with r^2 below 0.9 are also reported by a warning. ``verbose >= 1``
-    prints one line per edge.
+    over cos(a*x + b) when both fit (details in ``suggest_symbolic``).
+    Already-symbolic and pruned edges are left alone. Fits with r^2 below
+    0.9 are also reported by a warning. ``verbose >= 1`` prints one line per
+    edge.
 
     Returns a list of rows ``(l, i, j, name, r2, complexity)`` for the edges
     that were fixed.

@@ -451,3 +451,165 @@ def test_formula_after_prune_input_names_original_inputs():
         pruned.fix_symbolic(0, i, 0, "x")
     (f,) = pruned.symbolic_formula()
     assert {s.name for s in f.free_symbols} == {"x_1", "x_3"}
+
+
+# ---------------------------------------------------------------------------
+# choosing a function: quality first, then simplicity
+def spline_edge_model(fn, grid=60):
+    """A [1, 1] model whose only edge is a fine cubic spline of fn on [-1, 1], forwarded on data."""
+    model = nk.KAN([1, 1], grid=grid, k=3, seed=0)
+    layer = model.layers[0]
+    xs = np.linspace(-1, 1, 600)
+    layer.coef[0] = spline.fit_coef(xs, fn(xs)[:, None], np.asarray(layer.grid)[0], 3)
+    layer.scale_base[...] = 0
+    layer.scale_sp[...] = 1
+    model.forward(np.random.default_rng(0).uniform(-1, 1, (500, 1)))
+    return model
+
+
+SMALL_LIB = ["x", "x^2", "sin", "cos", "exp", "tanh", "gaussian", "arctan"]
+
+
+def test_n_params_counts_the_parameters_that_matter():
+    n = {name: SYMBOLIC_LIB[name].n_params for name in SYMBOLIC_LIB}
+    assert n["0"] == 1 and n["x"] == 2 and n["sgn"] == 2
+    assert all(n[f] == 3 for f in ["x^2", "x^3", "1/x", "sqrt", "exp", "log", "abs"])
+    assert all(n[f] == 4 for f in ["sin", "cos", "tanh", "gaussian", "arctan"])
+    t = sympy.Symbol("t")
+    fun = nk.add_symbolic("shifted_exp_test", sympy.exp(t + 1), complexity=2)  # c absorbs the shift
+    try:
+        assert fun.n_params == 3
+    finally:
+        del SYMBOLIC_LIB["shifted_exp_test"]
+
+
+def test_auto_symbolic_prefers_x2_over_cos_when_both_fit():
+    """y = x^2 - 1e-3 x^4 plus a wiggle no library function has. c*cos(a*x + b) + d, with its
+    4th parameter, also takes the x^4 term (a ~ 0.1) and fits better, but x^2 fits as well up
+    to a factor < 16 in 1 - r^2: x^2 wins. pykan's score (equal complexity, 2) takes cos."""
+    model = spline_edge_model(lambda x: x ** 2 - 1e-3 * x ** 4 + 1e-4 * np.sin(7 * x))
+    rows = model.suggest_symbolic(0, 0, 0, topk=8, lib=SMALL_LIB, verbose=False)
+    r2 = {n: r for n, r, _ in rows}
+    assert r2["cos"] > r2["x^2"] > 1 - 1e-6            # both fit; cos fits better
+    assert (1 - r2["x^2"]) < 16 * (1 - r2["cos"])      # ... but not 16 times better
+    assert rows[0][0] == "x^2"
+    # with weight_simple = 0 only the quality counts: cos
+    assert model.suggest_symbolic(0, 0, 0, weight_simple=0, lib=SMALL_LIB, verbose=False)[0][0] == "cos"
+    fixed = model.auto_symbolic(lib=SMALL_LIB, verbose=0)
+    assert [r[3] for r in fixed] == ["x^2"]
+
+
+def test_auto_symbolic_takes_cos_when_it_fits_much_better():
+    """A quartic term 100 times the wiggle: cos explains it, x^2 leaves 1 - r^2 about 100 times
+    larger. Simplicity does not override the data."""
+    model = spline_edge_model(lambda x: x ** 2 - 1e-2 * x ** 4 + 1e-4 * np.sin(7 * x))
+    rows = model.suggest_symbolic(0, 0, 0, topk=8, lib=SMALL_LIB, verbose=False)
+    r2 = {n: r for n, r, _ in rows}
+    assert (1 - r2["x^2"]) > 16 * (1 - r2["cos"])
+    assert rows[0][0] in ("sin", "cos")                 # the same function, shifted by pi/2
+
+
+@pytest.mark.parametrize("fn,name", [
+    (np.tanh, "tanh"),                       # sin (complexity 2) fits to 1 - r^2 ~ 2e-5: not close enough
+    (np.exp, "exp"),                         # tanh mimics exp exactly in a limit: exp is simpler
+    (lambda x: np.sin(np.pi * x), "sin"),    # sin and cos are the same law: the library's order
+    (lambda x: 2 * x + 1, "x"),
+])
+def test_quality_first_then_simplicity(fn, name):
+    model = spline_edge_model(fn)
+    assert model.suggest_symbolic(0, 0, 0, lib=SMALL_LIB, verbose=False)[0][0] == name
+
+
+# ---------------------------------------------------------------------------
+# formulas: full precision by default, rounding and snapping on request
+def law_model(a=np.pi, d_out=0.0):
+    """[2, 1, 1] symbolic model of exp(sin(a*x_1) + x_2^2) + d_out, the constants spread over the
+    edges as a fit leaves them (no single edge holds 1 or pi), forwarded on data."""
+    model = nk.KAN([2, 1, 1], grid=3, seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (400, 2))
+    model.forward(x)
+    for l, i, name in [(0, 0, "sin"), (0, 1, "x^2"), (1, 0, "exp")]:
+        model.fix_symbolic(l, i, 0, name, fit_params=False)
+    c1, c2, d1, d2 = 0.3062, 0.3062, 0.1435, -0.2
+    model.layers[0].symbolic_affine[0, 0] = [a, 0.0, c1, d1]
+    model.layers[0].symbolic_affine[1, 0] = [1.0, 0.0, c2, d2]
+    model.layers[1].symbolic_affine[0, 0] = [1 / c1, 0.0, np.exp(-(d1 + d2) / c1), d_out]
+    return model, x
+
+
+def test_formula_is_full_precision_by_default():
+    model, x = law_model(a=1.2345678901234567)
+    (f,) = model.symbolic_formula()
+    assert 1.2345678901234567 in [float(t) for t in f.atoms(sympy.Float)]   # the float64, every bit
+    x1, x2 = sympy.symbols("x_1 x_2", real=True)
+    g = sympy.lambdify((x1, x2), f, "numpy")
+    np.testing.assert_allclose(g(x[:, 0], x[:, 1]), model(x)[:, 0], rtol=1e-14)
+    (r,) = model.symbolic_formula(floating_digit=3)
+    assert sympy.Float(1.235) in r.atoms(sympy.Float)
+    with pytest.warns(DeprecationWarning, match="floating_digit"):
+        (old,) = model.symbolic_formula(floating_digits=3)
+    assert old == r
+
+
+def test_snap_recovers_the_exact_law():
+    x1, x2 = sympy.symbols("x_1 x_2", real=True)
+    law = sympy.exp(sympy.sin(sympy.pi * x1) + x2 ** 2)
+    model, x = law_model(a=np.pi * (1 + 1e-12), d_out=3e-15)   # a converged fit's last digits
+    (raw,) = model.symbolic_formula()
+    assert raw.atoms(sympy.Float) and raw != law
+    (f,) = model.symbolic_formula(snap=True)
+    assert f == law and not f.atoms(sympy.Float)
+    # also to multiples of pi, simple rationals and e, and a vanishing term to 0
+    model.layers[0].symbolic_affine[0, 0, :2] = [np.pi / 2, 0.5]
+    model.layers[1].symbolic_affine[0, 0, 3] = np.e
+    (f,) = model.symbolic_formula(snap=True)
+    assert f == sympy.exp(sympy.sin(sympy.pi * x1 / 2 + sympy.Rational(1, 2)) + x2 ** 2) + sympy.E
+
+
+def test_snap_keeps_constants_the_data_tell_apart():
+    x1, x2 = sympy.symbols("x_1 x_2", real=True)
+    model, x = law_model(a=3.1416)      # 7e-6 from pi: visible at the default tolerance 1e-6
+    (f,) = model.symbolic_formula(snap=True)
+    assert not f.has(sympy.pi) and 3.1416 in [float(t) for t in f.atoms(sympy.Float)]
+    assert f == sympy.exp(sympy.sin(sympy.Float(3.1416) * x1) + x2 ** 2)  # the rest did snap
+    g = sympy.lambdify((x1, x2), f, "numpy")
+    np.testing.assert_allclose(g(x[:, 0], x[:, 1]), model(x)[:, 0], rtol=1e-12)
+    # a looser tolerance, or data too noisy to tell 3.1416 from pi, let it snap
+    (loose,) = model.symbolic_formula(snap=True, snap_tol=1e-4)
+    assert loose.has(sympy.pi)
+    noisy = model(x) + np.random.default_rng(1).normal(0, 0.01, (x.shape[0], 1))
+    (f_noisy,) = model.symbolic_formula(snap=True, x=x, y=noisy)
+    assert f_noisy.has(sympy.pi)
+    # far from any simple value: kept
+    model, x = law_model(a=3.13)
+    (f,) = model.symbolic_formula(snap=True, snap_tol=1e-3)
+    assert 3.13 in [float(t) for t in f.atoms(sympy.Float)]
+
+
+def test_formula_bad_arguments():
+    model, x = law_model()
+    for kwargs, match in [({"snap": "yes"}, "snap must"), ({"snap": True, "snap_tol": -1}, "snap_tol"),
+                          ({"floating_digit": -1}, "floating_digit"), ({"x": x}, "snap=True"),
+                          ({"snap": True, "x": x, "y": np.zeros((3, 1))}, "y must"),
+                          ({"snap": True, "x": x[:, :1]}, "x must"),
+                          ({"floating_digit": 2, "floating_digits": 2}, "not both")]:
+        with pytest.raises(ValueError, match=match), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model.symbolic_formula(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# the examples' pipelines recover their laws exactly (about 10 s each)
+@pytest.mark.parametrize("script,width", [("symbolic_regression.py", [2, 1, 1]),
+                                          ("symbolic_regression_3d.py", [3, 1, 1])])
+def test_example_pipeline_recovers_the_law(script, width):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / script
+    spec = importlib.util.spec_from_file_location(script[:-3], path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = example.run(verbose=False)
+    assert out["model"].width == width
+    assert out["rmse"] <= 1e-10 and out["rmse_snapped"] <= 1e-10, (out["rmse"], out["rmse_snapped"])
+    assert sympy.simplify(out["snapped"] - out["law"]) == 0, out["snapped"]
