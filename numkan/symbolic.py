@@ -777,9 +777,9 @@ def auto_symbolic(self, lib=None, weight_simple=0.8, r2_threshold=0.0, a_range=(
     """Replace every live spline edge by its best library function, in place.
 
     For each edge with a live spline (mask != 0) and no symbolic part, the
-    best function by ``suggest_symbolic``'s ranking is fixed when its
-    r^2 >= ``r2_threshold``; otherwise the edge keeps its spline and a
-    warning names it. The ranking is by the fit's quality, then its
+    first function in ``suggest_symbolic``'s ranking whose r^2 >= ``r2_threshold``
+    is fixed; when none reaches it, the edge keeps its spline and a warning
+    names it. The ranking is by the fit's quality, then its
     simplicity: among the functions whose unexplained variance 1 - r^2 is at
     most 2 ** (weight_simple / (1 - weight_simple)) times the best one's
     (16 times at the default 0.8) plus 1e-12, the one with the lowest
@@ -815,12 +815,16 @@ def auto_symbolic(self, lib=None, weight_simple=0.8, r2_threshold=0.0, a_range=(
                 if not todo[i, j]:
                     continue
                 rows = _suggest(xs[:, i], phi[:, j], names, weight_simple, a_range, b_range)
-                name, r2, c, _, params = rows[0]
-                if r2 < r2_threshold or params is None:
+                # the first in ranking order that meets the threshold: when any does, the best
+                # fit does, and it is in the band, so this is the simplest of the band that passes
+                passing = [r for r in rows if r[4] is not None and r[1] >= r2_threshold]
+                if not passing:
+                    name, r2 = max(rows, key=lambda r: (r[4] is not None, r[1]))[:2]
                     warnings.warn(f"auto_symbolic: edge ({l}, {i}, {j}) kept its spline: the best fit, "
                                   f"{name!r}, has r^2 = {r2:.4g} < r2_threshold = {r2_threshold}",
                                   RuntimeWarning, stacklevel=2)
                     continue
+                name, r2, c, _, params = passing[0]
                 _set_entry(layer, "symbolic_affine", (i, j), params)
                 _set_entry(layer, "mask", (i, j), 0.0)
                 layer.symbolic_mask[i, j] = 1.0

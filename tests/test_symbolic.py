@@ -495,6 +495,11 @@ def test_auto_symbolic_prefers_x2_over_cos_when_both_fit():
     assert rows[0][0] == "x^2"
     # with weight_simple = 0 only the quality counts: cos
     assert model.suggest_symbolic(0, 0, 0, weight_simple=0, lib=SMALL_LIB, verbose=False)[0][0] == "cos"
+    # an r2_threshold that x^2 misses and cos meets: the simplest function that meets it
+    strict = 1 - 0.5 * ((1 - r2["x^2"]) + (1 - r2["cos"]))
+    fixed = model.auto_symbolic(lib=SMALL_LIB, r2_threshold=strict, verbose=0)
+    assert [r[3] for r in fixed] == ["cos"]
+    model.unfix_symbolic(0, 0, 0)
     fixed = model.auto_symbolic(lib=SMALL_LIB, verbose=0)
     assert [r[3] for r in fixed] == ["x^2"]
 
