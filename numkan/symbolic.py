@@ -955,6 +955,15 @@ def snap_constants(expr, symbols, x, y=None, tol=1e-6):
     leaves 3.1416 alone (its error shows at about 3e-6 of RMS(y)).
     """
     import sympy
+    if not isinstance(expr, sympy.Basic):
+        raise TypeError(f"expr must be a sympy expression, got {type(expr).__name__}")
+    symbols = list(symbols)
+    x = v.check_array("x", x, len(symbols), np.float64)
+    if y is not None:
+        y = np.asarray(y, dtype=np.float64)
+        if y.shape != (x.shape[0],) or not np.all(np.isfinite(y)):
+            raise ValueError(f"y must be a finite array of shape ({x.shape[0]},), got shape {y.shape}")
+    tol = v.check_float("tol", tol, minimum=0)
     expr = _normalize(expr)
     floats = sorted(expr.atoms(sympy.Float), key=float)
     if not floats:

@@ -618,3 +618,17 @@ def test_example_pipeline_recovers_the_law(script, width):
     assert out["model"].width == width
     assert out["rmse"] <= 1e-10 and out["rmse_snapped"] <= 1e-10, (out["rmse"], out["rmse_snapped"])
     assert sympy.simplify(out["snapped"] - out["law"]) == 0, out["snapped"]
+
+
+def test_snap_constants_on_a_plain_expression():
+    from numkan.symbolic import snap_constants
+    t = sympy.Symbol("t", real=True)
+    x = np.linspace(-1, 1, 50)[:, None]
+    e = sympy.Float(0.49999999999999) * sympy.cos(sympy.Float(6.283185307179586) * t) + sympy.Float(1e-14)
+    assert snap_constants(e, [t], x) == sympy.cos(2 * sympy.pi * t) / 2
+    with pytest.raises(ValueError, match="x must"):
+        snap_constants(e, [t], np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="y must"):
+        snap_constants(e, [t], x, y=np.zeros(3))
+    with pytest.raises(ValueError, match="tol"):
+        snap_constants(e, [t], x, tol=-1.0)
