@@ -666,8 +666,8 @@ def _lib_names(lib):
 
 
 # Two fits count as equally good when both leave less than this fraction of the edge's
-# variance unexplained: a relative RMS error of 1e-6, about the precision of an edge that
-# a spline represents; below it, 1 - r^2 measures rounding and spline error, not the law.
+# variance unexplained (a relative RMS error of 1e-6): differences below it come from
+# rounding and from the spline's own approximation error, not from the law.
 _Q_FLOOR = 1e-12
 
 
