@@ -18,6 +18,8 @@ never imports ``numba.cuda``) and as a script that prints the table kept in
 ``benchmarks/RESULTS.md``:
 
     python tests/cuda_ptx.py --table
+    # or on two cores: (python tests/cuda_ptx.py --shard 0/2 & python tests/cuda_ptx.py --shard 1/2) \
+    #                  | python tests/cuda_ptx.py --render
 """
 import argparse
 import json
@@ -90,14 +92,15 @@ def variants():
         a1, a2, a3, a4 = (_arr(dt, n) for n in (1, 2, 3, 4))
         f1, f2, f3 = (_arr("float64", n) for n in (1, 2, 3))
         for k in ORDERS:
-            fwd, bwd = C.launch_bounds("forward", k, dt), C.launch_bounds("backward", k, dt)
             for B, I, O, G in SHAPES:
                 K = G + k
                 TX, TY, RB, RO, TI = C._forward_config(B, O, k, itemsize)
+                fwd = C.launch_bounds("forward", k, dt, TX)
                 add(f"forward k={k} {dt} TX={TX} RB={RB} RO={RO} TI={TI}",
                     C._forward_kernel(k, np.dtype(dt).str, TX, TY, RB, RO, TI),
                     f"void({a2}, {a2}, {a2}, {a3}, {a3}, {a2}, {a2}, {a2}, int64)", fwd)
                 TX, TY, RB, RO, MT, _ = C._backward_config(B, I, O, K, k, itemsize)
+                bwd = C.launch_bounds("backward", k, dt, TX)
                 dyn = MT * TX * RO * itemsize
                 add(f"backward k={k} {dt} TX={TX} RB={RB} RO={RO}",
                     C._backward_kernel(k, np.dtype(dt).str, TX, TY, RB, RO, False),
@@ -108,6 +111,7 @@ def variants():
                     f"void({a2}, {a4}, {a3}, {a3}, {f2}, {f2}, {f2}, {f1}, {f1}, {a2}, {a2}, {a3}, "
                     f"{a2}, {a2}, {a2}, int64, int64)", bwd, dyn)
                 TX, TY, RB, RO, _ = C._moments_forward_config(B, I, O, k, itemsize)
+                fwd = C.launch_bounds("forward", k, dt, TX)
                 add(f"moments_forward k={k} {dt} TX={TX} RB={RB} RO={RO}",
                     C._moments_forward_kernel(k, np.dtype(dt).str, TX, TY, RB, RO),
                     f"void({f3}, {f3}, {f3}, {a3}, {a2}, {a2}, {a3}, {a2}, {a2}, {a2}, int64)",
@@ -228,7 +232,12 @@ def main(argv=None):
     ap.add_argument("--table", action="store_true", help="print a markdown table")
     ap.add_argument("--only", nargs="*", help="compile only kernels whose name contains one of these")
     ap.add_argument("--shard", default="0/1", help="S/N: compile every N-th variant from the S-th")
+    ap.add_argument("--render", action="store_true",
+                    help="print the table of RESULT lines read from standard input (shards' output)")
     args = ap.parse_args(argv)
+    if args.render:
+        print(table([json.loads(line[7:]) for line in sys.stdin if line.startswith("RESULT ")]))
+        return 0
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         raise SystemExit("unset NUMBA_ENABLE_CUDASIM: the simulator does not compile")
     s, n = (int(v) for v in args.shard.split("/"))

@@ -81,9 +81,9 @@ def test_shared_memory_and_occupancy_within_the_launchers_budget(compiled):
         assert total <= STATIC_SHARED_LIMIT, (r["name"], r["target"], total)
         if r["name"].split()[0] in LAYER_KERNELS:
             assert total <= C._SHARED_BUDGET, (r["name"], r["target"], total, C._SHARED_BUDGET)
-            k = int(r["name"].split()[1][2:])
-            bounds = C.launch_bounds("backward" if "backward" in r["name"] else "forward", k,
-                                     r["name"].split()[2])
+            words = r["name"].split()
+            k, dt, TX = int(words[1][2:]), words[2], int(words[3][3:])
+            bounds = C.launch_bounds("backward" if "backward" in words[0] else "forward", k, dt, TX)
             assert r["threads"] == bounds[0]
             # the launch bounds' promise: at least that many blocks fit by registers and shared memory
             assert r["blocks_per_sm"] >= bounds[1], (r["name"], r["target"], r["registers"])

@@ -89,21 +89,23 @@ _NT = 256                 # threads per block of the forward kernels
 _NT_BACKWARD = 128        # threads per block of the backward kernels
 
 
-def launch_bounds(kind, k, dtype):
-    """(threads per block, blocks each SM must hold) for a layer kernel of order k.
+def launch_bounds(kind, k, dtype, TX):
+    """(threads per block, blocks each SM must hold) for a layer kernel of order k whose
+    blocks have TX lanes along the outputs.
 
     The second number caps registers per thread at 65536 / (threads * blocks), and
     ptxas spills what does not fit. The span search and Cox-de Boor, unrolled for k,
     take most of them: the backward needs about 140-170 without a cap. Three
     128-thread blocks (12 warps an SM, a 168-register cap) compile without spills for
-    float32 at k = 2 and 3, the usual orders; other orders and float64 get two blocks
+    float32 at k = 2 and 3, the usual orders, with at least 8 lanes (layers of at least 5
+    outputs); other layers, orders and float64 get two blocks
     (8 warps, up to 255 registers), and the float64 forward at k >= 4 one 256-thread
     block. ``tests/test_cuda_compile.py`` assembles every variant with these bounds and
     fails on any spill; ``tests/cuda_ptx.py --table`` prints what each variant uses.
     """
     single = np.dtype(dtype).itemsize == 4
     if kind == "backward":
-        return _NT_BACKWARD, (3 if single and k in (2, 3) else 2)
+        return _NT_BACKWARD, (3 if single and k in (2, 3) and TX >= 8 else 2)
     return _NT, (2 if single or k <= 3 else 1)
 
 
@@ -277,7 +279,7 @@ def _forward_kernel(k, dtype, TX, TY, RB, RO, TI):
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @_layer_jit(launch_bounds("forward", k, dtype))
+    @_layer_jit(launch_bounds("forward", k, dtype, TX))
     def kernel(y, x, grid, inv, coef, scale_base, scale_sp, mask, code):
         # y (B, O) out; x (B, I); grid (I, G+2k+1); inv (I, k+1, G+2k+1) knot
         # reciprocals; coef (I, K, O); scale_*, mask (I, O)
@@ -375,7 +377,7 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @_layer_jit(launch_bounds("backward", k, dtype))
+    @_layer_jit(launch_bounds("backward", k, dtype, TX))
     def kernel(dx, P, PB, inv, dy, ds1, ds2, dxs1, dxs2, x, grid, coef, scale_base, scale_sp,
                mask, code, MT):
         # dx (B, I) +=; P (C, I, K, O) and PB (C, I, O) raw partial sums of chunk c:
@@ -776,7 +778,7 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @_layer_jit(launch_bounds("forward", k, dtype))
+    @_layer_jit(launch_bounds("forward", k, dtype, TX))
     def kernel(P1, P2, PX, inv, x, grid, coef, scale_base, scale_sp, mask, code):
         # P1, P2 (C, I, O) float64: sums of phi and phi^2 over chunk c's samples;
         # PX (C, I, 2) float64: sums of x and x^2; inv (I, k+1, n) knot reciprocals
