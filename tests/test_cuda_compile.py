@@ -49,7 +49,11 @@ def compiled():
         sys.path.remove(str(HERE))
     if cuda_ptx.ptxas_path() is None:
         pytest.skip("ptxas not installed (pip install 'numkan[cuda]' brings it)")
-    return cuda_ptx, _compile_results()
+    results = _compile_results()
+    out = os.environ.get("NUMKAN_COMPILE_TABLE")  # where to keep the table for RESULTS.md
+    if out:
+        Path(out).write_text(cuda_ptx.table(results) + "\n")
+    return cuda_ptx, results
 
 
 def test_every_variant_compiles_for_both_targets_without_spills(compiled):
