@@ -227,23 +227,47 @@ def table(results):
     return "\n".join(lines)
 
 
+def summary(results):
+    """One row per layer kernel, order, dtype and target: the range over its tile variants."""
+    groups = {}
+    for r in results:
+        if "error" in r:
+            continue
+        w = r["name"].split()
+        key = (w[0], w[1], w[2], r["target"]) if w[1].startswith("k=") else (w[0], "", w[1], r["target"])
+        groups.setdefault(key, []).append(r)
+    lines = ["| kernel | k | dtype | target | variants | registers | blocks/SM (occupancy) | "
+             "max shared bytes | spills |", "|---|---|---|---|---|---|---|---|---|"]
+    for (kind, k, dt, target), rows in sorted(groups.items()):
+        regs = [r["registers"] for r in rows]
+        worst = min(rows, key=lambda r: r["blocks_per_sm"] * r["threads"])
+        occ = worst["blocks_per_sm"] * worst["threads"] / 2048
+        smem = max(r["smem"] + r["dynamic_smem"] for r in rows)
+        spills = sum(r["spill_stores"] + r["spill_loads"] for r in rows)
+        lines.append(f"| {kind} | {k[2:]} | {dt} | {target} | {len(rows)} | {min(regs)}-{max(regs)} | "
+                     f"{worst['blocks_per_sm']} x {worst['threads']} ({occ:.0%}) | {smem} | {spills} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--table", action="store_true", help="print a markdown table")
     ap.add_argument("--only", nargs="*", help="compile only kernels whose name contains one of these")
     ap.add_argument("--shard", default="0/1", help="S/N: compile every N-th variant from the S-th")
+    ap.add_argument("--summary", action="store_true", help="with --table/--render: one row per kernel")
     ap.add_argument("--render", action="store_true",
                     help="print the table of RESULT lines read from standard input (shards' output)")
     args = ap.parse_args(argv)
     if args.render:
-        print(table([json.loads(line[7:]) for line in sys.stdin if line.startswith("RESULT ")]))
+        rows = [json.loads(line[7:]) for line in sys.stdin if line.startswith("RESULT ")]
+        print(summary(rows) if args.summary else table(rows))
         return 0
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         raise SystemExit("unset NUMBA_ENABLE_CUDASIM: the simulator does not compile")
     s, n = (int(v) for v in args.shard.split("/"))
     results = compile_all(args.only, (s, n))
     if args.table:
-        print(table(results))
+        print(summary(results) if args.summary else table(results))
     else:
         for r in results:
             print("RESULT " + json.dumps(r))

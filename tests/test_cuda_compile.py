@@ -52,7 +52,7 @@ def compiled():
     results = _compile_results()
     out = os.environ.get("NUMKAN_COMPILE_TABLE")  # where to keep the table for RESULTS.md
     if out:
-        Path(out).write_text(cuda_ptx.table(results) + "\n")
+        Path(out).write_text(cuda_ptx.summary(results) + "\n\n" + cuda_ptx.table(results) + "\n")
     return cuda_ptx, results
 
 
