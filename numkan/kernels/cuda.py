@@ -234,7 +234,9 @@ def _stage_fn(k, dtype):
 
     Bases whose index lies outside 0..K-1 are zero, so moving the window inside
     0..K-1 changes no sum and lets the kernels index coef without a branch.
-    Outside the knots every entry is zero and a0 = 0.
+    Outside the knots (x NaN or inf included) every entry is zero and the result is
+    -1: the kernels then drop the sample's spline terms, as the reference does, so
+    that a NaN coefficient or upstream gradient is not multiplied by those zeros.
     """
     KP1 = k + 1
     W2 = 2 * KP1  # array shapes must be names bound to constants, not expressions
@@ -248,7 +250,7 @@ def _stage_fn(k, dtype):
             for s in range(KP1):
                 N[s] = 0
                 dN[s] = 0
-            return 0
+            return -1
         _local_basis(grid, inv, i, j, xv, k, N, dN, work, deriv)
         a = j - k
         a0 = min(max(a, 0), K - KP1)
@@ -337,10 +339,12 @@ def _forward_kernel(k, dtype, TX, TY, RB, RO, TI):
                     for r in range(RO):
                         o = o0 + tx + r * TX
                         if o < O:
-                            v = nbt(0)
-                            for s in range(KP1):
-                                v += N[s] * coef[i, a0 + s, o]
-                            acc[q, r] += wb[r] * bxv + sp[r] * v
+                            acc[q, r] += wb[r] * bxv
+                            if a0 >= 0:  # inside the knots
+                                v = nbt(0)
+                                for s in range(KP1):
+                                    v += N[s] * coef[i, a0 + s, o]
+                                acc[q, r] += sp[r] * v
             cuda.syncthreads()
         for q in range(RB):
             b = b0 + ty + q * TY
@@ -455,23 +459,27 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
                                         # read here, not kept across the loops: registers
                                         wb = scale_base[i, o] * mask[i, o]
                                         sp = scale_sp[i, o] * mask[i, o]
-                                        v = nbt(0)
-                                        dv = nbt(0)
-                                        for s in range(KP1):
-                                            cv = coef[i, a0 + s, o]
-                                            if moments:
-                                                v += N[s] * cv
-                                            if first:
-                                                dv += dN[s] * cv
+                                        phi = wb * bxv
+                                        dphi = wb * dbxv
+                                        if a0 >= 0:  # inside the knots
+                                            v = nbt(0)
+                                            dv = nbt(0)
+                                            for s in range(KP1):
+                                                cv = coef[i, a0 + s, o]
+                                                if moments:
+                                                    v += N[s] * cv
+                                                if first:
+                                                    dv += dN[s] * cv
+                                            phi += sp * v
+                                            dphi += sp * dv
                                         if moments:
-                                            g = nbt(ds1[i, o] + 2.0 * ds2[i, o]
-                                                    * (wb * bxv + sp * v))
+                                            g = nbt(ds1[i, o] + 2.0 * ds2[i, o] * phi)
                                             Gsh[ql, ol] = g
                                         else:
                                             g = Gsh[ql, ol]
                                         if first:
                                             rb[r] += bxv * g
-                                            dxp += g * (wb * dbxv + sp * dv)
+                                            dxp += g * dphi
                                     elif moments:
                                         Gsh[ql, ol] = 0
                             DXsh[ql, tx] = dxp
@@ -481,6 +489,8 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
                     for bl in range(min(TS, b_hi - s0)):
                         a = Ash[bl] - m0
                         s = (ty - a) & (TY - 1)  # (ty - a) mod TY: TY is a power of two
+                        if Ash[bl] < 0:  # outside the knots: no spline terms
+                            s = KP1
                         while s < KP1:
                             m = a + s
                             if m >= 0 and m < MT:
@@ -839,10 +849,12 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
                         for r in range(RO):
                             o = o0 + tx + r * TX
                             if o < O:
-                                v = nbt(0)
-                                for s in range(KP1):
-                                    v += N[s] * coef[i, a0 + s, o]
-                                phi = wb[r] * bxv + sp[r] * v
+                                phi = wb[r] * bxv
+                                if a0 >= 0:  # inside the knots
+                                    v = nbt(0)
+                                    for s in range(KP1):
+                                        v += N[s] * coef[i, a0 + s, o]
+                                    phi += sp[r] * v
                                 a1[r] += phi
                                 a2[r] += phi * phi
                 cuda.syncthreads()
