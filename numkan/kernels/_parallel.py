@@ -17,10 +17,8 @@ numkan leaves the choice to Numba (TBB when installed, else GNU OpenMP "omp"
 on Linux, else its own "workqueue"; ``NUMBA_THREADING_LAYER`` overrides it)
 and makes each layer fail safely where it is unsafe, rather than choosing
 "workqueue" for everyone: workqueue hands even a one-thread launch to a
-worker thread, which made the small layers that are numkan's common case
-3-8x slower than omp (forward + backward, measured 2026-12-06 on 2 shared
-cores; large parallel layers were 4-10x faster there, since omp's threads
-wait for each other when other processes hold the cores).
+worker thread, which makes the small layers that are numkan's common case
+several times slower than omp (benchmarks/RESULTS.md, "Threading layers").
 
 - "omp" is thread-safe but not fork-safe: Numba kills a child forked after
   its OpenMP threads started (``multiprocessing``'s "fork" start method, the
