@@ -101,6 +101,7 @@ def variants():
                     f"void({a2}, {a2}, {a2}, {a3}, {a3}, {a2}, {a2}, {a2}, int64)", fwd)
                 TX, TY, RB, RO, MT, _ = C._backward_config(B, I, O, K, k, itemsize)
                 bwd = C.launch_bounds("backward", k, dt, TX)
+                mbwd = C.launch_bounds("moments_backward", k, dt, TX)
                 dyn = MT * TX * RO * itemsize
                 add(f"backward k={k} {dt} TX={TX} RB={RB} RO={RO}",
                     C._backward_kernel(k, np.dtype(dt).str, TX, TY, RB, RO, False),
@@ -109,7 +110,7 @@ def variants():
                 add(f"moments_backward k={k} {dt} TX={TX} RB={RB} RO={RO}",
                     C._backward_kernel(k, np.dtype(dt).str, TX, TY, RB, RO, True),
                     f"void({a2}, {a4}, {a3}, {a3}, {f2}, {f2}, {f2}, {f1}, {f1}, {a2}, {a2}, {a3}, "
-                    f"{a2}, {a2}, {a2}, int64, int64)", bwd, dyn)
+                    f"{a2}, {a2}, {a2}, int64, int64)", mbwd, dyn)
                 TX, TY, RB, RO, _ = C._moments_forward_config(B, I, O, k, itemsize)
                 fwd = C.launch_bounds("forward", k, dt, TX)
                 add(f"moments_forward k={k} {dt} TX={TX} RB={RB} RO={RO}",

@@ -87,7 +87,8 @@ def test_shared_memory_and_occupancy_within_the_launchers_budget(compiled):
             assert total <= C._SHARED_BUDGET, (r["name"], r["target"], total, C._SHARED_BUDGET)
             words = r["name"].split()
             k, dt, TX = int(words[1][2:]), words[2], int(words[3][3:])
-            bounds = C.launch_bounds("backward" if "backward" in words[0] else "forward", k, dt, TX)
+            kind = words[0] if words[0] in ("backward", "moments_backward") else "forward"
+            bounds = C.launch_bounds(kind, k, dt, TX)
             assert r["threads"] == bounds[0]
             # the launch bounds' promise: at least that many blocks fit by registers and shared memory
             assert r["blocks_per_sm"] >= bounds[1], (r["name"], r["target"], r["registers"])

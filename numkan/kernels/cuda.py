@@ -95,10 +95,12 @@ def launch_bounds(kind, k, dtype, TX):
 
     The second number caps registers per thread at 65536 / (threads * blocks), and
     ptxas spills what does not fit. The span search and Cox-de Boor, unrolled for k,
-    take most of them: the backward needs about 140-170 without a cap. Three
+    take most of them: the backward needs about 140-200 without a cap. Three
     128-thread blocks (12 warps an SM, a 168-register cap) compile without spills for
-    float32 at k = 2 and 3, the usual orders, with at least 8 lanes (layers of at least 5
-    outputs); other layers, orders and float64 get two blocks
+    the layer's backward in float32 at k = 2 and 3, the usual orders, with at least 8
+    lanes (layers of at least 5 outputs); the regulariser's backward (``kind =
+    "moments_backward"``, which also evaluates phi), other layers, orders and float64
+    get two blocks
     (8 warps, up to 255 registers), and the float64 forward at k >= 4 one 256-thread
     block. ``tests/test_cuda_compile.py`` assembles every variant with these bounds and
     fails on any spill; ``tests/cuda_ptx.py --table`` prints what each variant uses.
@@ -106,6 +108,8 @@ def launch_bounds(kind, k, dtype, TX):
     single = np.dtype(dtype).itemsize == 4
     if kind == "backward":
         return _NT_BACKWARD, (3 if single and k in (2, 3) and TX >= 8 else 2)
+    if kind == "moments_backward":
+        return _NT_BACKWARD, 2
     return _NT, (2 if single or k <= 3 else 1)
 
 
@@ -381,7 +385,7 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
     nbt = from_dtype(np.dtype(dtype))
     stage = _stage_fn(k, dtype)
 
-    @_layer_jit(launch_bounds("backward", k, dtype, TX))
+    @_layer_jit(launch_bounds("moments_backward" if moments else "backward", k, dtype, TX))
     def kernel(dx, P, PB, inv, dy, ds1, ds2, dxs1, dxs2, x, grid, coef, scale_base, scale_sp,
                mask, code, MT):
         # dx (B, I) +=; P (C, I, K, O) and PB (C, I, O) raw partial sums of chunk c:
