@@ -73,7 +73,7 @@ def _layer_forward(layer, x, grid, coef):
     return y
 
 
-def update_grid(model, x, margin=0.0):
+def update_grid(model, x, margin=0.0, hidden=True):
     """Adapt every layer's knots to the samples x (B, n_in) and re-fit the coefficients.
 
     Layer by layer (each layer sees the outputs of the already updated layers
@@ -93,15 +93,26 @@ def update_grid(model, x, margin=0.0):
         beyond the samples (test points, or a hidden layer's values for them)
         then keep all k+1 local bases instead of falling where the spline
         fades out.
+    hidden : bool, default True
+        False adapts only the first layer's knots (to x itself) and leaves
+        every later layer's knots and coefficients as they are. ``fit`` does
+        this at the first step of a run: a hidden layer's inputs are then the
+        values of a network not yet trained in this run (for a new model, a
+        narrow random spread), and knots placed on that spread make the
+        next layer's splines steep functions of small hidden values, a scale
+        that the later updates keep following instead of letting training
+        choose it.
     """
     margin = v.check_float("margin", margin, minimum=0)
+    if not isinstance(hidden, (bool, np.bool_)):
+        raise TypeError(f"hidden must be True or False, got {hidden!r}")
     xh = v.check_array("x", x, model.width[0], np.float64)
     if xh.shape[0] < 2:
         raise ValueError(f"x must have at least 2 rows to place a grid, got shape {xh.shape}")
     be = model.backend
     h = be.asarray(xh, model.dtype)
     new = []
-    for l, L in enumerate(model.layers):
+    for l, L in enumerate(model.layers if hidden else model.layers[:1]):
         xl = be.to_host(h).astype(np.float64)
         t_old = be.to_host(L.grid).astype(np.float64)
         c_old = be.to_host(L.coef).astype(np.float64)
@@ -121,7 +132,7 @@ def update_grid(model, x, margin=0.0):
         if not np.all(np.isfinite(c_new)):
             raise ValueError("update_grid produced non-finite coefficients; the model is unchanged")
         new.append((t_new, c_new))
-        if len(new) < len(model.layers):  # the next layer's samples
+        if hidden and len(new) < len(model.layers):  # the next layer's samples
             h = _layer_forward(L, h, t_new, c_new)
     for L, (t, c) in zip(model.layers, new):
         L.grid = be.asarray(t, L.dtype)

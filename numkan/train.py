@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - threadpoolctl is a dependency
 
 LBFGS_ITERS_PER_STEP = 20   # pykan: torch.optim.LBFGS(max_iter=20) per step
 LBFGS_HISTORY = 10          # pykan: history_size=10
+GRID_UPDATE_RTOL = 1e-12    # a grid update may raise the objective by rounding only
 
 
 class _NonFinite(Exception):
@@ -220,7 +221,7 @@ class Objective:
         f = loss + self.lamb * reg
         if not np.isfinite(f):
             l = next((l for l, a in enumerate(hidden) if not be.all_finite(a)), None)
-            raise _NonFinite(f"the training objective is {f}" if l is None else
+            raise _NonFinite(f"the training objective is not finite ({f})" if l is None else
                              f"the outputs of layer {l} are not finite")
         for l in range(len(m.layers) - 1, -1, -1):
             dx = m.layers[l].backward(dy)
@@ -324,7 +325,7 @@ class _Progress:
 def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb_l1=1.0,
         lamb_entropy=2.0, lamb_coef=0.0, lamb_coefdiff=0.0, update_grid=True, grid_update_num=10,
         start_grid_update_step=-1, stop_grid_update_step=50, loss_fn=None, log=1, callback=None,
-        beta1=0.9, beta2=0.999, eps=1e-8, grid_margin=0.0):
+        beta1=0.9, beta2=0.999, eps=1e-8, grid_margin=0.05):
     """Train ``model`` on ``dataset`` in place; returns per-step ``train_loss``, ``test_loss``, ``reg``.
 
     Parameters (pykan's names and meanings)
@@ -372,11 +373,22 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
         inputs (``model.update_grid``) at every step s with
         ``s % (stop_grid_update_step // grid_update_num) == 0`` and
         ``start_grid_update_step <= s < stop_grid_update_step`` (pykan's schedule).
+        An update at the run's first step (s = 0) adapts only the first
+        layer's knots (``update_grid(..., hidden=False)``): the hidden layers'
+        inputs are then those of a network this run has not trained yet, and
+        knots that follow them lock the hidden values at their initial, small
+        scale (pykan adapts every layer there; that slowed training on the
+        paper's functions, see benchmarks/RESULTS.md). Every later update
+        adapts all layers. An update is kept only when the training objective
+        on the step's batch does not rise (the least-squares refit onto the
+        new knots keeps each spline only up to its error); otherwise the old
+        knots and coefficients are put back, so no update makes the fit worse.
     grid_margin : float >= 0
         The ``margin`` of those grid updates (``model.update_grid``): each
         input's grid is widened by this fraction of its samples' range on both
-        sides. 0 (the default) is pykan's rule; a small margin such as 0.05
-        keeps test inputs just beyond the training range inside the grid.
+        sides. The default 0.05 keeps test inputs just beyond the training
+        samples' range, and their hidden values, inside every grid, where
+        they have all k+1 local bases; 0 is pykan's rule.
     loss_fn : callable or None
         ``loss_fn(pred, target) -> (loss, dloss/dpred)`` on host arrays; None
         is the mean squared error (run by the backend).
@@ -634,6 +646,39 @@ class _State:
             self.last_finite.restore(model)
 
 
+def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s):
+    """The grid update scheduled at step s; returns (objective before, after, kept).
+
+    Moving knots re-fits every spline by least squares on the step's samples,
+    which keeps the network's function only up to that fit's error; where the
+    splines cannot follow the new knots closely, the objective rises and the
+    optimiser spends its next steps winning back what training had reached.
+    So the new knots are kept only when the objective on the step's batch
+    does not rise (beyond rounding); otherwise the old knots and coefficients
+    are put back, and the next scheduled update tries again.
+
+    At the run's first step only the first layer is adapted
+    (``update_grid(hidden=False)``): the hidden layers' inputs are then those
+    of a network this run has not trained yet, and knots placed on them lock
+    the hidden values at their initial, narrow spread.
+    """
+    obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
+    loss, reg = obj()
+    before = loss + lamb * reg
+    saved = [(L.grid, L.coef) for L in model.layers]  # update_grid installs new arrays
+    _update_grid(model, x, margin, hidden=s > 0)
+    try:
+        loss, reg = obj()
+        after = loss + lamb * reg
+    except _NonFinite:
+        after = np.inf
+    kept = after <= before * (1 + GRID_UPDATE_RTOL)
+    if not kept:
+        for L, (g, c) in zip(model.layers, saved):
+            L.grid, L.coef = g, c
+    return before, after, kept
+
+
 def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
               grid_margin, lr, beta1, beta2, eps):
     be = model.backend
@@ -645,7 +690,7 @@ def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, recor
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
         if grid_step(s):
-            _update_grid(model, x, grid_margin)
+            _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, grid_margin, s)
         obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
         loss, reg = obj()  # raises _NonFinite before its backward pass
         # the parameters were checked after the last update (or at the start)
@@ -672,7 +717,7 @@ def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, reco
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
         if grid_step(s):
-            _update_grid(model, x, grid_margin)
+            _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, grid_margin, s)
         # consecutive steps on the same objective share one L-BFGS run
         n = 1
         if tr is None:

@@ -148,7 +148,7 @@ def test_grid_update_schedule(monkeypatch, data):
     calls = []
     real = train._update_grid
     monkeypatch.setattr(train, "_update_grid",
-                        lambda m, x, margin: (calls.append(len(x)), real(m, x, margin)))
+                        lambda m, x, margin, hidden: (calls.append(len(x)), real(m, x, margin, hidden)))
     model = nk.KAN([2, 1], grid=3, seed=0)
     model.fit(data, steps=13, stop_grid_update_step=10, grid_update_num=5, log=0)
     assert len(calls) == 5  # steps 0, 2, 4, 6, 8
