@@ -675,7 +675,7 @@ def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s):
         after = loss + lamb * reg
     except _NonFinite:
         after = np.inf
-    kept = after <= before * (1 + GRID_UPDATE_RTOL)
+    kept = after <= before + GRID_UPDATE_RTOL * abs(before)  # a loss_fn may be negative
     if not kept:
         for L, (g, c) in zip(model.layers, saved):
             L.grid, L.coef = g, c
