@@ -241,12 +241,14 @@ def summary(results):
              "max shared bytes | spills |", "|---|---|---|---|---|---|---|---|---|"]
     for (kind, k, dt, target), rows in sorted(groups.items()):
         regs = [r["registers"] for r in rows]
-        worst = min(rows, key=lambda r: r["blocks_per_sm"] * r["threads"])
-        occ = worst["blocks_per_sm"] * worst["threads"] / 2048
+        blocks = sorted(r["blocks_per_sm"] for r in rows)
+        threads = rows[0]["threads"]
+        occ = [b * threads / 2048 for b in (blocks[0], blocks[-1])]
         smem = max(r["smem"] + r["dynamic_smem"] for r in rows)
         spills = sum(r["spill_stores"] + r["spill_loads"] for r in rows)
         lines.append(f"| {kind} | {k[2:]} | {dt} | {target} | {len(rows)} | {min(regs)}-{max(regs)} | "
-                     f"{worst['blocks_per_sm']} x {worst['threads']} ({occ:.0%}) | {smem} | {spills} |")
+                     f"{blocks[0]}-{blocks[-1]} x {threads} ({occ[0]:.0%}-{occ[1]:.0%}) | {smem} | "
+                     f"{spills} |")
     return "\n".join(lines)
 
 
