@@ -98,7 +98,8 @@ from ._scalar import BASE_CODES, IDENTITY, SILU
 from ._stack import local_array
 from ._vexp import vexp
 from . import reference
-from .reference import all_finite, copy_into, fill, to_host  # host storage, as in the reference
+from . import _host
+from ._host import all_finite, copy_into, fill, to_host  # host storage, shared with the reference
 
 name = "cpu"
 OUTPUT_BLOCK = 64  # outputs per register block: 8 AVX2 registers of float32 (16 of float64;
@@ -212,8 +213,8 @@ def zeros(shape, dtype):
 
 def asarray(a, dtype):
     """Host or device array -> a C-contiguous ndarray of ``dtype`` on an ``ALIGN``-byte
-    boundary (``reference.asarray``, copied once more when it is not aligned)."""
-    a = reference.asarray(a, dtype)
+    boundary (``_host.asarray``, copied once more when it is not aligned)."""
+    a = _host.asarray(a, dtype)
     if a.ctypes.data % ALIGN == 0:
         return a
     out = empty(a.shape, a.dtype)
