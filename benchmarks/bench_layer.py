@@ -201,7 +201,7 @@ def numkan_calls(be, layer, x, dy):
     x, dy = be.asarray(x, x.dtype), be.asarray(dy, dy.dtype)
     y = be.zeros((B, layer.out_dim), x.dtype)
     dx = be.zeros(x.shape, x.dtype)
-    args = (layer.grid, layer.coef, layer.scale_base, layer.scale_sp, layer.mask, layer.k, layer.base_fun)
+    args = (layer.knots, layer.coef, layer.scale_base, layer.scale_sp, layer.mask, layer.k, layer.base_fun)
 
     def forward():
         be.spline_forward(y, x, *args)
@@ -220,7 +220,7 @@ def dense_calls(layer, x, dy):
     K = layer.coef.shape[1]
     dt = x.dtype
     t0 = time.perf_counter()
-    span, N, dN = reference.local_basis(x, layer.grid, k, deriv=True)
+    span, N, dN = reference.local_basis(x, layer.knots, k, deriv=True)
     A = np.zeros((B, I, K), dtype=dt)    # every basis of every input, zeros included
     dA_basis = np.zeros((B, I, K), dtype=dt)
     bb, ii = np.indices((B, I))

@@ -9,7 +9,7 @@ ever built.
 import numpy as np
 
 from . import _validate as v
-from . import spline, symbolic
+from . import spline
 
 
 def extend_knots(interior, k):
@@ -61,18 +61,6 @@ def _spline_values(x, t, coef, k):
     return spline.basis_matrix(x, t, k) @ coef
 
 
-def _layer_forward(layer, x, grid, coef):
-    """The whole layer's output, spline and symbolic branch, on backend input x with
-    the given knots and coefficients (those of the layer being replaced)."""
-    be = layer.backend
-    y = be.zeros((x.shape[0], layer.out_dim), layer.dtype)
-    be.spline_forward(y, x, be.asarray(grid, layer.dtype), be.asarray(coef, layer.dtype),
-                      layer.scale_base, layer.scale_sp, layer.mask, layer.k, layer.base_fun)
-    if symbolic.is_active(layer):  # symbolic edges are part of what the next layer sees
-        y = symbolic.branch_forward(layer, x, y)
-    return y
-
-
 def update_grid(model, x, margin=0.0, hidden=True):
     """Adapt every layer's knots to the samples x (B, n_in) and re-fit the coefficients.
 
@@ -114,12 +102,12 @@ def update_grid(model, x, margin=0.0, hidden=True):
     new = []
     for l, L in enumerate(model.layers if hidden else model.layers[:1]):
         xl = be.to_host(h).astype(np.float64)
-        t_old = be.to_host(L.grid).astype(np.float64)
+        t_old = be.to_host(L.knots).astype(np.float64)
         c_old = be.to_host(L.coef).astype(np.float64)
         t_new, c_new = t_old.copy(), c_old.copy()
         moved = []  # the inputs that get new knots
         for i in range(L.in_dim):
-            t = sample_knots(xl[:, i], L.num, L.k, L.grid_eps, margin, L.dtype)
+            t = sample_knots(xl[:, i], L.grid, L.k, L.grid_eps, margin, L.dtype)
             if t is None:
                 continue
             t_new[i] = t
@@ -133,9 +121,10 @@ def update_grid(model, x, margin=0.0, hidden=True):
             raise ValueError("update_grid produced non-finite coefficients; the model is unchanged")
         new.append((t_new, c_new))
         if hidden and len(new) < len(model.layers):  # the next layer's samples
-            h = _layer_forward(L, h, t_new, c_new)
+            # the whole layer on its new knots, symbolic edges included
+            h = L.derive(knots=t_new, coef=c_new).forward(h, keep=False)
     for L, (t, c) in zip(model.layers, new):
-        L.grid = be.asarray(t, L.dtype)
+        L.knots = be.asarray(t, L.dtype)
         L.coef = be.asarray(c, L.dtype)
 
 
@@ -182,7 +171,6 @@ def refine(model, new_grid, x=None):
     edges included. Knots not usable in the model's dtype (``new_grid`` so
     fine that rounding merges knots) raise ValueError.
     """
-    from .model import KAN
     new_grid = v.check_int("new_grid", new_grid, 1)
     be = model.backend
     h = None
@@ -190,17 +178,14 @@ def refine(model, new_grid, x=None):
         h = be.asarray(v.check_array("x", x, model.width[0], model.dtype), model.dtype)
     knots = []  # every layer's new knots, checked before anything is built on them
     for l, L_old in enumerate(model.layers):
-        t_old = be.to_host(L_old.grid).astype(np.float64)
+        t_old = be.to_host(L_old.knots).astype(np.float64)
         t_new = np.stack([refine_knots(t_old[i], L_old.k, new_grid) for i in range(L_old.in_dim)])
         # finer knots may merge when rounded to the dtype (or the old ones be unusable)
         v.check_knots(f"new_grid={new_grid} for layer {l}", t_new, L_old.k, model.dtype)
         knots.append(t_new)
-    new = KAN(model.width, grid=new_grid, k=model.k, seed=model.seed, grid_range=model.grid_range,
-              base_fun=model.base_fun, grid_eps=model.grid_eps, dtype=model.dtype,
-              device=model.device, sp_trainable=getattr(model, "sp_trainable", True),
-              sb_trainable=getattr(model, "sb_trainable", True))
-    for L_old, L_new, t_new in zip(model.layers, new.layers, knots):
-        t_old = be.to_host(L_old.grid).astype(np.float64)
+    layers = []
+    for L_old, t_new in zip(model.layers, knots):
+        t_old = be.to_host(L_old.knots).astype(np.float64)
         c_old = be.to_host(L_old.coef).astype(np.float64)
         xl = None if h is None else be.to_host(h).astype(np.float64)
         k = L_old.k
@@ -210,31 +195,7 @@ def refine(model, new_grid, x=None):
             if xl is not None:
                 p = np.concatenate([p, xl[:, i]])
             c_new[i] = spline.fit_coef(p, _spline_values(p, t_old[i], c_old[i], k), t_new[i], k)
-        L_new.grid = be.asarray(t_new, L_new.dtype)
-        L_new.coef = be.asarray(c_new, L_new.dtype)
-        for n in ("scale_base", "scale_sp", "mask"):
-            setattr(L_new, n, be.asarray(be.to_host(getattr(L_old, n)), L_new.dtype))
-        _carry_symbolic(L_old, L_new)
+        layers.append(L_old.derive(knots=t_new, coef=c_new))  # scales, masks, symbolic edges carry over
         if h is not None:
             h = L_old.forward(h, keep=False)
-    if getattr(model, "input_id", None) is not None:  # after prune_input: original input numbers
-        new.input_id = np.array(model.input_id)
-    return new
-
-
-def _carry_symbolic(L_old, L_new):
-    """Copy the symbolic-edge state (numkan.symbolic) when the layer has one."""
-    be = L_old.backend
-    if hasattr(L_old, "symbolic_affine"):
-        L_new.symbolic_affine = be.asarray(be.to_host(L_old.symbolic_affine), L_new.dtype)
-    for n in ("symbolic_mask", "symbolic_names"):
-        if hasattr(L_old, n):
-            setattr(L_new, n, _copy(getattr(L_old, n)))
-
-
-def _copy(a):
-    if isinstance(a, np.ndarray):
-        return a.copy()
-    if isinstance(a, list):
-        return [_copy(e) for e in a]
-    return a
+    return model._with_layers(layers, input_id=model.input_id, cache_data=model.cache_data)

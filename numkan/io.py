@@ -3,12 +3,13 @@
 File layout (format version 1):
 
     header                 0-d unicode array holding the JSON header below
-    layers.{l}.grid        (I, G+2k+1)   knots (as ``_validate.check_knots`` requires)
+    layers.{l}.grid        (I, G+2k+1)   knots, ``layer.knots`` (as ``_validate.check_knots`` requires)
     layers.{l}.coef        (I, G+k, O)
     layers.{l}.scale_base  (I, O)
     layers.{l}.scale_sp    (I, O)
     layers.{l}.mask        (I, O)        0 or 1
-    {section}.{name}       arrays of an extra section (see below)
+    symbolic.{l}.affine    (I, O, 4)     symbolic edges' (a, b, c, d)  } only when some edge is
+    symbolic.{l}.mask      (I, O)        0 or 1                         } symbolic or an input pruned
 
     header = {"format": "numkan.KAN", "version": 1, "numkan": "<version>",
               "width": [...], "grid": G, "k": k, "seed": s, "grid_range": [lo, hi],
@@ -30,14 +31,13 @@ make ``load`` take is a few times what the file holds unpacked, itself at
 most ``MAX_EXPANSION`` times the file. Any file that is not a valid model
 raises ValueError naming the file.
 
-Extra state (e.g. the symbolic edges) joins the file as a *section*:
-``register_section(name, save_fn, load_fn)`` with ``save_fn(model) -> (meta,
-arrays)`` (a JSON-able dict and a dict of named ndarrays; ``meta = None``
-leaves the section out) and ``load_fn(model, meta, arrays)`` that installs
-them (raising ValueError on bad content; the TypeError, KeyError, IndexError,
-AttributeError or OverflowError that JSON of the wrong types causes in it is
-reported as the file's ValueError too). A file that holds a section this
-numkan does not know was written by a newer one, and is refused.
+The symbolic edges and ``input_id`` join the file as the "symbolic"
+*section*: its metadata in ``header["sections"]["symbolic"]`` is
+``{"names": [[[i, o, name], ...] per layer], "input_id": [...] or null}``,
+its arrays are ``symbolic.*``. Wrong JSON types in it (TypeError, KeyError,
+IndexError, AttributeError, OverflowError) are reported as the file's
+ValueError. A file that holds a section this numkan does not know was
+written by a newer one, and is refused.
 """
 import json
 import math
@@ -54,10 +54,15 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from . import _validate as v
+from ._version import __version__
+from .functions import SYMBOLIC_LIB
+from .kernels import get_backend
 
 FORMAT = "numkan.KAN"
 FORMAT_VERSION = 1
-LAYER_ARRAYS = ("grid", "coef", "scale_base", "scale_sp", "mask")
+# file key -> layer attribute
+LAYER_ARRAYS = {"grid": "knots", "coef": "coef", "scale_base": "scale_base", "scale_sp": "scale_sp",
+                "mask": "mask"}
 # The arrays of a file may take at most this many times the file's size once
 # unpacked (plus a little for tiny files). ``save`` writes stored members (a
 # ratio of about 1); a copy re-packed with ``np.savez_compressed`` stays far
@@ -66,18 +71,7 @@ MAX_EXPANSION = 64
 _SLACK_BYTES = 1 << 20
 _HEADER_KEYS = ("width", "grid", "k", "seed", "grid_range", "base_fun", "grid_eps", "dtype",
                 "sp_trainable", "sb_trainable")
-_SECTIONS = {}
-
-
-def register_section(name, save_fn, load_fn):
-    """Add a named block of extra state to every saved file (see the module docstring)."""
-    if not isinstance(name, str) or not name.isidentifier() or name in ("header", "layers"):
-        raise ValueError(f"section name must be an identifier other than 'header' and 'layers', got {name!r}")
-    _SECTIONS[name] = (save_fn, load_fn)
-
-
 def _header(model):
-    from . import __version__
     return {"format": FORMAT, "version": FORMAT_VERSION, "numkan": __version__,
             "width": list(model.width), "grid": int(model.grid), "k": int(model.k),
             "seed": int(model.seed), "grid_range": [float(g) for g in model.grid_range],
@@ -109,15 +103,13 @@ def save(model, path):
     header = _header(model)
     arrays = {}
     for l, L in enumerate(model.layers):
-        for n in LAYER_ARRAYS:
-            arrays[f"layers.{l}.{n}"] = np.ascontiguousarray(be.to_host(getattr(L, n)))
-    for name, (save_fn, _) in _SECTIONS.items():
-        meta, extra = save_fn(model)
-        if meta is None:
-            continue
-        header["sections"][name] = meta
+        for key, n in LAYER_ARRAYS.items():
+            arrays[f"layers.{l}.{key}"] = np.ascontiguousarray(be.to_host(getattr(L, n)))
+    meta, extra = _save_symbolic(model)
+    if meta is not None:
+        header["sections"]["symbolic"] = meta
         for key, a in extra.items():
-            arrays[f"{name}.{key}"] = np.asarray(a)
+            arrays[f"symbolic.{key}"] = np.asarray(a)
     header = np.array(json.dumps(header))
 
     # renaming onto a link would replace the link: write next to (and over) its target
@@ -294,6 +286,74 @@ def _read_npy(z, info):
     a = np.frombuffer(data, dtype=dtype, count=count)
     return a.reshape(shape, order="F" if fortran else "C").copy()
 
+# ---------------------------------------------------------------------------
+# the "symbolic" section: symbolic edges and input_id
+def _save_symbolic(model):
+    """(meta, arrays) of the "symbolic" section; meta None when nothing is symbolic and no
+    input was pruned."""
+    ids = model.input_id
+    if not any(np.any(layer.symbolic_mask) for layer in model.layers) and ids is None:
+        return None, {}
+    arrays, names = {}, []
+    for l, layer in enumerate(model.layers):
+        arrays[f"{l}.affine"] = np.ascontiguousarray(layer.backend.to_host(layer.symbolic_affine))
+        arrays[f"{l}.mask"] = np.array(layer.symbolic_mask, dtype=np.float64)
+        names.append([[int(i), int(o), layer.symbolic_names[i][o]]
+                      for i, o in zip(*np.nonzero(layer.symbolic_mask))])
+    meta = {"names": names, "input_id": None if ids is None else [int(t) for t in ids]}
+    return meta, arrays
+
+
+def _load_symbolic(model, meta, arrays, state):
+    """Check a saved "symbolic" section against ``model`` (built from the header) and add
+    each layer's symbolic state to ``state`` (one dict per layer, for ``layer.derive``);
+    returns the section's input_id (or None). ValueError on bad content."""
+    L = len(model.layers)
+    if not isinstance(meta, dict) or not isinstance(meta.get("names"), list) or len(meta["names"]) != L:
+        raise ValueError(f"the symbolic section's metadata is malformed: {meta!r:.200}")
+    staged = []
+    for l, layer in enumerate(model.layers):
+        I, O = layer.in_dim, layer.out_dim
+        aff, sm = arrays.get(f"{l}.affine"), arrays.get(f"{l}.mask")
+        if aff is None or sm is None:
+            raise ValueError(f"the symbolic section lacks the arrays of layer {l}")
+        if aff.shape != (I, O, 4) or sm.shape != (I, O):
+            raise ValueError(f"symbolic arrays of layer {l} have shapes {aff.shape}, {sm.shape}; "
+                             f"expected {(I, O, 4)} and {(I, O)}")
+        if aff.dtype != model.dtype:
+            raise ValueError(f"symbolic affine of layer {l} has dtype {aff.dtype}, expected {model.dtype}")
+        if sm.dtype.kind not in "biuf" or not np.all((sm == 0) | (sm == 1)):
+            raise ValueError(f"symbolic mask of layer {l} must hold only 0 and 1, got dtype {sm.dtype}, "
+                             f"values {np.unique(sm)[:5]}")
+        if not np.all(np.isfinite(aff)):
+            raise ValueError(f"symbolic affine of layer {l} holds NaN or inf")
+        names = [["0"] * O for _ in range(I)]
+        for entry in meta["names"][l]:
+            try:
+                i, o, name = entry
+            except (TypeError, ValueError):
+                raise ValueError(f"bad symbolic edge entry {entry!r} in layer {l}") from None
+            if not (isinstance(i, int) and isinstance(o, int) and 0 <= i < I and 0 <= o < O):
+                raise ValueError(f"symbolic edge ({i}, {o}) is outside layer {l} ({I} x {O})")
+            if name not in SYMBOLIC_LIB:
+                raise ValueError(f"symbolic edge ({l}, {i}, {o}) uses {name!r}, which is not in "
+                                 "SYMBOLIC_LIB: add it with numkan.add_symbolic before loading")
+            names[i][o] = name
+        missing = [(i, o) for i, o in zip(*np.nonzero(sm)) if names[i][o] == "0" and
+                   [i, o, "0"] not in meta["names"][l]]
+        if missing:
+            raise ValueError(f"symbolic edges {missing[:5]} of layer {l} have no function name")
+        staged.append((layer, aff, sm, names))
+    ids = meta.get("input_id")
+    if ids is not None:
+        if not isinstance(ids, list) or len(ids) != model.width[0] or \
+                not all(isinstance(t, int) and t >= 0 for t in ids):
+            raise ValueError(f"the symbolic section's input_id {ids!r} does not match width[0] = "
+                             f"{model.width[0]}")
+    for st, (layer, aff, sm, names) in zip(state, staged):
+        st.update(symbolic_affine=aff, symbolic_mask=sm, symbolic_names=names)
+    return None if ids is None else np.asarray(ids, dtype=np.int64)
+
 
 def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
@@ -334,7 +394,7 @@ def _check_header(path, header):
         problems.append(f"sections {sections!r:.80} (expected an object)")
     if problems:
         raise ValueError(f"{path}: the header describes no valid model: bad " + "; bad ".join(problems))
-    unknown = sorted(set(sections) - set(_SECTIONS))
+    unknown = sorted(set(sections) - {"symbolic"})
     if unknown:
         raise ValueError(f"{path} holds sections {unknown} that this numkan does not know "
                          "(written by a newer version?)")
@@ -351,8 +411,10 @@ def _expected_shapes(width, G, k):
     return shapes
 
 
-def load(path, device="cpu"):
-    """Read a model written by ``save`` and put it on ``device``.
+def load(cls, path, device="cpu"):
+    """Read a model written by ``save``, as an instance of ``cls``, on ``device``.
+
+    ``KAN.load(path)`` (and ``numkan.load``) call this with their class.
 
     Raises ValueError naming the file for any file that is not a valid model:
     corrupt or truncated, written by a newer numkan, a header of the wrong
@@ -362,8 +424,6 @@ def load(path, device="cpu"):
     made). The model is built only after all of that is checked; a bad device
     is the caller's ValueError, raised before the file is read.
     """
-    from .kernels import get_backend
-    from .model import KAN
     path = os.fspath(path)
     get_backend(device)  # a bad device is the caller's error, not the file's: say so first
     header, arrays = _read(path)
@@ -387,30 +447,31 @@ def load(path, device="cpu"):
         if key.endswith(".mask") and not np.all((a == 0) | (a == 1)):
             bad = a[(a != 0) & (a != 1)][0]
             raise ValueError(f"{path}: array {key!r} holds {bad}, expected only 0 and 1")
-        if key.endswith(".grid"):  # the same rule as knots made any other way
+        if key.endswith(".grid"):  # knots: the same rule as knots made any other way
             v.check_knots(f"{path}: array {key!r}", a, h["k"], dtype)
     extra = sorted(set(arrays) - set(shapes)
                    - {f"{s}.{key}" for s, keys in section_keys.items() for key in keys})
     if extra:
         raise ValueError(f"{path}: unexpected arrays {extra[:5]} (does the header match the arrays?)")
     try:
-        model = KAN(width, grid=h["grid"], k=h["k"], seed=h["seed"], grid_range=h["grid_range"],
+        model = cls(width, grid=h["grid"], k=h["k"], seed=h["seed"], grid_range=h["grid_range"],
                     base_fun=h["base_fun"], grid_eps=h["grid_eps"], dtype=dtype, device=device,
                     sp_trainable=h["sp_trainable"], sb_trainable=h["sb_trainable"])
     except ValueError as exc:
         raise ValueError(f"{path}: the header describes no valid model: {exc}") from None
-    be = model.backend
-    for l, L in enumerate(model.layers):
-        for n in LAYER_ARRAYS:
-            setattr(L, n, be.asarray(arrays[f"layers.{l}.{n}"], dtype))
-    for name, meta in sections.items():
+    state = [{n: arrays[f"layers.{l}.{key}"] for key, n in LAYER_ARRAYS.items()}
+             for l in range(len(model.layers))]
+    input_id = None
+    if "symbolic" in sections:
         try:
-            _SECTIONS[name][1](model, meta, {key: arrays[f"{name}.{key}"]
-                                             for key in section_keys[name]})
+            input_id = _load_symbolic(model, sections["symbolic"],
+                                      {key: arrays[f"symbolic.{key}"] for key in section_keys["symbolic"]},
+                                      state)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
             # a section's metadata is the file's JSON: wrong types in it are the file's fault
-            raise ValueError(f"{path}: bad {name!r} section: {type(exc).__name__}: {exc}") from None
-    return model
+            raise ValueError(f"{path}: bad 'symbolic' section: {type(exc).__name__}: {exc}") from None
+    layers = [L.derive(**st) for L, st in zip(model.layers, state)]
+    return model._with_layers(layers, input_id=input_id)
 
 
 def _section_keys(arrays, name):

@@ -1,28 +1,41 @@
 """KANLayer: the parameters of one layer and its forward/backward pass.
 
-The maths lives in the backend kernels (``numkan.kernels``); a layer holds the
-arrays, remembers its input for the backward pass and owns its gradients.
+The spline maths lives in the backend kernels (``numkan.kernels``); a layer
+holds the arrays, remembers its input for the backward pass and owns its
+gradients. The symbolic branch's maths (a few host lines) is written here,
+beside the calls to the spline kernels.
 
-    grid        (I, G+2k+1)  knots, one row per input (not trained)
+    knots       (I, G+2k+1)  knots, one row per input (not trained); G = ``grid``
     coef        (I, K, O)    spline coefficients, K = G + k
     scale_base  (I, O)       weight of the base function b(x)
     scale_sp    (I, O)       weight of the spline
     mask        (I, O)       1 for a live edge, 0 for a pruned one (not trained)
 
-and the symbolic branch (``numkan.symbolic``), phi_s = c * f(a*x + b) + d per edge:
+and the symbolic branch, phi_s = c * f(a*x + b) + d per edge (``numkan.symbolic`` fixes
+edges to formulas; ``numkan.functions`` holds the library f comes from):
 
     symbolic_affine  (I, O, 4)  (a, b, c, d), trained (backend array)
     symbolic_mask    (I, O)     1 where the edge's symbolic part is live (host, not trained)
     symbolic_names   I lists of O names from ``SYMBOLIC_LIB`` (host)
+
+so that every edge is
+
+    phi[i,o](x) = mask[i,o] * (scale_base[i,o] b(x) + scale_sp[i,o] spline[i,o](x))
+                  + symbolic_mask[i,o] * (c f(a x + b) + d)
 """
+import copy
+
 import numpy as np
 
-from . import _validate, spline, symbolic
+from . import _validate, spline
+from .functions import SYMBOLIC_LIB
 
 PARAM_NAMES = ("coef", "scale_base", "scale_sp")
 # every backend array a layer holds: what ``to`` moves between devices
-ARRAY_NAMES = ("grid", "mask") + PARAM_NAMES + tuple("d" + n for n in PARAM_NAMES)
+ARRAY_NAMES = ("knots", "mask") + PARAM_NAMES + tuple("d" + n for n in PARAM_NAMES)
 ARRAY_NAMES += ("symbolic_affine", "dsymbolic_affine")
+# what ``derive`` may replace: the edge arrays (backend) and the symbolic state (host)
+EDGE_ARRAYS = ("knots", "coef", "scale_base", "scale_sp", "mask", "symbolic_affine")
 
 
 class KANLayer:
@@ -36,7 +49,7 @@ class KANLayer:
     def __init__(self, in_dim, out_dim, grid, k, backend, dtype, rng, grid_range=(-1.0, 1.0),
                  base_fun="silu", noise_scale=0.3, scale_base_mu=0.0, scale_base_sigma=1.0,
                  grid_eps=0.02):
-        self.in_dim, self.out_dim, self.num, self.k = in_dim, out_dim, grid, k
+        self.in_dim, self.out_dim, self.grid, self.k = in_dim, out_dim, grid, k
         self.base_fun, self.grid_eps, self.grid_range = base_fun, grid_eps, tuple(grid_range)
         self.backend, self.dtype = backend, np.dtype(dtype)
         I, O, G = in_dim, out_dim, grid
@@ -54,7 +67,7 @@ class KANLayer:
             coef[i] = spline.fit_coef(t[i, k:k + G + 1], noise[:, i, :], t[i], k)
 
         put = lambda a: backend.asarray(a, self.dtype)
-        self.grid = put(t)
+        self.knots = put(t)
         self.coef = put(coef)
         self.scale_base = put(sb)
         self.scale_sp = put(np.full((I, O), 1.0 / np.sqrt(I)))
@@ -76,10 +89,10 @@ class KANLayer:
             raise ValueError(f"x must have shape (batch, {self.in_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(x.shape)} and dtype {x.dtype}")
         y = self.backend.zeros((x.shape[0], self.out_dim), self.dtype)
-        self.backend.spline_forward(y, x, self.grid, self.coef, self.scale_base, self.scale_sp,
+        self.backend.spline_forward(y, x, self.knots, self.coef, self.scale_base, self.scale_sp,
                                     self.mask, self.k, self.base_fun)
-        if symbolic.is_active(self):  # evaluated on the host, only when some edge is symbolic
-            y = symbolic.branch_forward(self, x, y)
+        if self.has_symbolic:  # evaluated on the host, only when some edge is symbolic
+            y = self._branch_forward(x, y)
         if keep:
             self._x = x
         return y
@@ -94,12 +107,123 @@ class KANLayer:
                              f"got shape {tuple(dy.shape)} and dtype {dy.dtype}")
         dx = self.backend.zeros(x.shape, self.dtype)
         self.backend.spline_backward(dx, self.dcoef, self.dscale_base, self.dscale_sp, dy, x,
-                                     self.grid, self.coef, self.scale_base, self.scale_sp,
+                                     self.knots, self.coef, self.scale_base, self.scale_sp,
                                      self.mask, self.k, self.base_fun)
-        if symbolic.is_active(self):
-            dx = symbolic.branch_backward(self, x, dy, dx)
+        if self.has_symbolic:
+            dx = self._branch_backward(x, dy, dx)
         return dx
 
+    # -- the symbolic branch (host, float64) -------------------------------------
+    @property
+    def has_symbolic(self):
+        """True when some edge is symbolic (then its symbolic part is evaluated)."""
+        return bool(np.any(self.symbolic_mask))
+
+    def _symbolic_groups(self, inputs=None):
+        """(i, f, outs) per input i (all, or those in ``inputs``) and library function f
+        used by its symbolic edges: the edges one vectorised call evaluates."""
+        sm = self.symbolic_mask
+        rows = np.nonzero(np.any(sm != 0, axis=1))[0] if inputs is None else inputs
+        for i in rows:
+            by_name = {}
+            for o in np.nonzero(sm[i])[0]:
+                by_name.setdefault(self.symbolic_names[i][o], []).append(o)
+            for name, outs in by_name.items():
+                yield int(i), SYMBOLIC_LIB[name], np.asarray(outs)
+
+    def symbolic_values(self, xh, inputs=None):
+        """Symbolic part ys (B, O) float64 from host inputs xh (B, I), summed over
+        every input (or those in ``inputs``):
+
+            ys[b,o] = sum_i symbolic_mask[i,o] * (c[i,o] * f[i,o](a[i,o] * x[b,i] + b[i,o]) + d[i,o])
+
+        One (B, n) temporary per input and function, n <= O: no (B, I, O) array.
+        """
+        xh = np.asarray(xh, dtype=np.float64)
+        aff = np.asarray(self.backend.to_host(self.symbolic_affine), dtype=np.float64)
+        ys = np.zeros((xh.shape[0], self.out_dim))
+        for i, fun, outs in self._symbolic_groups(inputs):
+            a, b, c, d = (aff[i, outs, q] for q in range(4))
+            f = fun(a * xh[:, i, None] + b)                       # (B, n)
+            ys[:, outs] += self.symbolic_mask[i, outs] * (c * f + d)
+        return ys
+
+    def _branch_forward(self, x, y):
+        """y + symbolic part, as a new backend array (x (B, I), y (B, O) backend arrays)."""
+        be = self.backend
+        return be.asarray(be.to_host(y) + self.symbolic_values(be.to_host(x)), self.dtype)
+
+    def _branch_backward(self, x, dy, dx):
+        """Gradients of the symbolic part: returns dx + its share (new backend array) and adds
+        (+=, in place) into ``dsymbolic_affine`` (I, O, 4).
+
+        With g = dy, u = a*x + b, m = symbolic_mask[i,o]:
+            d a[i,o]  += sum_b g[b,o] * m * c * f'(u) * x[b,i]
+            d b[i,o]  += sum_b g[b,o] * m * c * f'(u)
+            d c[i,o]  += sum_b g[b,o] * m * f(u)
+            d d[i,o]  += sum_b g[b,o] * m
+            dx[b,i]   += sum_o g[b,o] * m * c * f'(u) * a
+        """
+        be = self.backend
+        xh = np.asarray(be.to_host(x), dtype=np.float64)
+        g = np.asarray(be.to_host(dy), dtype=np.float64)
+        aff = np.asarray(be.to_host(self.symbolic_affine), dtype=np.float64)
+        daff = np.zeros(aff.shape)
+        dxs = np.zeros(xh.shape)
+        for i, fun, outs in self._symbolic_groups():
+            a, b, c, d = (aff[i, outs, q] for q in range(4))
+            xi = xh[:, i, None]
+            f, df = fun.value_and_deriv(a * xi + b)               # (B, n)
+            gm = g[:, outs] * self.symbolic_mask[i, outs]        # (B, n)
+            gcf = gm * c * df
+            daff[i, outs, 0] = np.sum(gcf * xi, axis=0)
+            daff[i, outs, 1] = np.sum(gcf, axis=0)
+            daff[i, outs, 2] = np.sum(gm * f, axis=0)
+            daff[i, outs, 3] = np.sum(gm, axis=0)
+            dxs[:, i] += gcf @ a
+        acc = be.to_host(self.dsymbolic_affine) + daff
+        self.dsymbolic_affine[...] = be.asarray(acc, self.dtype)  # in place: grads stay live
+        return be.asarray(be.to_host(dx) + dxs, self.dtype)
+
+    # -- new layers from this one -----------------------------------------------
+    def derive(self, **state):
+        """A new layer with this layer's settings and state, some of it replaced.
+
+        ``state``: any of ``EDGE_ARRAYS`` (host or backend arrays, stored in the
+        layer's dtype), ``symbolic_mask`` and ``symbolic_names``; what is not
+        given is copied. The sizes follow ``coef`` (I, G + k, O): refining
+        the grid or dropping nodes gives a layer of another shape. Gradients
+        are new zeros and no input is kept. This layer is not changed.
+        """
+        unknown = sorted(set(state) - set(EDGE_ARRAYS) - {"symbolic_mask", "symbolic_names"})
+        if unknown:
+            raise TypeError(f"derive() got unknown layer state {unknown}; expected names from "
+                            f"{EDGE_ARRAYS + ('symbolic_mask', 'symbolic_names')}")
+        be, dt = self.backend, self.dtype
+        new = copy.copy(self)
+        for n in EDGE_ARRAYS:
+            a = state[n] if n in state else be.to_host(getattr(self, n))
+            setattr(new, n, be.asarray(a, dt))
+        new.symbolic_mask = np.array(state.get("symbolic_mask", self.symbolic_mask), dtype=np.float64)
+        new.symbolic_names = [list(row) for row in state.get("symbolic_names", self.symbolic_names)]
+        new.in_dim, K, new.out_dim = new.coef.shape
+        new.grid = K - new.k
+        for n in PARAM_NAMES + ("symbolic_affine",):
+            setattr(new, "d" + n, be.zeros(getattr(new, n).shape, dt))
+        new._x = None
+        return new
+
+    def subset(self, ins, outs):
+        """A new layer holding the edges ``ins`` x ``outs`` (index arrays) of this one."""
+        host = lambda n: np.asarray(self.backend.to_host(getattr(self, n)))
+        ix = np.ix_(ins, outs)
+        return self.derive(knots=host("knots")[ins], coef=host("coef")[ins][:, :, outs],
+                           scale_base=host("scale_base")[ix], scale_sp=host("scale_sp")[ix],
+                           mask=host("mask")[ix], symbolic_affine=host("symbolic_affine")[ix],
+                           symbolic_mask=self.symbolic_mask[ix],
+                           symbolic_names=[[self.symbolic_names[i][o] for o in outs] for i in ins])
+
+    # -- devices and parameters ---------------------------------------------------
     def to(self, backend):
         """Move every array to ``backend`` (through host memory); returns the layer.
 
@@ -120,7 +244,7 @@ class KANLayer:
 
     def param_names(self):
         """Names of the trained arrays: PARAM_NAMES, plus "symbolic_affine" when some edge is symbolic."""
-        return PARAM_NAMES + (("symbolic_affine",) if symbolic.is_active(self) else ())
+        return PARAM_NAMES + (("symbolic_affine",) if self.has_symbolic else ())
 
     def zero_grad(self):
         for n in PARAM_NAMES:
@@ -128,5 +252,5 @@ class KANLayer:
         self.backend.fill(self.dsymbolic_affine, 0)
 
     def __repr__(self):
-        return (f"KANLayer(in_dim={self.in_dim}, out_dim={self.out_dim}, grid={self.num}, "
+        return (f"KANLayer(in_dim={self.in_dim}, out_dim={self.out_dim}, grid={self.grid}, "
                 f"k={self.k}, base_fun={self.base_fun!r}, dtype={self.dtype.name})")

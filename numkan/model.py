@@ -1,12 +1,21 @@
 """KAN: a stack of KANLayers with a forward pass, a hand-written backward pass,
-and parameters and gradients exposed as live arrays."""
+and parameters and gradients exposed as live arrays.
+
+This module is the top of the package: ``KAN`` holds the state, runs the
+passes, and offers the features (training, grids, pruning, symbolic edges,
+plots, files) as methods that call the feature modules. Those modules take a
+model and never import this one; where they build a new model, they ask the
+model for it (``_with_layers``, or ``cls`` for ``load``).
+"""
+import copy
+
 import numpy as np
 
 from . import _validate as v
+from . import grids as _grids, io as _io, plot as _plot, prune as _prune
+from . import symbolic as _symbolic, train as _train
 from .kernels import get_backend
-from .layer import PARAM_NAMES, KANLayer
-from . import prune as _prune, symbolic
-from . import grids as _grids, io as _io, train as _train
+from .layer import KANLayer
 
 
 class KAN:
@@ -40,6 +49,22 @@ class KAN:
     sp_trainable, sb_trainable : bool
         Whether ``fit`` trains ``scale_sp`` / ``scale_base``; a frozen array gets
         no gradient and stays out of the optimiser (pykan's names).
+
+    State
+    -----
+    Besides the settings above (same names) and ``layers`` (list of
+    ``KANLayer``, which hold the arrays), a model has:
+
+    node_scores, edge_scores : list of arrays, or None
+        The scores of the last ``attribute`` (or of a pruning call that
+        computed them): (width[l],) per node layer, (I, O) per layer.
+    input_id : int array (width[0],), or None
+        After ``prune_input``: the original input number of each input (used
+        in formulas and plots); None means input i is x_{i+1}.
+    cache_data : array (B, width[0]), or None
+        The host inputs a pruned model inherits from the call that pruned it;
+        interpretability calls without ``x`` use them when the model has no
+        forward inputs of its own.
 
     Example
     -------
@@ -79,7 +104,23 @@ class KAN:
                      scale_base_sigma=scale_base_sigma, grid_eps=self.grid_eps)
             for l in range(len(self.width) - 1)
         ]
-        self._batch = None  # batch size of the last forward() that backward() may use
+        self.node_scores = None
+        self.edge_scores = None
+        self.input_id = None
+        self.cache_data = None
+
+    def _with_layers(self, layers, input_id=None, cache_data=None):
+        """A new model of this class with this model's settings and ``layers``
+        (new ``KANLayer``s, e.g. from ``layer.derive``): how pruning, ``refine``
+        and ``load`` make models. Width and grid follow the layers; no scores."""
+        new = copy.copy(self)
+        new.layers = list(layers)
+        new.width = [new.layers[0].in_dim] + [L.out_dim for L in new.layers]
+        new.grid = new.layers[0].grid
+        new.node_scores = new.edge_scores = None
+        new.input_id = None if input_id is None else np.array(input_id, dtype=np.int64)
+        new.cache_data = cache_data
+        return new
 
     # -- parameters -------------------------------------------------------------
     @property
@@ -115,7 +156,7 @@ class KAN:
         copies = [layer._copies(backend) for layer in self.layers]
         for layer, arrays in zip(self.layers, copies):
             layer._install(backend, arrays)
-        self.backend, self.device, self._batch = backend, device, None
+        self.backend, self.device = backend, device
         return self
 
     # -- forward and backward ----------------------------------------------------
@@ -141,9 +182,7 @@ class KAN:
 
     def forward(self, x, return_device=False):
         """Like ``model(x)``, and keeps each layer's input for ``backward``."""
-        x = self._input(x)
-        y = self._run(x, keep=True)
-        self._batch = x.shape[0]
+        y = self._run(self._input(x), keep=True)
         return y if return_device else self.backend.to_host(y)
 
     def backward(self, dy):
@@ -151,14 +190,15 @@ class KAN:
 
         Adds the parameter gradients into ``model.grads`` (call ``zero_grad`` first).
         """
-        if self._batch is None:
+        kept = self.layers[0]._x
+        if kept is None:
             raise RuntimeError("backward() needs a forward() first (model(x) keeps nothing)")
         if v.is_device_array(dy):
             g = v.check_device_array("dy", dy, self.width[-1], self.dtype, self.backend,
-                                     n_rows=self._batch)
+                                     n_rows=kept.shape[0])
         else:
             g = self.backend.asarray(v.check_array("dy", dy, self.width[-1], self.dtype,
-                                                   n_rows=self._batch), self.dtype)
+                                                   n_rows=kept.shape[0]), self.dtype)
         for layer in reversed(self.layers):
             g = layer.backward(g)
         return self.backend.to_host(g)
@@ -176,37 +216,80 @@ class KAN:
         Returns ``(loss, grads)``: a float and a dict of new arrays keyed like
         ``params``. ``model.grads`` holds the same values afterwards.
         """
+        be = self.backend
         x = self._input(x)
-        target = self._target(y_true, x.shape[0])
+        target = be.asarray(self._target(y_true, x.shape[0]), self.dtype)
         self.zero_grad()
-        y = self.backend.to_host(self._run(x, keep=True))
-        self._batch = x.shape[0]
-        diff = y - target
-        loss = float(np.mean(diff * diff))
-        g = self.backend.asarray(2.0 * diff / diff.size, self.dtype)
+        y = self._run(x, keep=True)
+        g = be.zeros(y.shape, self.dtype)
+        loss = float(be.mse_loss_grad(g, y, target))  # the op fit uses
         for layer in reversed(self.layers):
             g = layer.backward(g)
         return loss, {n: self.backend.to_host(a) for n, a in self.grads.items()}
 
     # -- interpretability: numkan/symbolic.py ------------------------------------
-    fix_symbolic = symbolic.fix_symbolic
-    unfix_symbolic = symbolic.unfix_symbolic
-    suggest_symbolic = symbolic.suggest_symbolic
-    auto_symbolic = symbolic.auto_symbolic
-    symbolic_formula = symbolic.symbolic_formula
+    fix_symbolic = _symbolic.fix_symbolic
+    unfix_symbolic = _symbolic.unfix_symbolic
+    suggest_symbolic = _symbolic.suggest_symbolic
+    auto_symbolic = _symbolic.auto_symbolic
+    symbolic_formula = _symbolic.symbolic_formula
 
-    # -- attribution and pruning: numkan/prune.py (prune_edge in place; the rest return new models)
-    attribute = _prune.attribute
-    feature_score = property(_prune.feature_score)
-    prune_edge = _prune.prune_edge
-    prune_node = _prune.prune_node
-    prune_input = _prune.prune_input
-    prune = _prune.prune
+    # -- attribution and pruning: numkan/prune.py ----------------------------------
+    # prune_edge works in place; the others return new models. Each keeps the
+    # scores it computed on the model it scored (pykan's node_scores/edge_scores).
+    def attribute(self, x=None):
+        """Node, edge and input scores on data ``x`` (B >= 2; default: the inputs of
+        the last ``forward``), pykan's semantics (``numkan.prune``).
+
+        Sets ``node_scores`` and ``edge_scores``; returns ``feature_score``
+        (width[0],). Changes nothing else.
+        """
+        self.node_scores, self.edge_scores = _prune.attribute(self, x)
+        return self.node_scores[0]
+
+    @property
+    def feature_score(self):
+        """Input scores (width[0],) from ``attribute`` on the last ``forward``'s inputs (computed now)."""
+        return self.attribute()
+
+    def prune_edge(self, threshold=3e-2, x=None, keep_mean=True):
+        """IN PLACE: mask every edge whose score is <= ``threshold``; returns None.
+        See ``numkan.prune.prune_edge``."""
+        self.node_scores, self.edge_scores = _prune.prune_edge(self, threshold, x, keep_mean)
+
+    def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None, keep_mean=True):
+        """A NEW model without the hidden nodes whose score is <= ``threshold``
+        (``numkan.prune.prune_node``); this model is unchanged but for its scores."""
+        new, found = _prune.prune_node(self, threshold, active_neurons_id, x, keep_mean)
+        self._keep_scores(found)
+        return new
+
+    def prune_input(self, threshold=1e-2, active_inputs=None, x=None, keep_mean=True):
+        """A NEW model without the inputs whose score is <= ``threshold``; its
+        ``input_id`` lists the kept inputs (``numkan.prune.prune_input``)."""
+        new, found = _prune.prune_input(self, threshold, active_inputs, x, keep_mean)
+        self._keep_scores(found)
+        return new
+
+    def prune(self, node_th=1e-2, edge_th=3e-2, x=None, keep_mean=True):
+        """A NEW model: ``prune_node(node_th)``, then ``prune_edge(edge_th)`` on the copy.
+
+        This model is unchanged but for its scores. ``keep_mean``: see ``numkan.prune``.
+        """
+        node_th = v.check_float("node_th", node_th, minimum=0)
+        edge_th = v.check_float("edge_th", edge_th, minimum=0)
+        xh = _prune.model_data(self, x, min_rows=2)
+        new = self.prune_node(node_th, x=xh, keep_mean=keep_mean)
+        new.prune_edge(edge_th, x=xh, keep_mean=keep_mean)
+        return new
+
+    def _keep_scores(self, found):
+        if found is not None:
+            self.node_scores, self.edge_scores = found
 
     def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=None, **kw):
         """Draw the network with matplotlib (see ``numkan.plot.plot``); returns the Figure."""
-        from .plot import plot
-        return plot(self, path, beta=beta, in_vars=in_vars, out_vars=out_vars, title=title, x=x, **kw)
+        return _plot.plot(self, path, beta=beta, in_vars=in_vars, out_vars=out_vars, title=title, x=x, **kw)
 
     # -- training, grids, files: numkan/train.py, grids.py, io.py ------------------
     fit = _train.fit
@@ -214,7 +297,8 @@ class KAN:
     update_grid_from_samples = _grids.update_grid   # pykan's name
     refine = _grids.refine
     save = _io.save
-    load = staticmethod(_io.load)
+
+    load = classmethod(_io.load)
 
     def __repr__(self):
         return (f"KAN(width={self.width}, grid={self.grid}, k={self.k}, base_fun={self.base_fun!r}, "

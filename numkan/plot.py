@@ -10,8 +10,8 @@ only when a plot is asked for.
 """
 import numpy as np
 
-from .prune import attribute
-from .symbolic import edge_outputs, host_params, layer_inputs, model_data
+from .activations import edge_outputs, host_params, model_data
+from .prune import scores
 
 SPLINE_COLOR = "black"
 SYMBOLIC_COLOR = "#c0392b"  # brick red
@@ -48,13 +48,13 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
     max_panels : layers with more live edges than this draw the edges as
         plain lines without panels, so large models stay readable.
 
-    Nothing in the model changes except ``node_scores``/``edge_scores``,
-    which ``attribute`` recomputes.
+    Nothing in the model changes: the scores are computed for the plot
+    (``numkan.prune.scores``) and not kept.
     """
     import numbers
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not np.isfinite(beta) or beta < 0:
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-    ids = getattr(self, "input_id", None)
+    ids = self.input_id
     default_in = [f"$x_{{{int(t) + 1}}}$" for t in (range(self.width[0]) if ids is None else ids)]
     in_vars = _labels("in_vars", in_vars, self.width[0]) or default_in
     out_vars = _labels("out_vars", out_vars, self.width[-1]) or [f"$y_{{{o + 1}}}$" for o in
@@ -64,8 +64,7 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
     matplotlib, plt = _pyplot()
 
     xh = model_data(self, x, min_rows=2)
-    xs = layer_inputs(self, xh)
-    attribute(self, xh)
+    _, edge_scores, xs, _ = scores(self, xh)
     L = len(self.layers)
 
     # which edges are live, per layer
@@ -99,7 +98,7 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
     node_r = 0.055
 
     for l, layer in enumerate(self.layers):
-        score = self.edge_scores[l]
+        score = edge_scores[l]
         y0, y1 = node_y[l] + node_r, node_y[l + 1] - node_r
         edges = live[l]
         xl = xs[l]

@@ -11,8 +11,9 @@ and the scores flow back from the outputs, one row per output k (as pykan's
     edge score  e[l][k,i,o] = E[l][i,o] * S_{l+1}[k,o] / (N[l+1][o] + 1e-4)
     node score  S_l[k,i]    = sum_o e[l][k,i,o]
 
-``model.node_scores[l]`` (width[l],) and ``model.edge_scores[l]`` (I, O) are
-the means over k; ``model.feature_score`` is ``node_scores[0]``. Edge arrays
+``node_scores[l]`` (width[l],) and ``edge_scores[l]`` (I, O) are the means
+over k (``KAN.attribute`` keeps them on the model, as pykan does;
+``model.feature_score`` is ``node_scores[0]``). Edge arrays
 here are (I, O), the orientation of ``mask`` (pykan's ``edge_scores`` are
 (O, I)).
 
@@ -20,6 +21,11 @@ What changes the model and what copies it (pykan mixes the two; numkan does not)
 
     prune_edge                          in place: masks edges, returns None
     prune_node, prune_input, prune      return a NEW, smaller model; the original is unchanged
+
+The functions here take a model and return what they computed; the ``KAN``
+methods of the same names keep the scores on the model. A new model is made
+by the model itself (``model._with_layers``) from new layers
+(``layer.subset``), so this module never imports ``numkan.model``.
 
 Keeping the mean (``keep_mean=True``, the default; pykan has no such step). A
 pruned edge has a small score, so its output is nearly constant on the data,
@@ -31,12 +37,10 @@ inside that edge's interior grid, where the B-splines sum to 1). The output
 then changes only by the pruned edges' variation about their means. With no
 such edge, or ``keep_mean=False``, the mean is dropped, as in pykan.
 """
-import copy
-
 import numpy as np
 
 from . import _validate as v
-from .symbolic import edge_outputs, host_params, layer_inputs, model_data
+from .activations import edge_outputs, host_params, layer_inputs, model_data
 
 _EPS = 1e-4  # pykan's guard in the node-scale division
 
@@ -59,7 +63,7 @@ def _edge_stats(layer, xh):
     if moments is not None:
         s1, s2 = be.zeros((I, layer.out_dim), np.float64), be.zeros((I, layer.out_dim), np.float64)
         xs1, xs2 = be.zeros((I,), np.float64), be.zeros((I,), np.float64)
-        moments(s1, s2, xs1, xs2, be.asarray(xh, dt), layer.grid, layer.coef, layer.scale_base,
+        moments(s1, s2, xs1, xs2, be.asarray(xh, dt), layer.knots, layer.coef, layer.scale_base,
                 layer.scale_sp, layer.mask, layer.k, layer.base_fun)
         s1, s2 = be.to_host(s1), be.to_host(s2)
         mean = s1 / B
@@ -79,41 +83,34 @@ def _edge_std(layer, xh):
     return _edge_stats(layer, xh)[1]
 
 
-def attribute(self, x=None):
-    """Compute node, edge and input scores on data (pykan semantics; see the module docstring).
+def scores(model, xh):
+    """Scores on host data xh (B, width[0]): ``(node_scores, edge_scores, xs, means)``.
 
-    ``x`` (B, width[0]), B >= 2; default: the inputs of the last ``model.forward``.
-    Sets ``model.node_scores`` (list of (width[l],)), ``model.edge_scores``
-    (list of (I, O)) and returns ``model.feature_score`` (width[0],). Changes
-    nothing else.
+    node_scores: list of (width[l],); edge_scores: list of (I, O) (the module
+    docstring); xs: every layer's inputs; means: per-layer edge batch means (I, O).
+    Reads the model, changes nothing.
     """
-    xh = model_data(self, x, min_rows=2)
-    _scores(self, xh)
-    return self.node_scores[0]
-
-
-def _scores(self, xh):
-    """Set the scores on host data xh; returns (layer inputs, per-layer edge means (I, O))."""
-    xs = layer_inputs(self, xh)
-    L = len(self.layers)
-    n_out = self.width[-1]
-    S = np.eye(n_out)
+    xs = layer_inputs(model, xh)
+    L = len(model.layers)
+    S = np.eye(model.width[-1])
     node_all, edge_all, means = [S], [], [None] * L
     for l in range(L - 1, -1, -1):
-        means[l], E = _edge_stats(self.layers[l], xs[l])          # (I, O) each
+        means[l], E = _edge_stats(model.layers[l], xs[l])         # (I, O) each
         N = np.std(xs[l + 1], axis=0, ddof=1)                      # (O,)
         e = E[None, :, :] * (S / (N + _EPS))[:, None, :]           # (n_out, I, O)
         S = e.sum(axis=2)                                          # (n_out, I)
         edge_all.append(e)
         node_all.append(S)
-    self.node_scores = [s.mean(axis=0) for s in reversed(node_all)]
-    self.edge_scores = [e.mean(axis=0) for e in reversed(edge_all)]
-    return xs, means
+    node = [s.mean(axis=0) for s in reversed(node_all)]
+    edge = [e.mean(axis=0) for e in reversed(edge_all)]
+    return node, edge, xs, means
 
 
-def feature_score(self):
-    """Input scores (width[0],) from ``attribute`` on the last ``forward``'s inputs (computed now)."""
-    return attribute(self)
+def attribute(model, x=None):
+    """``(node_scores, edge_scores)`` on data ``x`` (B, width[0]), B >= 2; default:
+    the inputs of the last ``model.forward`` (``activations.model_data``)."""
+    node, edge, _, _ = scores(model, model_data(model, x, min_rows=2))
+    return node, edge
 
 
 # ---------------------------------------------------------------------------
@@ -123,7 +120,8 @@ def _check_threshold(name, t):
 
 
 def prune_edge(self, threshold=3e-2, x=None, keep_mean=True):
-    """IN PLACE: mask every edge whose score is <= ``threshold``; returns None.
+    """IN PLACE: mask every edge whose score is <= ``threshold``; returns the
+    scores it used, ``(node_scores, edge_scores)``.
 
     Both parts of a pruned edge are switched off (``mask`` and
     ``symbolic_mask`` set to 0); the layer shapes do not change. Scores come
@@ -131,8 +129,8 @@ def prune_edge(self, threshold=3e-2, x=None, keep_mean=True):
     """
     threshold = _check_threshold("threshold", threshold)
     xh = model_data(self, x, min_rows=2)
-    _, means = _scores(self, xh)
-    for l, (layer, score) in enumerate(zip(self.layers, self.edge_scores)):
+    node, edge, _, means = scores(self, xh)
+    for l, (layer, score) in enumerate(zip(self.layers, edge)):
         be = layer.backend
         live = (np.asarray(be.to_host(layer.mask)) != 0) | (layer.symbolic_mask != 0)
         drop = (score <= threshold) & live
@@ -145,6 +143,7 @@ def prune_edge(self, threshold=3e-2, x=None, keep_mean=True):
         layer.symbolic_mask[drop] = 0.0
         if keep_mean:
             _absorb(layer, M)
+    return node, edge
 
 
 def _dropped_sum(means, drop):
@@ -179,36 +178,14 @@ def _absorb(layer, M):
         layer.coef[...] = be.asarray(coef, dt)
 
 
-def _layer_subset(layer, ins, outs):
-    """A new layer holding edges ins x outs of ``layer`` (index arrays); gradients zeroed."""
-    be, dt = layer.backend, layer.dtype
-    new = copy.copy(layer)
-    host = lambda n: np.asarray(be.to_host(getattr(layer, n)))
-    put = lambda a: be.asarray(np.ascontiguousarray(a), dt)
-    ix = np.ix_(ins, outs)
-    new.grid = put(host("grid")[ins])
-    new.coef = put(host("coef")[ins][:, :, outs])
-    for n in ("scale_base", "scale_sp", "mask"):
-        setattr(new, n, put(host(n)[ix]))
-    new.symbolic_affine = put(host("symbolic_affine")[ix])
-    new.symbolic_mask = np.array(layer.symbolic_mask[ix])
-    new.symbolic_names = [[layer.symbolic_names[i][o] for o in outs] for i in ins]
-    new.in_dim, new.out_dim = len(ins), len(outs)
-    for n in ("coef", "scale_base", "scale_sp", "symbolic_affine"):
-        setattr(new, "d" + n, be.zeros(getattr(new, n).shape, dt))
-    new._x = None
-    return new
-
-
-def _subset(model, keep, data, keep_mean, means=None):
+def _subset(model, keep, data, keep_mean, means=None, input_id=None):
     """A new model with the nodes ``keep[l]`` (index arrays, one per node layer) of ``model``.
 
     With ``keep_mean``, the batch means (on ``data``; ``means`` when the caller
     has them) of the edges leaving a removed node are added to live edges into
-    the same outputs.
+    the same outputs. ``input_id``: the new model's, when inputs are removed.
     """
-    new = copy.copy(model)
-    new.layers = [_layer_subset(layer, keep[l], keep[l + 1]) for l, layer in enumerate(model.layers)]
+    layers = [layer.subset(keep[l], keep[l + 1]) for l, layer in enumerate(model.layers)]
     if keep_mean:
         xs = layer_inputs(model, data) if means is None else None
         for l, layer in enumerate(model.layers):
@@ -220,13 +197,9 @@ def _subset(model, keep, data, keep_mean, means=None):
             live = (np.asarray(layer.backend.to_host(layer.mask)) != 0) | (layer.symbolic_mask != 0)
             m = _edge_stats(layer, xs[l])[0] if means is None else means[l]
             M = _dropped_sum(m, drop & live)[keep[l + 1]]
-            _absorb(new.layers[l], M)
-    new.width = [len(k) for k in keep]
-    new._batch = None
-    for n in ("node_scores", "edge_scores"):
-        new.__dict__.pop(n, None)
-    new.cache_data = data if keep[0].size == model.width[0] else data[:, keep[0]]
-    return new
+            _absorb(layers[l], M)
+    return model._with_layers(layers, input_id=input_id,
+                              cache_data=data if keep[0].size == model.width[0] else data[:, keep[0]])
 
 
 def _check_ids(name, ids, n):
@@ -246,7 +219,8 @@ def _check_ids(name, ids, n):
 
 
 def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None, keep_mean=True):
-    """Return a NEW model without the hidden nodes whose score is <= ``threshold``.
+    """Return ``(new, scores)``: a NEW model without the hidden nodes whose score is
+    <= ``threshold``, and the scores of ``self`` it used (None with ``active_neurons_id``).
 
     The original model is unchanged. A removed node takes its incoming and
     outgoing edges with it, so the new model's outputs equal the original's
@@ -258,12 +232,13 @@ def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None, keep_mean=T
     L = len(self.layers)
     xh = model_data(self, x, min_rows=2)
     keep = [np.arange(self.width[0])]
-    means = None
+    means = found = None
     if active_neurons_id is None:
         threshold = _check_threshold("threshold", threshold)
-        _, means = _scores(self, xh)
+        node, edge, _, means = scores(self, xh)
+        found = node, edge
         for l in range(1, L):
-            s = self.node_scores[l]
+            s = node[l]
             ids = np.nonzero(s > threshold)[0]
             keep.append(ids if ids.size else np.array([int(np.argmax(s))]))
     else:
@@ -273,11 +248,13 @@ def prune_node(self, threshold=1e-2, active_neurons_id=None, x=None, keep_mean=T
         for l, ids in enumerate(active_neurons_id, start=1):
             keep.append(_check_ids(f"active_neurons_id[{l - 1}]", ids, self.width[l]))
     keep.append(np.arange(self.width[-1]))
-    return _subset(self, keep, xh, keep_mean, means)
+    return _subset(self, keep, xh, keep_mean, means, input_id=self.input_id), found
 
 
 def prune_input(self, threshold=1e-2, active_inputs=None, x=None, keep_mean=True):
-    """Return a NEW model without the inputs whose score (``feature_score``) is <= ``threshold``.
+    """Return ``(new, scores)``: a NEW model without the inputs whose score
+    (``feature_score``) is <= ``threshold``, and the scores of ``self`` it used
+    (None with ``active_inputs``).
 
     The original model is unchanged. The new model takes only the kept input
     columns, in their original order; ``new.input_id`` lists them (indices into
@@ -287,31 +264,17 @@ def prune_input(self, threshold=1e-2, active_inputs=None, x=None, keep_mean=True
     see the module docstring.
     """
     xh = model_data(self, x, min_rows=2)
-    means = None
+    means = found = None
     if active_inputs is None:
         threshold = _check_threshold("threshold", threshold)
-        _, means = _scores(self, xh)
-        s = self.node_scores[0]
+        node, edge, _, means = scores(self, xh)
+        found = node, edge
+        s = node[0]
         ids = np.nonzero(s > threshold)[0]
         if ids.size == 0:
             ids = np.array([int(np.argmax(s))])
     else:
         ids = _check_ids("active_inputs", active_inputs, self.width[0])
     keep = [ids] + [np.arange(w) for w in self.width[1:]]
-    new = _subset(self, keep, xh, keep_mean, means)
-    old = getattr(self, "input_id", None)
-    new.input_id = ids if old is None else np.asarray(old)[ids]
-    return new
-
-
-def prune(self, node_th=1e-2, edge_th=3e-2, x=None, keep_mean=True):
-    """Return a NEW model: ``prune_node(node_th)``, then ``prune_edge(edge_th)`` on the copy.
-
-    The original model is unchanged. ``keep_mean``: see the module docstring.
-    """
-    node_th = _check_threshold("node_th", node_th)
-    edge_th = _check_threshold("edge_th", edge_th)
-    xh = model_data(self, x, min_rows=2)
-    new = prune_node(self, node_th, x=xh, keep_mean=keep_mean)
-    prune_edge(new, edge_th, x=xh, keep_mean=keep_mean)
-    return new
+    input_id = ids if self.input_id is None else np.asarray(self.input_id)[ids]
+    return _subset(self, keep, xh, keep_mean, means, input_id=input_id), found

@@ -142,7 +142,7 @@ class LayerReg:
         I, O = L.in_dim, L.out_dim
         m = [be.zeros((I, O), np.float64), be.zeros((I, O), np.float64),
              be.zeros((I,), np.float64), be.zeros((I,), np.float64)]
-        be.edge_moments_forward(*m, x, L.grid, L.coef, L.scale_base, L.scale_sp, L.mask, L.k,
+        be.edge_moments_forward(*m, x, L.knots, L.coef, L.scale_base, L.scale_sp, L.mask, L.k,
                                 L.base_fun)
         self.x, self.B = x, x.shape[0]
         self.moments = [be.to_host(a) for a in m]
@@ -161,7 +161,7 @@ class LayerReg:
         grads = edge_scales_backward(dA, *self.moments, self.B)
         be.edge_moments_backward(dx, L.dcoef, L.dscale_base, L.dscale_sp,
                                  *[be.asarray(g, np.float64) for g in grads], self.x,
-                                 L.grid, L.coef, L.scale_base, L.scale_sp, L.mask, L.k, L.base_fun)
+                                 L.knots, L.coef, L.scale_base, L.scale_sp, L.mask, L.k, L.base_fun)
         if lamb_coef or lamb_coefdiff:
             # host round trip: works on every backend without another op, and runs
             # only when the (default-off) coefficient terms are switched on

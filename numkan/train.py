@@ -50,14 +50,14 @@ def trainable_names(model, layer):
     """The arrays of ``layer`` the optimiser moves: the layer's parameters
     (``layer.param_names()``: coef, the scales, and any symbolic parameters)
     minus the scales the model freezes."""
-    names = _param_names(layer)
+    names = layer.param_names()
     frozen = _frozen_names(model)
     return [n for n in names if n not in frozen]
 
 
 def _frozen_names(model):
-    return [n for n, on in (("scale_base", getattr(model, "sb_trainable", True)),
-                            ("scale_sp", getattr(model, "sp_trainable", True))) if not on]
+    return [n for n, on in (("scale_base", model.sb_trainable),
+                            ("scale_sp", model.sp_trainable)) if not on]
 
 
 class _Snapshot:
@@ -73,7 +73,7 @@ class _Snapshot:
     def __init__(self, model):
         be = model.backend
         self.arrays = [{n: be.zeros(getattr(L, n).shape, getattr(L, n).dtype)
-                        for n in ("grid",) + tuple(_param_names(L))} for L in model.layers]
+                        for n in ("knots",) + tuple(L.param_names())} for L in model.layers]
         self.capture(model)
 
     def capture(self, model):
@@ -124,7 +124,6 @@ class _Kept:
                 be.copy_into(saved[n], a)
             self.grads.append(saved)
         self.inputs = [L._x for L in model.layers]
-        self.batch = model._batch
 
     def restore(self, model):
         be = model.backend
@@ -132,11 +131,6 @@ class _Kept:
             for n, a in saved.items():
                 be.copy_into(getattr(L, n), a)
             L._x = x
-        model._batch = self.batch
-
-
-def _param_names(layer):
-    return layer.param_names() if hasattr(layer, "param_names") else ("coef", "scale_base", "scale_sp")
 
 
 class _Flat:
@@ -579,7 +573,7 @@ def _check_model_finite(model):
     fit's guards keep a fit finite, so it must start finite."""
     be = model.backend
     arrays = [(f"layers.{l}.{n}", getattr(L, n)) for l, L in enumerate(model.layers)
-              for n in ("grid",) + tuple(_param_names(L))]
+              for n in ("knots",) + tuple(L.param_names())]
     if be.all_finite(*(a for _, a in arrays)):
         return
     name = next(n for n, a in arrays if not be.all_finite(a))
@@ -644,7 +638,7 @@ class _State:
             flat.set(theta)
             be = model.backend
             for L, g in zip(model.layers, grids):
-                L.grid = be.asarray(g, L.dtype)
+                L.knots = be.asarray(g, L.dtype)
         else:
             self.last_finite.restore(model)
 
@@ -668,7 +662,7 @@ def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s):
     obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
     loss, reg = obj()
     before = loss + lamb * reg
-    saved = [(L.grid, L.coef) for L in model.layers]  # update_grid installs new arrays
+    saved = [(L.knots, L.coef) for L in model.layers]  # update_grid installs new arrays
     _update_grid(model, x, margin, hidden=s > 0)
     try:
         loss, reg = obj()
@@ -678,7 +672,7 @@ def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s):
     kept = after <= before + GRID_UPDATE_RTOL * abs(before)  # a loss_fn may be negative
     if not kept:
         for L, (g, c) in zip(model.layers, saved):
-            L.grid, L.coef = g, c
+            L.knots, L.coef = g, c
     return before, after, kept
 
 
@@ -756,7 +750,7 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st):
 
     state = {"iters": 0, "step": s, "stop": False, "test_ids": test_ids}
     theta0 = flat.get()
-    snap_grids = [model.backend.to_host(L.grid) for L in model.layers]
+    snap_grids = [model.backend.to_host(L.knots) for L in model.layers]
 
     def accept(theta):
         st.last_finite = (flat, np.array(theta, dtype=np.float64), snap_grids)

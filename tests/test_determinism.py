@@ -29,7 +29,7 @@ def host_state(model):
     host = model.backend.to_host
     return {f"{l}.{n}": np.array(host(getattr(layer, n)))
             for l, layer in enumerate(model.layers)
-            for n in ("grid", "coef", "scale_base", "scale_sp", "mask")}
+            for n in ("knots", "coef", "scale_base", "scale_sp", "mask")}
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: str(c["width"]))

@@ -140,7 +140,7 @@ def data():
 
 def host_state(model):
     out = {n: np.array(a) for n, a in model.params.items()}
-    out.update({f"grid{l}": np.array(L.grid) for l, L in enumerate(model.layers)})
+    out.update({f"grid{l}": np.array(L.knots) for l, L in enumerate(model.layers)})
     return out
 
 

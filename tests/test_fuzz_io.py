@@ -57,9 +57,9 @@ def _state(model):
          "grid_range": list(model.grid_range), "base_fun": model.base_fun,
          "grid_eps": model.grid_eps, "dtype": str(np.dtype(model.dtype)),
          "sp_trainable": model.sp_trainable, "sb_trainable": model.sb_trainable,
-         "input_id": None if getattr(model, "input_id", None) is None else list(model.input_id)}
+         "input_id": None if model.input_id is None else list(model.input_id)}
     for l, L in enumerate(model.layers):
-        for n in ("grid", "coef", "scale_base", "scale_sp", "mask", "symbolic_affine"):
+        for n in ("knots", "coef", "scale_base", "scale_sp", "mask", "symbolic_affine"):
             a = np.asarray(be.to_host(getattr(L, n)))
             s[f"{l}.{n}"] = (a.dtype.str, a.shape, a.tobytes())
         sm = np.asarray(L.symbolic_mask)
@@ -80,7 +80,7 @@ def _invalid(model, path):
     G, k = model.grid, model.k
     for l, L in enumerate(model.layers):
         I, O = model.width[l], model.width[l + 1]
-        shapes = {"grid": (I, G + 2 * k + 1), "coef": (I, G + k, O), "scale_base": (I, O),
+        shapes = {"knots": (I, G + 2 * k + 1), "coef": (I, G + k, O), "scale_base": (I, O),
                   "scale_sp": (I, O), "mask": (I, O)}
         for n, shape in shapes.items():
             a = np.asarray(be.to_host(getattr(L, n)))
@@ -91,7 +91,7 @@ def _invalid(model, path):
         for name, mask in (("mask", np.asarray(be.to_host(L.mask))), ("symbolic_mask", L.symbolic_mask)):
             if not np.all((mask == 0) | (mask == 1)):
                 return f"mask not 0/1: layer {l} {name} holds {np.unique(mask)[:5]}"
-        t = np.asarray(be.to_host(L.grid))
+        t = np.asarray(be.to_host(L.knots))
         with np.errstate(over="ignore"):
             span = t[:, -1] - t[:, 0]
         if np.any(np.diff(t, axis=1) < 0) or not np.all(np.isfinite(span) & (span > 0)):

@@ -211,7 +211,7 @@ def _model_case(draw, st):
 
 
 def _snapshot(m):
-    return [(L.backend.to_host(L.grid).copy(), L.backend.to_host(L.coef).copy()) for L in m.layers]
+    return [(L.backend.to_host(L.knots).copy(), L.backend.to_host(L.coef).copy()) for L in m.layers]
 
 
 def _same_snapshot(a, b):
@@ -259,7 +259,7 @@ def child_models(n_examples, settings_kw):
             m.fix_symbolic(len(m.layers) - 1, 0, 0, "sin", fit_params=False)
             m.params[f"layers.{len(m.layers) - 1}.symbolic_affine"][0, 0, 0] = case["value"]
         elif case["poison"] == "grid":  # written through the live knot array
-            L.grid[0, rng.integers(0, L.grid.shape[1])] = case["value"]
+            L.knots[0, rng.integers(0, L.knots.shape[1])] = case["value"]
         elif case["poison"] is not None:
             a = m.params[f"layers.0.{case['poison']}"]
             a.flat[rng.integers(0, a.size)] = case["value"]
@@ -317,7 +317,7 @@ def child_fits(n_examples, settings_kw):
         if case["poison"] == "coef":    # through the live arrays, before the fit
             m.params["layers.0.coef"].flat[rng.integers(0, m.params["layers.0.coef"].size)] = case["value"]
         elif case["poison"] == "grid":
-            m.layers[-1].grid[0, rng.integers(0, m.layers[-1].grid.shape[1])] = case["value"]
+            m.layers[-1].knots[0, rng.integers(0, m.layers[-1].knots.shape[1])] = case["value"]
         try:
             m.fit(ds, opt=case["opt"], lr=case["lr"], steps=3 if case["opt"] == "Adam" else 1,
                   lamb=case["lamb"], log=0, grid_update_num=2, stop_grid_update_step=3)

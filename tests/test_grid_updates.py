@@ -34,17 +34,17 @@ def test_one_update_keeps_the_function_up_to_the_refit_error():
     model.fit(ds, steps=5, update_grid=False, log=0)
     x = ds["train_input"]
     L = model.layers[0]
-    t_old, c_old = L.grid.copy(), L.coef.copy()
+    t_old, c_old = L.knots.copy(), L.coef.copy()
     before = rmse(model, ds)
     model.update_grid(x)
     after = rmse(model, ds)
     bound = 0.0
     for i in range(2):
         s_old = spline.basis_matrix(x[:, i], t_old[i], 3) @ c_old[i]          # (N, 1)
-        B_new = spline.basis_matrix(x[:, i], L.grid[i], 3)
+        B_new = spline.basis_matrix(x[:, i], L.knots[i], 3)
         c, *_ = np.linalg.lstsq(B_new, s_old, rcond=None)
         bound += abs(L.scale_sp[i, 0]) * np.sqrt(np.mean((B_new @ c - s_old) ** 2))
-    assert not np.array_equal(L.grid, t_old)   # the knots did move
+    assert not np.array_equal(L.knots, t_old)   # the knots did move
     assert after <= before + bound * (1 + 1e-9) + 1e-14, (before, after, bound)
 
 
@@ -54,10 +54,10 @@ def test_fit_keeps_a_grid_update_only_when_the_objective_does_not_rise(monkeypat
 
     def spy(model, x, y, *args):
         before = np.mean((model(x) - y) ** 2)
-        knots = [L.grid.copy() for L in model.layers]
+        knots = [L.knots.copy() for L in model.layers]
         out = real(model, x, y, *args)
         after = np.mean((model(x) - y) ** 2)
-        moved = any(not np.array_equal(L.grid, t) for L, t in zip(model.layers, knots))
+        moved = any(not np.array_equal(L.knots, t) for L, t in zip(model.layers, knots))
         seen.append((before, after, moved))
         return out
 
@@ -97,12 +97,12 @@ def test_first_step_update_adapts_only_the_first_layer(monkeypatch, xy):
 def test_update_grid_hidden_false_leaves_later_layers_alone(xy):
     model = nk.KAN([2, 2, 1], grid=3, k=3, seed=0, dtype=np.float64)
     model.fit(xy, steps=3, update_grid=False, log=0)
-    later = [(L.grid.copy(), L.coef.copy()) for L in model.layers[1:]]
-    first = model.layers[0].grid.copy()
+    later = [(L.knots.copy(), L.coef.copy()) for L in model.layers[1:]]
+    first = model.layers[0].knots.copy()
     model.update_grid(xy["train_input"], margin=0.1, hidden=False)
-    assert not np.array_equal(model.layers[0].grid, first)
+    assert not np.array_equal(model.layers[0].knots, first)
     for L, (g, c) in zip(model.layers[1:], later):
-        np.testing.assert_array_equal(L.grid, g)
+        np.testing.assert_array_equal(L.knots, g)
         np.testing.assert_array_equal(L.coef, c)
     with pytest.raises(TypeError, match="hidden must be True or False, got 1"):
         model.update_grid(xy["train_input"], hidden=1)

@@ -25,7 +25,7 @@ def host(model, l, name):
 
 def edge_spline(model, l, i, x):
     """s[i, o](x) for all o of layer l: (N, O)."""
-    return spline.basis_matrix(x, host(model, l, "grid")[i], model.k) @ host(model, l, "coef")[i]
+    return spline.basis_matrix(x, host(model, l, "knots")[i], model.k) @ host(model, l, "coef")[i]
 
 
 def test_sample_knots_follow_kan_math():
@@ -49,7 +49,7 @@ def test_update_grid_sets_knots_and_preserves_cubics_exactly(device):
     rng = np.random.default_rng(1)
     model = nk.KAN([2, 3, 1], grid=5, k=3, seed=0, device=device)
     L = model.layers[0]
-    t0 = host(model, 0, "grid")
+    t0 = host(model, 0, "knots")
     cubic = lambda x, o: 0.3 * x ** 3 - (o + 1) * 0.2 * x ** 2 + 0.1 * o * x + 0.05
     z = np.linspace(-1, 1, 40)
     coef = np.stack([spline.fit_coef(z, np.stack([cubic(z, o) for o in range(3)], 1), t0[i], 3)
@@ -57,7 +57,7 @@ def test_update_grid_sets_knots_and_preserves_cubics_exactly(device):
     L.coef = model.backend.asarray(coef, L.dtype)
     x = rng.uniform(-0.9, 0.95, (300, 2)) * np.array([1.0, 0.5])
     model.update_grid(x)
-    t = host(model, 0, "grid")
+    t = host(model, 0, "knots")
     for i in range(2):
         np.testing.assert_array_equal(t[i], grids.sample_knots(x[:, i], 5, 3, model.grid_eps))
         want = np.stack([cubic(x[:, i], o) for o in range(3)], 1)
@@ -69,7 +69,7 @@ def test_update_grid_is_the_least_squares_fit(device):
     rng = np.random.default_rng(2)
     model = nk.KAN([3, 2, 2], grid=4, k=3, seed=3, device=device)
     for L in model.layers:  # smooth splines, which a grid of 4 intervals can follow
-        t = np.array(model.backend.to_host(L.grid))
+        t = np.array(model.backend.to_host(L.knots))
         z = np.linspace(-1.2, 1.2, 60)
         L.coef = model.backend.asarray(np.stack([spline.fit_coef(
             z, np.stack([np.sin(1.5 * z + i - o) for o in range(L.out_dim)], 1), t[i], 3)
@@ -85,7 +85,7 @@ def test_update_grid_is_the_least_squares_fit(device):
     y_before = model(x)
     model.update_grid(x)
     # layer 0 sees the same samples: the residual is orthogonal to the new bases
-    t = host(model, 0, "grid")
+    t = host(model, 0, "knots")
     for i in range(3):
         A = spline.basis_matrix(x[:, i], t[i], 3)
         r = edge_spline(model, 0, i, x[:, i]) - old[0][i]
@@ -139,7 +139,7 @@ def test_fit_passes_grid_margin_to_its_grid_updates():
     for margin in (0.0, 0.2):
         model = nk.KAN([1, 1], grid=4, k=3, seed=0)
         model.fit(ds, opt="Adam", lr=1e-3, steps=1, stop_grid_update_step=1, grid_margin=margin, log=0)
-        grids_seen[margin] = host(model, 0, "grid")[0]
+        grids_seen[margin] = host(model, 0, "knots")[0]
     x = ds["train_input"][:, 0]
     r = x.max() - x.min()
     np.testing.assert_allclose(grids_seen[0.0][3], x.min(), rtol=0, atol=1e-12)
@@ -150,10 +150,10 @@ def test_fit_passes_grid_margin_to_its_grid_updates():
 
 def test_update_grid_keeps_constant_inputs_and_validates():
     model = nk.KAN([2, 2], grid=4, seed=0)
-    t_before = host(model, 0, "grid")
+    t_before = host(model, 0, "knots")
     x = np.column_stack([np.linspace(-1, 1, 50), np.full(50, 0.25)])
     model.update_grid(x)
-    t = host(model, 0, "grid")
+    t = host(model, 0, "knots")
     np.testing.assert_array_equal(t[1], t_before[1])
     assert not np.array_equal(t[0], t_before[0])
     before = {n: np.array(a) for n, a in model.params.items()}
@@ -164,7 +164,7 @@ def test_update_grid_keeps_constant_inputs_and_validates():
             model.update_grid(arg)
     for n, a in model.params.items():
         np.testing.assert_array_equal(a, before[n])
-    np.testing.assert_array_equal(host(model, 0, "grid"), t)
+    np.testing.assert_array_equal(host(model, 0, "knots"), t)
     assert model.update_grid_from_samples.__func__ is model.update_grid.__func__
 
 
@@ -196,7 +196,7 @@ def test_refine_nested_is_exact(device, dtype, tol):
         new = model.refine(G)
         assert new.grid == G and new.layers[0].coef.shape == (2, G + 3, 3)
         for l in range(2):  # every old knot is a new knot
-            t_old, t_new = host(model, l, "grid"), host(new, l, "grid")
+            t_old, t_new = host(model, l, "knots"), host(new, l, "knots")
             for i in range(t_old.shape[0]):
                 assert np.all(np.min(np.abs(t_old[i, 3:-3, None] - t_new[i, None, 3:-3]), axis=1)
                               <= 1e-12 * 4)
@@ -235,7 +235,7 @@ def _set_cubic_splines(model, rng):
     the refit error is rounding."""
     k = model.k
     for l, L in enumerate(model.layers):
-        t = host(model, l, "grid")
+        t = host(model, l, "knots")
         coef = model.params[f"layers.{l}.coef"]
         for i in range(L.in_dim):
             p = np.linspace(t[i, k], t[i, -k - 1], 40)
@@ -269,7 +269,7 @@ def test_update_grid_sees_symbolic_edges(device):
     assert err <= 1e-9 * max(1.0, np.abs(y).max()), f"update_grid moved the output by {err:.3g}"
     hidden = model.layers[0].forward(model.backend.asarray(x, model.dtype), keep=False)
     hidden = model.backend.to_host(hidden)
-    t1 = host(model, 1, "grid")
+    t1 = host(model, 1, "knots")
     k = model.k
     # layer 1's interior grid spans its real inputs, symbolic part included
     np.testing.assert_allclose(t1[:, k], hidden.min(axis=0), rtol=0, atol=1e-9)
@@ -282,9 +282,9 @@ def test_update_grid_keeps_knots_that_float32_cannot_separate():
     x = np.column_stack([1000.0 + (np.arange(20) % 3) * 6.1035e-5, np.linspace(-1, 1, 20)])
     for dtype, moved in ((np.float32, False), (np.float64, True)):
         model = nk.KAN([2, 1], grid=5, dtype=dtype)
-        before = host(model, 0, "grid")
+        before = host(model, 0, "knots")
         model.update_grid(x)
-        t = host(model, 0, "grid")
+        t = host(model, 0, "knots")
         assert np.array_equal(t[0], before[0]) != moved, dtype
         assert not np.array_equal(t[1], before[1])
         assert np.all(np.diff(t[:, 3:-3], axis=1) > 0)

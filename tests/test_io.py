@@ -392,8 +392,3 @@ def test_save_errors_name_the_users_path(tmp_path):
     with pytest.raises(IsADirectoryError) as info:
         model.save(directory)
     assert info.value.filename == str(directory) and os.listdir(tmp_path) == ["d.npz"]
-
-
-def test_register_section_validates_name():
-    with pytest.raises(ValueError, match="section name"):
-        io.register_section("layers", lambda m: (None, {}), lambda m, meta, a: None)

@@ -77,7 +77,7 @@ def build(device, width, G, k, base_fun, batch, seed):
     h = x
     for layer in model.layers:
         for i in range(layer.in_dim):  # each input gets its own knots, placed around its values
-            layer.grid[i] = random_knots(rng, h[:, i], G, k)
+            layer.knots[i] = random_knots(rng, h[:, i], G, k)
         layer.coef[...] = rng.normal(0.0, 0.5, layer.coef.shape)
         layer.scale_base[...] = rng.uniform(-1.5, 1.5, layer.scale_base.shape)
         layer.scale_sp[...] = rng.uniform(-1.5, 1.5, layer.scale_sp.shape)
@@ -96,7 +96,7 @@ class Chain:
         h = x
         for layer in model.layers:
             self.inputs.append(h)
-            self.spans.append(reference.find_span(h, np.asarray(layer.grid)))
+            self.spans.append(reference.find_span(h, np.asarray(layer.knots)))
             h = self.layer(layer, h)
         self.y = h
 
@@ -107,7 +107,7 @@ class Chain:
         """Layers start.. on h, whose row r is a perturbed copy of row ``rows[r]`` of layer start's input."""
         for l in range(start, len(self.model.layers)):
             layer = self.model.layers[l]
-            if not np.array_equal(reference.find_span(h, np.asarray(layer.grid)),
+            if not np.array_equal(reference.find_span(h, np.asarray(layer.knots)),
                                   self.spans[l][rows]):
                 reject()  # a perturbation moved an input across a knot: not smooth there
             h = self.layer(layer, h)
@@ -133,7 +133,7 @@ class Chain:
                 wide[name][p[:-1] + (n_p * len(STENCIL) + n_m,)] = host[name][p] + m * STEP
         be, dt = self.be, self.model.dtype
         y_wide = be.zeros((h.shape[0], cols.size), dt)
-        be.spline_forward(y_wide, be.asarray(h, dt), layer.grid, be.asarray(wide["coef"], dt),
+        be.spline_forward(y_wide, be.asarray(h, dt), layer.knots, be.asarray(wide["coef"], dt),
                           be.asarray(wide["scale_base"], dt), be.asarray(wide["scale_sp"], dt),
                           be.asarray(wide["mask"], dt), layer.k, layer.base_fun)
         y_wide = be.to_host(y_wide)

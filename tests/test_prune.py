@@ -21,7 +21,7 @@ def edge_values(layer, x):
         xi = np.ascontiguousarray(x[:, i:i + 1])
         y = np.zeros((B, layer.out_dim))
         sl = lambda n: np.asarray(getattr(layer, n))[i:i + 1].astype(np.float64)
-        reference.spline_forward(y, xi, sl("grid"), sl("coef"), sl("scale_base"), sl("scale_sp"),
+        reference.spline_forward(y, xi, sl("knots"), sl("coef"), sl("scale_base"), sl("scale_sp"),
                                  sl("mask"), layer.k, layer.base_fun)
         out[:, i] = y
     aff = np.asarray(layer.symbolic_affine)

@@ -78,7 +78,7 @@ def edge_values(L, h):
     phi = np.empty((B, I, L.out_dim))
     for i in range(I):
         y = np.zeros((B, L.out_dim))
-        reference.spline_forward(y, h[:, i:i + 1], np.asarray(L.grid)[i:i + 1],
+        reference.spline_forward(y, h[:, i:i + 1], np.asarray(L.knots)[i:i + 1],
                                  np.asarray(L.coef)[i:i + 1], np.asarray(L.scale_base)[i:i + 1],
                                  np.asarray(L.scale_sp)[i:i + 1], np.asarray(L.mask)[i:i + 1],
                                  L.k, L.base_fun)
@@ -144,7 +144,7 @@ def test_moments_backward_dx_matches_finite_differences(backend, case):
     rng = np.random.default_rng(case["seed"] + 1)
     I, O = L.in_dim, L.out_dim
     up = [rng.normal(size=(I, O)), rng.normal(size=(I, O)), rng.normal(size=I), rng.normal(size=I)]
-    args = (L.grid, L.coef, L.scale_base, L.scale_sp, L.mask, L.k, L.base_fun)
+    args = (L.knots, L.coef, L.scale_base, L.scale_sp, L.mask, L.k, L.base_fun)
 
     def F(xx):
         m = [np.zeros((I, O)), np.zeros((I, O)), np.zeros(I), np.zeros(I)]
@@ -173,7 +173,7 @@ def test_cpu_moments_match_reference(dtype, rtol, case):
     rng = np.random.default_rng(case["seed"] + 2)
     I, O = L.in_dim, L.out_dim
     L.mask = (rng.random((I, O)) > 0.3).astype(dtype)
-    args = (x, L.grid, L.coef, L.scale_base, L.scale_sp, L.mask, L.k, L.base_fun)
+    args = (x, L.knots, L.coef, L.scale_base, L.scale_sp, L.mask, L.k, L.base_fun)
     up = [rng.normal(size=(I, O)), rng.normal(size=(I, O)), rng.normal(size=I), rng.normal(size=I)]
     out = {}
     for be in (reference, cpu):
@@ -193,7 +193,7 @@ def test_moments_forward_matches_direct_sums(host_device):
     L = model.layers[0]
     phi = edge_values(L, x)
     m = [np.zeros((3, 4)), np.zeros((3, 4)), np.zeros(3), np.zeros(3)]
-    model.backend.edge_moments_forward(*m, x, L.grid, L.coef, L.scale_base, L.scale_sp, L.mask,
+    model.backend.edge_moments_forward(*m, x, L.knots, L.coef, L.scale_base, L.scale_sp, L.mask,
                                        L.k, L.base_fun)
     for got, want in zip(m, [phi.sum(0), (phi ** 2).sum(0), x.sum(0), (x ** 2).sum(0)]):
         assert_close("moments", got, want, rtol=1e-12, floor=1.0)

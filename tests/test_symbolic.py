@@ -215,7 +215,7 @@ def test_fix_symbolic_recovers_sine_from_a_spline_edge(host_device):
     a, b, c, d = 2.0, 0.5, 1.5, -0.3
     model = nk.KAN([1, 1], grid=60, k=3, seed=0, device=host_device)
     layer = model.layers[0]
-    t = np.asarray(layer.grid)[0]
+    t = np.asarray(layer.knots)[0]
     xs = np.linspace(-1, 1, 400)
     layer.coef[0] = spline.fit_coef(xs, (c * np.sin(a * xs + b) + d)[:, None], t, 3)
     layer.scale_base[...] = 0
@@ -254,7 +254,7 @@ def test_low_r2_fit_warns_and_stays_finite(host_device):
     model = nk.KAN([1, 1], grid=40, seed=0, device=host_device)
     layer = model.layers[0]
     xs = np.linspace(-1, 1, 300)
-    layer.coef[0] = spline.fit_coef(xs, np.sin(9 * xs)[:, None], np.asarray(layer.grid)[0], 3)
+    layer.coef[0] = spline.fit_coef(xs, np.sin(9 * xs)[:, None], np.asarray(layer.knots)[0], 3)
     layer.scale_base[...] = 0
     x = np.linspace(-1, 1, 200)[:, None]
     model.forward(x)
@@ -277,15 +277,15 @@ def test_auto_symbolic_finds_the_functions_of_a_known_network():
     model = nk.KAN([2, 1, 1], grid=50, seed=0)
     xs = np.linspace(-1, 1, 400)
     l0, l1 = model.layers
-    t0 = np.asarray(l0.grid)
+    t0 = np.asarray(l0.knots)
     l0.coef[0] = spline.fit_coef(xs, np.sin(np.pi * xs)[:, None], t0[0], 3)
     l0.coef[1] = spline.fit_coef(xs, (xs ** 2)[:, None], t0[1], 3)
     l0.scale_base[...] = 0
     l0.scale_sp[...] = 1
     h = np.linspace(-1.2, 2.2, 400)
     # the hidden node takes values in [-1, 2]: give layer 1 a grid that covers them
-    l1.grid[...] = spline.uniform_grid((-1.2, 2.2), 50, 3, 1)
-    l1.coef[0] = spline.fit_coef(h, np.exp(h)[:, None], np.asarray(l1.grid)[0], 3)
+    l1.knots[...] = spline.uniform_grid((-1.2, 2.2), 50, 3, 1)
+    l1.coef[0] = spline.fit_coef(h, np.exp(h)[:, None], np.asarray(l1.knots)[0], 3)
     l1.scale_base[...] = 0
     l1.scale_sp[...] = 1
     x = np.random.default_rng(0).uniform(-1, 1, (400, 2))
@@ -306,7 +306,7 @@ def clipped_samples(model, x):
     """Samples at which some symbolic edge runs into its safety clip (argument
     outside the function's domain or in its hole, or value beyond its cap).
     There the model departs from the exact formula by design."""
-    from numkan.symbolic import _F_MAX
+    from numkan.functions import _F_MAX
     model.forward(x)
     hit = np.zeros(x.shape[0], dtype=bool)
     for layer in model.layers:
@@ -460,7 +460,7 @@ def spline_edge_model(fn, grid=60):
     model = nk.KAN([1, 1], grid=grid, k=3, seed=0)
     layer = model.layers[0]
     xs = np.linspace(-1, 1, 600)
-    layer.coef[0] = spline.fit_coef(xs, fn(xs)[:, None], np.asarray(layer.grid)[0], 3)
+    layer.coef[0] = spline.fit_coef(xs, fn(xs)[:, None], np.asarray(layer.knots)[0], 3)
     layer.scale_base[...] = 0
     layer.scale_sp[...] = 1
     model.forward(np.random.default_rng(0).uniform(-1, 1, (500, 1)))

@@ -34,7 +34,7 @@ def params_host(model):
 
 def state_host(model):
     out = params_host(model)
-    out.update({f"grid{l}": np.array(model.backend.to_host(L.grid)) for l, L in enumerate(model.layers)})
+    out.update({f"grid{l}": np.array(model.backend.to_host(L.knots)) for l, L in enumerate(model.layers)})
     return out
 
 

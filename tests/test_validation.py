@@ -139,7 +139,7 @@ def snapshot(model):
     host = model.backend.to_host
     state = {}
     for l, layer in enumerate(model.layers):
-        for n in ("grid", "coef", "scale_base", "scale_sp", "mask", "dcoef", "dscale_base", "dscale_sp"):
+        for n in ("knots", "coef", "scale_base", "scale_sp", "mask", "dcoef", "dscale_base", "dscale_sp"):
             state[f"{l}.{n}"] = host(getattr(layer, n)).copy()
     return state
 
@@ -231,11 +231,11 @@ def test_check_knots_allows_repeated_end_knots_and_checks_the_shape():
 @pytest.mark.parametrize("device", HOST_DEVICES)
 def test_update_grid_on_samples_whose_knots_overflow(device):
     model = nk.KAN([2, 5, 1], device=device)
-    before = [(np.array(L.grid), np.array(L.coef)) for L in model.layers]
+    before = [(np.array(L.knots), np.array(L.coef)) for L in model.layers]
     with pytest.raises(ValueError, match=r"x \(margin=0.0\) for layer 0 .*overflows float64"):
         model.update_grid(np.array([[8e307, -8e307], [-8e307, 8e307], [0, 1.0]]))
     for L, (t, c) in zip(model.layers, before):
-        np.testing.assert_array_equal(np.array(L.grid), t)
+        np.testing.assert_array_equal(np.array(L.knots), t)
         np.testing.assert_array_equal(np.array(L.coef), c)
 
 
