@@ -51,26 +51,19 @@ def _edge_stats(layer, xh):
     """(mean, std), each (I, O): batch mean and unbiased std of every edge's output on host inputs xh (B, I).
 
     Spline edges come from the backend's ``edge_moments_forward`` (per-edge
-    sums of phi and phi^2, the regulariser's op) when the backend has it;
-    inputs with a symbolic edge, or a backend without the op, are done one
-    input at a time with (B, O) temporaries. Never a (B, I, O) array.
+    sums of phi and phi^2, the regulariser's op); inputs with a symbolic edge
+    are done one input at a time with (B, O) temporaries. Never a (B, I, O) array.
     """
     be, dt = layer.backend, layer.dtype
     B, I = xh.shape
-    mean, E = np.zeros((I, layer.out_dim)), np.zeros((I, layer.out_dim))
-    moments = getattr(be, "edge_moments_forward", None)
-    symbolic_rows = np.any(layer.symbolic_mask != 0, axis=1)
-    if moments is not None:
-        s1, s2 = be.zeros((I, layer.out_dim), np.float64), be.zeros((I, layer.out_dim), np.float64)
-        xs1, xs2 = be.zeros((I,), np.float64), be.zeros((I,), np.float64)
-        moments(s1, s2, xs1, xs2, be.asarray(xh, dt), layer.knots, layer.coef, layer.scale_base,
-                layer.scale_sp, layer.mask, layer.k, layer.base_fun)
-        s1, s2 = be.to_host(s1), be.to_host(s2)
-        mean = s1 / B
-        E = np.sqrt(np.maximum(s2 - s1 * s1 / B, 0.0) / (B - 1))
-        todo = np.nonzero(symbolic_rows)[0]
-    else:
-        todo = range(I)
+    s1, s2 = be.zeros((I, layer.out_dim), np.float64), be.zeros((I, layer.out_dim), np.float64)
+    xs1, xs2 = be.zeros((I,), np.float64), be.zeros((I,), np.float64)
+    be.edge_moments_forward(s1, s2, xs1, xs2, be.asarray(xh, dt), layer.knots, layer.coef,
+                            layer.scale_base, layer.scale_sp, layer.mask, layer.k, layer.base_fun)
+    s1, s2 = be.to_host(s1), be.to_host(s2)
+    mean = s1 / B
+    E = np.sqrt(np.maximum(s2 - s1 * s1 / B, 0.0) / (B - 1))
+    todo = np.nonzero(np.any(layer.symbolic_mask != 0, axis=1))[0]
     host = host_params(layer) if len(todo) else None
     for i in todo:
         phi = edge_outputs(layer, xh, i, host)

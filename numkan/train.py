@@ -480,11 +480,6 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     if lamb > 0 and bs < 2:
         raise ValueError(f"lamb > 0 needs batches of at least 2 samples (the regulariser uses "
                          f"batch standard deviations), got batch={batch} with {n_train} training samples")
-    missing = [op for op in ("edge_moments_forward", "edge_moments_backward")
-               if lamb > 0 and not hasattr(model.backend, op)]
-    if missing:
-        raise NotImplementedError(f"lamb > 0 needs the backend ops {missing}, which the "
-                                  f"{model.backend.name!r} backend does not provide yet")
 
     freq = max(1, stop_grid_update_step // grid_update_num)
 
