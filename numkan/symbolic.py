@@ -26,8 +26,7 @@ import numpy as np
 
 from . import _validate as v
 from .activations import edge_outputs, host_params, layer_inputs, model_data
-from .functions import (SYMBOLIC_LIB, SymbolicFunction, _INF, _symbol,  # noqa: F401  (re-exported)
-                        add_symbolic, is_zero_function as _is_zero_function, lookup as _fun)
+from .functions import SYMBOLIC_LIB, _INF, _symbol, is_zero_function as _is_zero_function, lookup as _fun
 
 LOW_R2 = 0.9         # fix_symbolic warns below this r^2 (as pykan prints)
 _POLISH_TOP = 8      # suggest_symbolic polishes this many leading candidates
