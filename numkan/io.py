@@ -415,6 +415,9 @@ def load(cls, path, device="cpu"):
     """Read a model written by ``save``, as an instance of ``cls``, on ``device``.
 
     ``KAN.load(path)`` (and ``numkan.load``) call this with their class.
+    ``path`` is the name given to ``save``, with or without its ".npz": when
+    no file ``path`` exists and ``path`` lacks the suffix, ``path + ".npz"``
+    is read.
 
     Raises ValueError naming the file for any file that is not a valid model:
     corrupt or truncated, written by a newer numkan, a header of the wrong
@@ -425,6 +428,8 @@ def load(cls, path, device="cpu"):
     is the caller's ValueError, raised before the file is read.
     """
     path = os.fspath(path)
+    if not path.endswith(".npz") and not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path += ".npz"  # the name save() was given; it appended the suffix
     get_backend(device)  # a bad device is the caller's error, not the file's: say so first
     header, arrays = _read(path)
     h, sections = _check_header(path, header)

@@ -65,6 +65,9 @@ class KAN:
         The host inputs a pruned model inherits from the call that pruned it;
         interpretability calls without ``x`` use them when the model has no
         forward inputs of its own.
+    checkpoints : dict name -> KAN
+        In-memory copies made by ``saveckpt``, oldest first (``loadckpt``,
+        ``rewind``). Not saved to files, not copied by ``copy``.
 
     Example
     -------
@@ -108,6 +111,7 @@ class KAN:
         self.edge_scores = None
         self.input_id = None
         self.cache_data = None
+        self.checkpoints = {}
 
     def _with_layers(self, layers, input_id=None, cache_data=None):
         """A new model of this class with this model's settings and ``layers``
@@ -120,7 +124,68 @@ class KAN:
         new.node_scores = new.edge_scores = None
         new.input_id = None if input_id is None else np.array(input_id, dtype=np.int64)
         new.cache_data = cache_data
+        new.checkpoints = {}
         return new
+
+    # -- copies and checkpoints -------------------------------------------------
+    def copy(self):
+        """An independent copy: parameters, knots, symbolic edges, scores, ``input_id``
+        and ``cache_data`` are copied exactly (bit for bit), on the same device.
+
+        Gradients start at zero, no forward input is kept (call ``forward``
+        before ``backward``), and the checkpoints stay with this model.
+        ``copy.deepcopy(model)`` gives the same.
+        """
+        copied = lambda a: None if a is None else [np.array(t) for t in a]
+        new = self._with_layers([L.derive() for L in self.layers], input_id=self.input_id,
+                                cache_data=None if self.cache_data is None else np.array(self.cache_data))
+        new.node_scores, new.edge_scores = copied(self.node_scores), copied(self.edge_scores)
+        return new
+
+    def __deepcopy__(self, memo):
+        return self.copy()
+
+    def saveckpt(self, name=None, path=None):
+        """Keep an in-memory copy of the model under ``name`` (default: "0", "1", ...
+        in order); returns the name. With ``path``, also ``save`` it to that file.
+
+        Nothing is written to disk unless ``path`` is given. ``loadckpt`` gives
+        a checkpoint back as a new model; ``rewind`` puts this model back to one.
+        """
+        if name is None:
+            name = str(len(self.checkpoints))
+            while name in self.checkpoints:
+                name += "'"
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        snap = self.copy()
+        if path is not None:
+            snap.save(path)
+        self.checkpoints.pop(name, None)
+        self.checkpoints[name] = snap
+        return name
+
+    def _checkpoint(self, name):
+        if not self.checkpoints:
+            raise ValueError("this model has no checkpoints: call saveckpt() first")
+        if name is None:
+            name = next(reversed(self.checkpoints))
+        if name not in self.checkpoints:
+            raise ValueError(f"name must be one of the checkpoints {list(self.checkpoints)}, got {name!r}")
+        return self.checkpoints[name]
+
+    def loadckpt(self, name=None):
+        """A new model equal to checkpoint ``name`` (default: the latest); this model is unchanged."""
+        return self._checkpoint(name).copy()
+
+    def rewind(self, name=None):
+        """Put this model back, in place, to checkpoint ``name`` (default: the latest):
+        width, grid, parameters, knots, symbolic edges and scores become the
+        checkpoint's, bit for bit; the checkpoints are kept. Returns the model."""
+        state = vars(self._checkpoint(name).copy())
+        state.pop("checkpoints")
+        self.__dict__.update(state)
+        return self
 
     # -- parameters -------------------------------------------------------------
     @property

@@ -392,3 +392,22 @@ def test_save_errors_name_the_users_path(tmp_path):
     with pytest.raises(IsADirectoryError) as info:
         model.save(directory)
     assert info.value.filename == str(directory) and os.listdir(tmp_path) == ["d.npz"]
+
+
+def test_save_and_load_take_the_same_name(tmp_path):
+    model = nk.KAN([2, 3, 1], grid=4, seed=3, device="numpy")
+    x = np.random.default_rng(0).uniform(-1, 1, (20, 2))
+    written = model.save(tmp_path / "m1")
+    assert written.endswith("m1.npz") and not (tmp_path / "m1").exists()
+    for name in (tmp_path / "m1", str(tmp_path / "m1"), tmp_path / "m1.npz"):
+        assert np.array_equal(nk.load(name, device="numpy")(x), model(x))
+    with pytest.raises(FileNotFoundError):
+        nk.load(tmp_path / "m2", device="numpy")
+
+
+def test_a_text_file_is_not_a_model_and_pickle_is_not_mentioned(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("a text file, not a model\n")
+    with pytest.raises(ValueError, match="not a readable numkan model file") as info:
+        nk.load(path, device="numpy")
+    assert "pickle" not in str(info.value)
