@@ -67,7 +67,7 @@ def test_checkpoints_round_trip_bit_identically():
     assert model.checkpoints == {}
     model.saveckpt("fine")
     fine = state(model)
-    model.fix_symbolic(1, 0, 0, "x")
+    model.fix_symbolic(1, 0, 0, "x", x=data()[0])
     model.prune_edge(0.5, x=data()[0])
     back = model.loadckpt()                  # the latest, as a new model
     assert_same(state(back), fine)
