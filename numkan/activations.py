@@ -11,18 +11,18 @@ from . import _validate as v
 
 
 def model_data(model, x=None, min_rows=1):
-    """Host float64 inputs (B, width[0]): ``x`` if given, else the inputs of the
-    model's last ``forward`` (pykan's cached data), else ``model.cache_data``."""
+    """Host float64 inputs (B, width[0]) for an interpretability call: ``x`` if
+    given, else ``model.cache_data``, the model's data (KAN's "which data"
+    rule: the training inputs of the last ``fit``, or the inputs of a later
+    ``model(x)`` / ``model.forward(x)``; never those of ``loss_and_grad``)."""
     if x is None:
-        x0 = model.layers[0]._x
-        if x0 is not None:
-            x = model.backend.to_host(x0)
-        elif model.cache_data is not None:
-            x = model.cache_data
-        else:
+        x = model.cache_data
+        if x is None:
             raise ValueError("x is None and the model has no data: pass x (batch, "
-                             f"{model.width[0]}) or call model.forward(x) first (its inputs are used, "
-                             "as pykan uses its cached data)")
+                             f"{model.width[0]}), or fit the model or call model(x) first "
+                             "(the model then uses those inputs, as pykan uses its cached data)")
+        if v.is_device_array(x):
+            x = model.backend.to_host(x)
     x = v.check_array("x", x, model.width[0], np.float64)
     if x.shape[0] < min_rows:
         raise ValueError(f"x must have at least {min_rows} rows, got {x.shape[0]}")

@@ -8,12 +8,14 @@ model and never import this one; where they build a new model, they ask the
 model for it (``_with_layers``, or ``cls`` for ``load``).
 """
 import copy
+import functools
 
 import numpy as np
 
 from . import _validate as v
 from . import grids as _grids, io as _io, plot as _plot, prune as _prune
 from . import symbolic as _symbolic, train as _train
+from .datasets import check_dataset
 from .kernels import get_backend
 from .layer import KANLayer
 
@@ -62,9 +64,15 @@ class KAN:
         After ``prune_input``: the original input number of each input (used
         in formulas and plots); None means input i is x_{i+1}.
     cache_data : array (B, width[0]), or None
-        The host inputs a pruned model inherits from the call that pruned it;
-        interpretability calls without ``x`` use them when the model has no
-        forward inputs of its own.
+        The model's data: what ``attribute``, ``prune*``, ``plot``,
+        ``fix_symbolic`` and ``auto_symbolic`` use when called without ``x``.
+        The rule: the training inputs of the last ``fit`` that returned, or
+        the inputs of a later ``model(x)`` / ``model.forward(x)`` (a
+        reference to the array, not a copy), whichever came last.
+        ``loss_and_grad`` and ``backward`` never change it, so an evaluation
+        on a test set does not become the data scores are computed on.
+        Pruned, refined and copied models inherit it (a pruned model keeps
+        the columns of its inputs).
     checkpoints : dict name -> KAN
         In-memory copies made by ``saveckpt``, oldest first (``loadckpt``,
         ``rewind``). Not saved to files, not copied by ``copy``.
@@ -129,8 +137,9 @@ class KAN:
 
     # -- copies and checkpoints -------------------------------------------------
     def copy(self):
-        """An independent copy: parameters, knots, symbolic edges, scores, ``input_id``
-        and ``cache_data`` are copied exactly (bit for bit), on the same device.
+        """An independent copy: parameters, knots, symbolic edges, scores and
+        ``input_id`` are copied exactly (bit for bit), on the same device;
+        ``cache_data`` refers to the same inputs.
 
         Gradients start at zero, no forward input is kept (call ``forward``
         before ``backward``), and the checkpoints stay with this model.
@@ -138,7 +147,7 @@ class KAN:
         """
         copied = lambda a: None if a is None else [np.array(t) for t in a]
         new = self._with_layers([L.derive() for L in self.layers], input_id=self.input_id,
-                                cache_data=None if self.cache_data is None else np.array(self.cache_data))
+                                cache_data=self.cache_data)
         new.node_scores, new.edge_scores = copied(self.node_scores), copied(self.edge_scores)
         return new
 
@@ -221,6 +230,8 @@ class KAN:
         copies = [layer._copies(backend) for layer in self.layers]
         for layer, arrays in zip(self.layers, copies):
             layer._install(backend, arrays)
+        if v.is_device_array(self.cache_data):  # the data stays readable on any device
+            self.cache_data = self.backend.to_host(self.cache_data)
         self.backend, self.device = backend, device
         return self
 
@@ -242,12 +253,16 @@ class KAN:
         The result is a host ndarray, or the backend's own array when
         ``return_device`` is true.
         """
-        y = self._run(self._input(x), keep=False)
+        x = self._input(x)
+        y = self._run(x, keep=False)
+        self.cache_data = x  # the model's data (see the class docstring)
         return y if return_device else self.backend.to_host(y)
 
     def forward(self, x, return_device=False):
         """Like ``model(x)``, and keeps each layer's input for ``backward``."""
-        y = self._run(self._input(x), keep=True)
+        x = self._input(x)
+        y = self._run(x, keep=True)
+        self.cache_data = x
         return y if return_device else self.backend.to_host(y)
 
     def backward(self, dy):
@@ -303,8 +318,8 @@ class KAN:
     # prune_edge works in place; the others return new models. Each keeps the
     # scores it computed on the model it scored (pykan's node_scores/edge_scores).
     def attribute(self, x=None):
-        """Node, edge and input scores on data ``x`` (B >= 2; default: the inputs of
-        the last ``forward``), pykan's semantics (``numkan.prune``).
+        """Node, edge and input scores on data ``x`` (B >= 2; default: the model's
+        data, ``cache_data``), pykan's semantics (``numkan.prune``).
 
         Sets ``node_scores`` and ``edge_scores``; returns ``feature_score``
         (width[0],). Changes nothing else.
@@ -314,7 +329,7 @@ class KAN:
 
     @property
     def feature_score(self):
-        """Input scores (width[0],) from ``attribute`` on the last ``forward``'s inputs (computed now)."""
+        """Input scores (width[0],) from ``attribute`` on the model's data (computed now)."""
         return self.attribute()
 
     def prune_edge(self, threshold=3e-2, x=None, keep_mean=True):
@@ -357,7 +372,12 @@ class KAN:
         return _plot.plot(self, path, beta=beta, in_vars=in_vars, out_vars=out_vars, title=title, x=x, **kw)
 
     # -- training, grids, files: numkan/train.py, grids.py, io.py ------------------
-    fit = _train.fit
+    @functools.wraps(_train.fit)
+    def fit(self, dataset, *args, **kwargs):
+        history = _train.fit(self, dataset, *args, **kwargs)
+        # a fit that returned: its training inputs become the model's data
+        self.cache_data = check_dataset(dataset, self.width[0], self.width[-1])["train_input"]
+        return history
     update_grid = _grids.update_grid
     update_grid_from_samples = _grids.update_grid   # pykan's name
     refine = _grids.refine

@@ -44,7 +44,7 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
     in_vars, out_vars : labels of the inputs and outputs (strings; LaTeX such
         as ``"$x_1$"`` works); default ``x_1 .. x_n`` (original input numbers
         after ``prune_input``) and ``y_1 ..``.
-    x : data for the curves and the scores (default: the last ``forward``'s inputs).
+    x : data for the curves and the scores (default: the model's data, ``model.cache_data``).
     max_panels : layers with more live edges than this draw the edges as
         plain lines without panels, so large models stay readable.
 

@@ -101,7 +101,7 @@ def scores(model, xh):
 
 def attribute(model, x=None):
     """``(node_scores, edge_scores)`` on data ``x`` (B, width[0]), B >= 2; default:
-    the inputs of the last ``model.forward`` (``activations.model_data``)."""
+    the model's data, ``model.cache_data`` (``activations.model_data``)."""
     node, edge, _, _ = scores(model, model_data(model, x, min_rows=2))
     return node, edge
 

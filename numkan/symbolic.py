@@ -183,7 +183,7 @@ def fix_symbolic(self, l, i, j, name, fit_params=True, a_range=(-10, 10), b_rang
     In place: sets the edge's spline ``mask`` to 0 and its ``symbolic_mask`` to 1.
 
     With ``fit_params`` (default) a, b, c, d are fitted to the edge's current
-    output on data (``x``, default: the inputs of the last ``model.forward``)
+    output on data (``x``, default: the model's data, ``model.cache_data``)
     by ``fit_params`` and the fit's r^2 is returned; a warning says so when
     r^2 < 0.9 (the symbolic edge then differs visibly from the spline it
     replaces). Without, (a, b, c, d) = (1, 0, 1, 0) and None is returned.
@@ -604,7 +604,7 @@ def symbolic_formula(self, var=None, floating_digit=None, snap=False, snap_tol=1
     may exceed the unsnapped one's by at most ``snap_tol * RMS(y)``, per
     output. Without ``y`` the unsnapped formula's own values are the target,
     so the function may change by at most ``snap_tol`` (relative RMS). ``x``
-    (B, n) are the data (default: the inputs of the last ``forward``, as in
+    (B, n) are the data (default: the model's data, ``model.cache_data``, as in
     ``auto_symbolic``). The default 1e-6 turns sin(3.14159265358979*x_1)
     into sin(pi*x_1) and keeps sin(3.1416*x_1). See ``snap_constants``.
 

@@ -107,9 +107,9 @@ class _Kept:
     fit's forward passes replace. They are restored into the same buffers
     (``model.grads`` hands them out live).
 
-    A fit that returns keeps its last forward's inputs and gradients, as
-    pykan keeps its cached activations: ``attribute``, ``prune`` and
-    ``auto_symbolic`` without ``x`` then see the training data."""
+    A fit that returns keeps its last forward's inputs and gradients (for
+    ``backward``); ``KAN.fit`` then makes the training inputs the model's
+    data (``cache_data``)."""
 
     GRADS = tuple(n for n in ARRAY_NAMES if n.startswith("d"))
 
@@ -421,9 +421,9 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
 
     Any other error leaves the model as it was before the call (parameters,
     knots, ``model.grads`` and the input kept for ``model.backward``) and is
-    raised again. A fit that returns keeps the inputs of its last forward
-    pass, as pykan keeps its cached activations, so ``attribute``, ``prune``
-    and ``auto_symbolic`` called without ``x`` use the training data.
+    raised again. After a fit that returns, the training inputs are the
+    model's data (``model.cache_data``, pykan's cached data), so
+    ``attribute``, ``prune`` and ``auto_symbolic`` called without ``x`` use them.
 
     What crosses the host boundary on a device (device="cuda")
     ---------------------------------------------------------

@@ -103,3 +103,27 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     path = tmp_path / "ck"
     model.saveckpt("on disk", path=path)
     assert_same(state(nk.load(path, device="numpy")), state(model))
+
+
+def test_the_models_data_rule():
+    """Interpretability calls without x use the last fit's training inputs or a later
+    model(x) / forward(x); never the inputs of loss_and_grad."""
+    x, y = data(64, seed=1)
+    x_test, y_test = data(32, seed=2)
+    model = nk.KAN([2, 3, 1], grid=4, seed=0, device="numpy")
+    with pytest.raises(ValueError, match="has no data"):
+        model.attribute()
+    model(x)                                   # pykan's model(dataset['train_input']); model.plot()
+    assert model.cache_data is not None and np.array_equal(model.cache_data, x)
+    on_x = model.attribute()
+    model.loss_and_grad(x_test, y_test)        # an evaluation on a test set
+    np.testing.assert_array_equal(model.attribute(), on_x)
+    np.testing.assert_array_equal(model.attribute(x), on_x)
+    assert not np.array_equal(model.attribute(x_test), on_x)
+    model.fit({"train_input": x, "train_label": y, "test_input": x_test, "test_label": y_test},
+              steps=2, batch=16, log=0)
+    np.testing.assert_array_equal(model.cache_data, x)   # the whole training set, not a batch
+    model.forward(x_test)
+    assert np.array_equal(model.cache_data, x_test)
+    assert model.refine(6).cache_data is model.cache_data
+    assert model.prune_input(active_inputs=[1]).cache_data.shape == (32, 1)
