@@ -95,8 +95,8 @@ def run(verbose=True, plot=False):
         save_plot(model, "kan_symbolic.png", "symbolic")
 
     x, y = sympy.symbols("x y", real=True)
-    (formula,) = model.symbolic_formula(var=[x, y])                 # the model's numbers, exactly
-    (snapped,) = model.symbolic_formula(var=[x, y], snap=True)     # simple constants where they fit
+    (formula,), _ = model.symbolic_formula(var=[x, y])                 # the model's numbers, exactly
+    (snapped,), _ = model.symbolic_formula(var=[x, y], snap=True)     # simple constants where they fit
     pts = np.random.default_rng(123).uniform(-1, 1, (1000, 2))      # fresh points
     out = {"model": model, "formula": formula, "snapped": snapped, "symbols": (x, y),
            "law": law(x, y), "rmse": formula_rmse(formula, (x, y), pts),

@@ -77,8 +77,8 @@ def run(verbose=True):
 
     model.forward(dataset["train_input"])
     syms = sympy.symbols("x_1 x_2 x_3", real=True)
-    (formula,) = model.symbolic_formula()
-    (snapped,) = model.symbolic_formula(snap=True)
+    (formula,), _ = model.symbolic_formula()
+    (snapped,), _ = model.symbolic_formula(snap=True)
     pts = np.random.default_rng(123).uniform(-1, 1, (1000, 3))
     out = {"model": model, "formula": formula, "snapped": snapped, "symbols": syms,
            "law": law(*syms), "rmse": formula_rmse(formula, syms, pts),

@@ -28,6 +28,14 @@ def _pyplot():
     return matplotlib, plt
 
 
+def _positive(name, value):
+    import numbers
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def _labels(name, values, n):
     if values is None:
         return None
@@ -37,7 +45,8 @@ def _labels(name, values, n):
 
 
 def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=None, dpi=200,
-         max_panels=48):
+         max_panels=48, folder=None, scale=1.0, tick=False, sample=False, mask=True,
+         metric="backward", varscale=1.0):
     """Draw the network; returns the matplotlib Figure and saves it to ``path`` when given.
 
     beta : opacity of an edge is tanh(beta * score), score from ``attribute``.
@@ -47,6 +56,14 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
     x : data for the curves and the scores (default: the model's data, ``model.cache_data``).
     max_panels : layers with more live edges than this draw the edges as
         plain lines without panels, so large models stay readable.
+
+    pykan's keywords: ``folder`` saves the figure as ``folder/kan.png`` (the
+    folder is made when missing; pykan writes one image per edge there);
+    ``scale`` multiplies the figure size; ``tick`` shows the panels' axis
+    ticks; ``sample`` marks the data points on each curve; ``varscale``
+    multiplies the size of the input and output labels; ``mask=True``
+    (pruned edges are not drawn) is the only behaviour, and ``metric`` is
+    "backward", the scores of ``attribute``.
 
     Nothing in the model changes: the scores are computed for the plot
     (``numkan.prune.scores``) and not kept.
@@ -61,6 +78,22 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
                                                                   range(self.width[-1])]
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a string or None, got {title!r}")
+    scale = _positive("scale", scale)
+    varscale = _positive("varscale", varscale)
+    for name, flag in (("tick", tick), ("sample", sample)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    if mask is not True:
+        raise ValueError(f"mask must be True (pruned edges are never drawn), got {mask!r}")
+    if metric != "backward":
+        raise ValueError(f"metric must be 'backward' (the scores of attribute), got {metric!r}")
+    if folder is not None:
+        import os
+        if path is not None:
+            raise ValueError("pass path or folder, not both")
+        folder = os.fspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "kan.png")
     matplotlib, plt = _pyplot()
 
     xh = model_data(self, x, min_rows=2)
@@ -82,7 +115,7 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
     margin_x, margin_bot, margin_top = 0.45, 0.55, 0.55 + (0.35 if title else 0.0)
     W = 2 * margin_x + n_cols * col_w
     H = margin_bot + margin_top + L * band_h
-    fig = plt.figure(figsize=(W, H), dpi=dpi)
+    fig = plt.figure(figsize=(W * scale, H * scale), dpi=dpi)
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, W)
     ax.set_ylim(0, H)
@@ -126,8 +159,13 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
             left, bottom = to_fig(bx - panel_w / 2, by - panel_h / 2)
             inset = fig.add_axes([left, bottom, panel_w / W, panel_h / H])
             inset.plot(xi, yi, color=color, alpha=alpha, lw=1.3)
-            inset.set_xticks([])
-            inset.set_yticks([])
+            if sample:
+                inset.scatter(xi, yi, s=2, color=color, alpha=alpha, lw=0)
+            if tick:
+                inset.tick_params(labelsize=5, length=2, pad=1)
+            else:
+                inset.set_xticks([])
+                inset.set_yticks([])
             inset.patch.set_alpha(0.0)
             for s in inset.spines.values():
                 s.set_edgecolor(color)
@@ -145,9 +183,9 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
         ax.scatter(node_x[l], np.full(len(node_x[l]), node_y[l]), s=55, color="black", zorder=5,
                    edgecolors="white", linewidths=0.8)
     for xv, lab in zip(node_x[0], in_vars):
-        ax.text(xv, node_y[0] - 0.2, lab, ha="center", va="top", fontsize=11)
+        ax.text(xv, node_y[0] - 0.2, lab, ha="center", va="top", fontsize=11 * varscale)
     for xv, lab in zip(node_x[L], out_vars):
-        ax.text(xv, node_y[L] + 0.2, lab, ha="center", va="bottom", fontsize=11)
+        ax.text(xv, node_y[L] + 0.2, lab, ha="center", va="bottom", fontsize=11 * varscale)
     if title:
         ax.text(W / 2, H - 0.2, title, ha="center", va="top", fontsize=12)
     if path is not None:

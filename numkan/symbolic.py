@@ -585,7 +585,11 @@ _UNSET = object()
 
 def symbolic_formula(self, var=None, floating_digit=None, snap=False, snap_tol=1e-6, x=None, y=None,
                      floating_digits=_UNSET):
-    """One sympy expression per output of the network, built layer by layer.
+    """The network as formulas: ``(formulas, variables)``, as pykan returns them.
+
+    ``formulas`` has one sympy expression per output, built layer by layer;
+    ``variables`` lists the input symbols they are written in (so
+    ``model.symbolic_formula()[0][0]`` is the first output's formula).
 
     Needs every live edge to be symbolic: an edge whose spline is still live
     (mask != 0) raises a ValueError naming it (fix it with ``fix_symbolic`` or
@@ -662,4 +666,4 @@ def symbolic_formula(self, var=None, floating_digit=None, snap=False, snap_tol=1
              for o, e in enumerate(h)]
     if floating_digit is not None:
         h = [round_floats(e, floating_digit) for e in h]
-    return h
+    return h, list(syms)

@@ -55,3 +55,29 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match="pip install matplotlib"):
         model.plot()
+
+
+def test_pykan_flow_and_keywords(tmp_path):
+    """pykan's model(dataset['train_input']); model.plot(folder=...) on a fresh model."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.image import imread
+
+    model = nk.KAN([2, 3, 1], grid=4, seed=1, device="numpy")
+    x = np.random.default_rng(1).uniform(-1, 1, (100, 2))
+    model(x)
+    before = {n: np.array(a) for n, a in model.params.items()}
+    small = model.plot(folder=tmp_path / "figures")
+    path = tmp_path / "figures" / "kan.png"
+    assert path.exists() and imread(str(path)).shape[2] in (3, 4)
+    big = model.plot(scale=2.0, tick=True, sample=True, varscale=1.5, mask=True, metric="backward")
+    assert np.allclose(big.get_size_inches(), 2.0 * small.get_size_inches())
+    for n, a in model.params.items():  # drawing changes nothing
+        np.testing.assert_array_equal(a, before[n])
+    for kw, msg in ((dict(scale=0), "scale must be"), (dict(metric="forward_u"), "metric must be"),
+                    (dict(mask=False), "mask must be True"), (dict(tick="yes"), "tick must be"),
+                    (dict(folder=tmp_path, path=str(path)), "path or folder")):
+        with pytest.raises(ValueError, match=msg):
+            model.plot(**kw)
+    plt.close("all")

@@ -293,7 +293,7 @@ def test_auto_symbolic_finds_the_functions_of_a_known_network():
     fixed = model.auto_symbolic(verbose=0)
     assert sorted(r[3] for r in fixed) == ["exp", "sin", "x^2"]
     assert all(r[4] > 1 - 1e-6 for r in fixed)
-    (f,) = model.symbolic_formula()
+    (f,), _ = model.symbolic_formula()
     x1, x2 = sympy.symbols("x_1 x_2", real=True)
     fn = sympy.lambdify((x1, x2), f, "numpy")
     truth = np.exp(np.sin(np.pi * x[:, 0]) + x[:, 1] ** 2)
@@ -330,9 +330,10 @@ def clipped_samples(model, x):
 def test_formula_matches_model_for_random_symbolic_networks(data):
     model, rng = random_symbolic_model(data.draw, "cpu", all_symbolic=True)
     x = rng.uniform(-1, 1, (50, model.width[0]))
-    formulas = model.symbolic_formula()
+    formulas, variables = model.symbolic_formula()
     assert len(formulas) == model.width[-1]
     syms = sympy.symbols(" ".join(f"x_{i + 1}" for i in range(model.width[0])) + " _", real=True)[:-1]
+    assert variables == list(syms)
     y = model(x)
     exact = ~clipped_samples(model, x)  # deep random compositions can reach exp's argument cap
     assume(exact.sum() >= 10)
@@ -353,7 +354,7 @@ def test_formula_names_rounding_and_errors():
             for o in range(layer.out_dim):
                 model.fix_symbolic(l, i, o, "sin" if l == 0 else "x", fit_params=False)
     model.layers[0].symbolic_affine[0, 0] = [1.23456789, 0.0, 2.0, 0.0]
-    (f,) = model.symbolic_formula(var=["p", "q"], floating_digit=2)
+    (f,), _ = model.symbolic_formula(var=["p", "q"], floating_digit=2)
     assert {s.name for s in f.free_symbols} == {"p", "q"}
     assert sympy.Float(1.23) in f.atoms(sympy.Float)
     with pytest.raises(ValueError, match="var"):
@@ -449,7 +450,7 @@ def test_formula_after_prune_input_names_original_inputs():
     assert list(pruned.input_id) == [0, 2]
     for i in range(2):
         pruned.fix_symbolic(0, i, 0, "x")
-    (f,) = pruned.symbolic_formula()
+    (f,), _ = pruned.symbolic_formula()
     assert {s.name for s in f.free_symbols} == {"x_1", "x_3"}
 
 
@@ -544,15 +545,15 @@ def law_model(a=np.pi, d_out=0.0):
 
 def test_formula_is_full_precision_by_default():
     model, x = law_model(a=1.2345678901234567)
-    (f,) = model.symbolic_formula()
+    (f,), _ = model.symbolic_formula()
     assert 1.2345678901234567 in [float(t) for t in f.atoms(sympy.Float)]   # the float64, every bit
     x1, x2 = sympy.symbols("x_1 x_2", real=True)
     g = sympy.lambdify((x1, x2), f, "numpy")
     np.testing.assert_allclose(g(x[:, 0], x[:, 1]), model(x)[:, 0], rtol=1e-14)
-    (r,) = model.symbolic_formula(floating_digit=3)
+    (r,), _ = model.symbolic_formula(floating_digit=3)
     assert sympy.Float(1.235) in r.atoms(sympy.Float)
     with pytest.warns(DeprecationWarning, match="floating_digit"):
-        (old,) = model.symbolic_formula(floating_digits=3)
+        (old,), _ = model.symbolic_formula(floating_digits=3)
     assert old == r
 
 
@@ -560,34 +561,34 @@ def test_snap_recovers_the_exact_law():
     x1, x2 = sympy.symbols("x_1 x_2", real=True)
     law = sympy.exp(sympy.sin(sympy.pi * x1) + x2 ** 2)
     model, x = law_model(a=np.pi * (1 + 1e-12), d_out=3e-15)   # a converged fit's last digits
-    (raw,) = model.symbolic_formula()
+    (raw,), _ = model.symbolic_formula()
     assert raw.atoms(sympy.Float) and raw != law
-    (f,) = model.symbolic_formula(snap=True)
+    (f,), _ = model.symbolic_formula(snap=True)
     assert f == law and not f.atoms(sympy.Float)
     # also to multiples of pi, simple rationals and e, and a vanishing term to 0
     model.layers[0].symbolic_affine[0, 0, :2] = [np.pi / 2, 0.5]
     model.layers[1].symbolic_affine[0, 0, 3] = np.e
-    (f,) = model.symbolic_formula(snap=True)
+    (f,), _ = model.symbolic_formula(snap=True)
     assert f == sympy.exp(sympy.sin(sympy.pi * x1 / 2 + sympy.Rational(1, 2)) + x2 ** 2) + sympy.E
 
 
 def test_snap_keeps_constants_the_data_tell_apart():
     x1, x2 = sympy.symbols("x_1 x_2", real=True)
     model, x = law_model(a=3.1416)      # 7e-6 from pi: visible at the default tolerance 1e-6
-    (f,) = model.symbolic_formula(snap=True)
+    (f,), _ = model.symbolic_formula(snap=True)
     assert not f.has(sympy.pi) and 3.1416 in [float(t) for t in f.atoms(sympy.Float)]
     assert f == sympy.exp(sympy.sin(sympy.Float(3.1416) * x1) + x2 ** 2)  # the rest did snap
     g = sympy.lambdify((x1, x2), f, "numpy")
     np.testing.assert_allclose(g(x[:, 0], x[:, 1]), model(x)[:, 0], rtol=1e-12)
     # a looser tolerance, or data too noisy to tell 3.1416 from pi, let it snap
-    (loose,) = model.symbolic_formula(snap=True, snap_tol=1e-4)
+    (loose,), _ = model.symbolic_formula(snap=True, snap_tol=1e-4)
     assert loose.has(sympy.pi)
     noisy = model(x) + np.random.default_rng(1).normal(0, 0.01, (x.shape[0], 1))
-    (f_noisy,) = model.symbolic_formula(snap=True, x=x, y=noisy)
+    (f_noisy,), _ = model.symbolic_formula(snap=True, x=x, y=noisy)
     assert f_noisy.has(sympy.pi)
     # far from any simple value: kept
     model, x = law_model(a=3.13)
-    (f,) = model.symbolic_formula(snap=True, snap_tol=1e-3)
+    (f,), _ = model.symbolic_formula(snap=True, snap_tol=1e-3)
     assert 3.13 in [float(t) for t in f.atoms(sympy.Float)]
 
 
