@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - threadpoolctl is a dependency
 
 LBFGS_ITERS_PER_STEP = 20   # pykan: torch.optim.LBFGS(max_iter=20) per step
 LBFGS_HISTORY = 10          # pykan: history_size=10
+ADAM_LR = 1e-3              # Adam's learning rate when fit is given none
 GRID_UPDATE_RTOL = 1e-12    # a grid update may raise the objective by rounding only
 
 
@@ -316,7 +317,7 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------
-def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb_l1=1.0,
+def fit(model, dataset, opt="LBFGS", steps=100, lr=None, batch=-1, lamb=0.0, lamb_l1=1.0,
         lamb_entropy=2.0, lamb_coef=0.0, lamb_coefdiff=0.0, update_grid=True, grid_update_num=10,
         start_grid_update_step=-1, stop_grid_update_step=50, loss_fn=None, log=1, callback=None,
         beta1=0.9, beta2=0.999, eps=1e-8, grid_margin=0.0):
@@ -346,11 +347,11 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
         over from one step to the next: consecutive steps on the same
         objective form one scipy run, restarted only when the objective
         changes (a grid update, or a new minibatch when ``batch > 0``).
-        ``lr`` is not used (the line search picks the step length).
+        ``lr`` is not used (the line search picks the step length; pykan's
+        ``lr=1`` is accepted silently, any other value with a warning).
         "Adam": one step is one Adam update of the whole batch with
-        learning rate ``lr`` and ``beta1``, ``beta2``, ``eps``. pykan's default
-        ``lr=1.0`` is meant for L-BFGS: for Adam pass a learning rate such as
-        1e-3 .. 1e-2.
+        learning rate ``lr`` (default 1e-3: pykan's ``lr=1`` is meant for
+        L-BFGS) and ``beta1``, ``beta2``, ``eps``.
     steps : int
         Number of steps.
     batch : int
@@ -400,9 +401,11 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
 
     Returns
     -------
-    dict of lists, one entry per step: ``train_loss`` and ``test_loss`` (the
-    square root of the loss, i.e. the RMSE for the default loss, on the
-    step's training batch and a test batch of the same size) and ``reg``.
+    dict of lists, one entry per step: ``train_loss`` and ``test_loss``
+    (pykan's names for the square root of the loss: the RMSE for the default
+    loss, on the step's training batch and a test batch of the same size)
+    and ``reg``. With the default loss the same lists are also under the
+    names that say what they are, ``train_rmse`` and ``test_rmse``.
 
     Ctrl-C (KeyboardInterrupt) stops the fit, keeps the parameters of the step
     with the lowest training objective seen so far (all of that one step: the
@@ -452,7 +455,7 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     if opt not in ("LBFGS", "Adam"):
         raise ValueError(f"opt must be 'LBFGS' or 'Adam', got {opt!r}")
     steps = v.check_int("steps", steps, 0)
-    lr = v.check_float("lr", lr, positive=True)
+    lr = None if lr is None else v.check_float("lr", lr, positive=True)
     batch = v.check_int("batch", batch, -1)
     if batch == 0:
         raise ValueError("batch must be -1 (the whole training set) or >= 1, got 0")
@@ -493,9 +496,11 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
                          f"got batch={batch} with {n_train} training samples; pass batch >= 2 "
                          "or update_grid=False")
     _check_model_finite(model)
-    if opt == "LBFGS" and lr != 1.0:
+    if opt == "LBFGS" and lr not in (None, 1.0):
         warnings.warn(f"lr={lr} is ignored by opt='LBFGS': its line search picks the step length",
                       stacklevel=3)
+    if lr is None:
+        lr = ADAM_LR
 
     rng = np.random.default_rng(model.seed)
 
@@ -508,6 +513,8 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=1.0, batch=-1, lamb=0.0, lamb
     take = _Data(model, data).backend
 
     results = {"train_loss": [], "test_loss": [], "reg": []}
+    if loss_fn is None:  # the same lists, under names that say what they hold
+        results["train_rmse"], results["test_rmse"] = results["train_loss"], results["test_loss"]
     progress = _Progress(steps, log)
     kept = _Kept(model)
     start = _Snapshot(model)

@@ -300,3 +300,35 @@ def test_progress_display(capsys, data):
     assert "step 3/3" in err and "steps/s" in err and "reg" in err
     model.fit(data, steps=3, log=0)
     assert capsys.readouterr().err == ""
+
+
+def test_adam_without_lr_uses_its_own_default_and_lbfgs_accepts_pykans_lr(data, monkeypatch):
+    seen = []
+    real = train._fit_adam
+
+    def spy(*args):
+        seen.append(args[-4])  # _fit_adam(..., lr, beta1, beta2, eps)
+        return real(*args)
+
+    model = nk.KAN([2, 1], grid=3, seed=0, device="numpy")
+    monkeypatch.setattr(train, "_fit_adam", spy)
+    model.fit(data, opt="Adam", steps=2, log=0)
+    model.fit(data, opt="Adam", steps=2, lr=0.05, log=0)
+    assert seen == [train.ADAM_LR, 0.05]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(data, steps=1, lr=1.0, log=0)   # pykan's habit: no warning
+        model.fit(data, steps=1, log=0)
+    with pytest.warns(UserWarning, match="lr=0.1 is ignored"):
+        model.fit(data, steps=1, lr=0.1, log=0)
+
+
+def test_history_names_say_rmse(data):
+    model = nk.KAN([2, 1], grid=3, seed=0, device="numpy")
+    res = model.fit(data, steps=3, log=0)
+    assert res["train_rmse"] is res["train_loss"] and res["test_rmse"] is res["test_loss"]
+    x, y = data["train_input"], data["train_label"]
+    assert np.isclose(res["train_rmse"][-1] ** 2, model.loss_and_grad(x, y)[0], rtol=0.5)
+    custom = model.fit(data, steps=2, log=0,
+                       loss_fn=lambda p, t: (float(np.mean(np.abs(p - t))), np.sign(p - t) / p.size))
+    assert "train_rmse" not in custom and len(custom["train_loss"]) == 2
