@@ -29,19 +29,60 @@ def check_float(name, value, minimum=None, positive=False):
     return value
 
 
-def check_width(width):
-    """width: a list of at least two layer sizes, each an integer >= 1."""
+def check_width(width, mult_arity=2):
+    """Node counts and product-node arities from pykan's ``width`` and ``mult_arity``.
+
+    width: a list of at least two node layers, each an integer n >= 1 (n sum
+    nodes) or a pair [n_sum, n_mult] (n_mult multiplication nodes after the
+    sum nodes; n_sum + n_mult >= 1). The inputs have no product nodes.
+    mult_arity: an integer >= 2 (every product node multiplies that many
+    subnodes), or one list per node layer with the arity of each of its
+    product nodes, as in pykan (e.g. [[], [2, 3], []]).
+
+    Returns ``(nodes, arity)``: ``nodes[l]`` the number of nodes of layer l,
+    ``arity[l]`` the list of arities of its product nodes (empty for none).
+    """
     if isinstance(width, (str, bytes)) or not hasattr(width, "__len__"):
-        raise ValueError(f"width must be a list of layer sizes such as [2, 5, 1], got {width!r}")
+        raise ValueError(f"width must be a list of layer sizes such as [2, 5, 1] or [2, [5, 2], 1], "
+                         f"got {width!r}")
     width = list(width)
     if len(width) < 2:
         raise ValueError(f"width must have at least 2 entries (inputs and outputs), got {width!r}")
-    out = []
+    is_int = lambda w: isinstance(w, numbers.Integral) and not isinstance(w, (bool, np.bool_))
+    sums, mults = [], []
     for n, w in enumerate(width):
-        if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Integral) or w < 1:
-            raise ValueError(f"width[{n}] must be an integer >= 1, got {w!r} in width={width!r}")
-        out.append(int(w))
-    return out
+        if is_int(w) and w >= 1:
+            sums.append(int(w))
+            mults.append(0)
+            continue
+        pair = not isinstance(w, (str, bytes)) and hasattr(w, "__len__") and len(w) == 2 and \
+            all(is_int(t) and t >= 0 for t in w) and sum(w) >= 1
+        if not pair:
+            raise ValueError(f"width[{n}] must be an integer >= 1 or a pair [n_sum, n_mult] of integers "
+                             f">= 0 with n_sum + n_mult >= 1, got {w!r} in width={width!r}")
+        sums.append(int(w[0]))
+        mults.append(int(w[1]))
+    if mults[0]:
+        raise ValueError(f"width[0] describes the inputs, which cannot be multiplication nodes; "
+                         f"got {width[0]!r}")
+    if is_int(mult_arity):
+        if mult_arity < 2:
+            raise ValueError(f"mult_arity must be an integer >= 2 or a list of lists of them, "
+                             f"got {mult_arity!r}")
+        arity = [[int(mult_arity)] * m for m in mults]
+    else:
+        want = f"mult_arity must be an integer >= 2, or one list per node layer ({len(width)}) " \
+               f"with one integer >= 2 per multiplication node ({mults})"
+        if isinstance(mult_arity, (str, bytes)) or not hasattr(mult_arity, "__len__") or \
+                len(mult_arity) != len(width):
+            raise ValueError(f"{want}, got {mult_arity!r}")
+        arity = []
+        for m, row in zip(mults, mult_arity):
+            if isinstance(row, (str, bytes)) or not hasattr(row, "__len__") or len(row) != m or \
+                    not all(is_int(t) and t >= 2 for t in row):
+                raise ValueError(f"{want}, got {mult_arity!r}")
+            arity.append([int(t) for t in row])
+    return [s + m for s, m in zip(sums, mults)], arity
 
 
 def check_dtype(dtype):

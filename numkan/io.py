@@ -4,7 +4,8 @@ File layout (format version 1):
 
     header                 0-d unicode array holding the JSON header below
     layers.{l}.grid        (I, G+2k+1)   knots, ``layer.knots`` (as ``_validate.check_knots`` requires)
-    layers.{l}.coef        (I, G+k, O)
+    layers.{l}.coef        (I, G+k, O)   O = the layer's edge outputs (its nodes, or more
+                                         with multiplication nodes: their subnodes)
     layers.{l}.scale_base  (I, O)
     layers.{l}.scale_sp    (I, O)
     layers.{l}.mask        (I, O)        0 or 1
@@ -15,6 +16,7 @@ File layout (format version 1):
               "width": [...], "grid": G, "k": k, "seed": s, "grid_range": [lo, hi],
               "base_fun": "...", "grid_eps": e, "dtype": "float64",
               "sp_trainable": true, "sb_trainable": true,
+              "mult_arity": [[], [2, 2], []],      (version 2, only with multiplication nodes)
               "sections": {"<name>": <JSON metadata of that section>}}
 
 Arrays are stored in the model's dtype, exactly, so a loaded model gives
@@ -59,7 +61,7 @@ from .functions import SYMBOLIC_LIB
 from .kernels import get_backend
 
 FORMAT = "numkan.KAN"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds "mult_arity"; a model without product nodes is written as version 1
 # file key -> layer attribute
 LAYER_ARRAYS = {"grid": "knots", "coef": "coef", "scale_base": "scale_base", "scale_sp": "scale_sp",
                 "mask": "mask"}
@@ -72,13 +74,15 @@ _SLACK_BYTES = 1 << 20
 _HEADER_KEYS = ("width", "grid", "k", "seed", "grid_range", "base_fun", "grid_eps", "dtype",
                 "sp_trainable", "sb_trainable")
 def _header(model):
-    return {"format": FORMAT, "version": FORMAT_VERSION, "numkan": __version__,
+    mult = any(model.mult_arity)
+    extra = {"mult_arity": [list(map(int, a)) for a in model.mult_arity]} if mult else {}
+    return {"format": FORMAT, "version": FORMAT_VERSION if mult else 1, "numkan": __version__,
             "width": list(model.width), "grid": int(model.grid), "k": int(model.k),
             "seed": int(model.seed), "grid_range": [float(g) for g in model.grid_range],
             "base_fun": model.base_fun, "grid_eps": float(model.grid_eps),
             "dtype": np.dtype(model.dtype).name,
             "sp_trainable": bool(model.sp_trainable), "sb_trainable": bool(model.sb_trainable),
-            "sections": {}}
+            "sections": {}, **extra}
 
 
 # ---------------------------------------------------------------------------
@@ -373,6 +377,15 @@ def _check_header(path, header):
     if not (isinstance(h["width"], list) and len(h["width"]) >= 2
             and all(_is_int(w) and w >= 1 for w in h["width"])):
         problems.append(f"width {h['width']!r:.80} (expected a list of at least 2 integers >= 1)")
+    arity = header.get("mult_arity")
+    h["mult_arity"] = arity
+    if not problems and arity is not None:
+        rows_ok = isinstance(arity, list) and len(arity) == len(h["width"]) and all(
+            isinstance(a, list) and len(a) <= w and all(_is_int(t) and t >= 2 for t in a)
+            for a, w in zip(arity, h["width"]))
+        if not rows_ok or arity[0]:
+            problems.append(f"mult_arity {arity!r:.80} (expected one list of integers >= 2 per node "
+                            "layer, none for the inputs, at most one per node)")
     for key, lo in (("grid", 1), ("k", 1), ("seed", 0)):
         if not (_is_int(h[key]) and h[key] >= lo):
             problems.append(f"{key} {h[key]!r:.80} (expected an integer >= {lo})")
@@ -401,10 +414,12 @@ def _check_header(path, header):
     return h, sections
 
 
-def _expected_shapes(width, G, k):
-    """{key: shape} of every layer array a model of this width, grid and order holds."""
+def _expected_shapes(width, G, k, arity):
+    """{key: shape} of every layer array a model of this width, grid, order and
+    product nodes (``arity`` per node layer) holds."""
     shapes = {}
-    for l, (I, O) in enumerate(zip(width[:-1], width[1:])):
+    outs = [w - len(a) + sum(a) for w, a in zip(width, arity)]
+    for l, (I, O) in enumerate(zip(width[:-1], outs[1:])):
         shapes.update({f"layers.{l}.grid": (I, G + 2 * k + 1), f"layers.{l}.coef": (I, G + k, O),
                        f"layers.{l}.scale_base": (I, O), f"layers.{l}.scale_sp": (I, O),
                        f"layers.{l}.mask": (I, O)})
@@ -435,7 +450,8 @@ def load(cls, path, device="cpu"):
     h, sections = _check_header(path, header)
     dtype = v.check_dtype(h["dtype"])
     width = h["width"]
-    shapes = _expected_shapes(width, h["grid"], h["k"])
+    arity = h["mult_arity"] or [[] for _ in width]
+    shapes = _expected_shapes(width, h["grid"], h["k"], arity)
     section_keys = {s: _section_keys(arrays, s) for s in sections}
     # the header's sizes must match arrays the file really holds before a model of that size is built
     for key, shape in shapes.items():
@@ -459,9 +475,11 @@ def load(cls, path, device="cpu"):
     if extra:
         raise ValueError(f"{path}: unexpected arrays {extra[:5]} (does the header match the arrays?)")
     try:
-        model = cls(width, grid=h["grid"], k=h["k"], seed=h["seed"], grid_range=h["grid_range"],
+        spec = [w if not a else [w - len(a), len(a)] for w, a in zip(width, arity)]
+        model = cls(spec, grid=h["grid"], k=h["k"], seed=h["seed"], grid_range=h["grid_range"],
                     base_fun=h["base_fun"], grid_eps=h["grid_eps"], dtype=dtype, device=device,
-                    sp_trainable=h["sp_trainable"], sb_trainable=h["sb_trainable"])
+                    sp_trainable=h["sp_trainable"], sb_trainable=h["sb_trainable"],
+                    mult_arity=arity)
     except ValueError as exc:
         raise ValueError(f"{path}: the header describes no valid model: {exc}") from None
     state = [{n: arrays[f"layers.{l}.{key}"] for key, n in LAYER_ARRAYS.items()}

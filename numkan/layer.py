@@ -22,6 +22,18 @@ so that every edge is
 
     phi[i,o](x) = mask[i,o] * (scale_base[i,o] b(x) + scale_sp[i,o] spline[i,o](x))
                   + symbolic_mask[i,o] * (c f(a x + b) + d)
+
+Multiplication nodes (pykan's MultKAN). The O edge outputs ("subnodes")
+are summed as above; a layer whose next node layer has product nodes then
+multiplies groups of them: the first ``n_sum`` subnodes are sum nodes as
+they are, and product node j multiplies the next ``mult_arity[j]``:
+
+    z[b, n] = prod_{s in group n} y[b, s]     groups: [offsets[n], offsets[n+1])
+    dy[b, s] = dz[b, n] * prod_{t in group n, t != s} y[b, t]
+
+(``group_product_forward``/``_backward`` of the backend; no division, so a
+factor that is 0 still gets its gradient). ``n_nodes = n_sum + len(mult_arity)``
+is the layer's output width; without product nodes z = y.
 """
 import copy
 
@@ -48,7 +60,11 @@ class KANLayer:
 
     def __init__(self, in_dim, out_dim, grid, k, backend, dtype, rng, grid_range=(-1.0, 1.0),
                  base_fun="silu", noise_scale=0.3, scale_base_mu=0.0, scale_base_sigma=1.0,
-                 grid_eps=0.02):
+                 grid_eps=0.02, mult_arity=()):
+        # out_dim counts the output nodes; with product nodes the edges end in more subnodes
+        self.mult_arity = [int(a) for a in mult_arity]
+        self.n_nodes = out_dim
+        out_dim = out_dim - len(self.mult_arity) + sum(self.mult_arity)
         self.in_dim, self.out_dim, self.grid, self.k = in_dim, out_dim, grid, k
         self.base_fun, self.grid_eps, self.grid_range = base_fun, grid_eps, tuple(grid_range)
         self.backend, self.dtype = backend, np.dtype(dtype)
@@ -81,10 +97,48 @@ class KANLayer:
         self.symbolic_mask = np.zeros((I, O))
         self.symbolic_names = [["0"] * O for _ in range(I)]
         self._x = None
+        self._y = None  # the subnodes of the last kept forward, when there are product nodes
+
+    # -- product nodes ------------------------------------------------------------
+    @property
+    def n_sum(self):
+        """Number of sum nodes (the first outputs)."""
+        return self.n_nodes - len(self.mult_arity)
+
+    @property
+    def offsets(self):
+        """(n_nodes + 1,) int64: output node n multiplies subnodes offsets[n] .. offsets[n+1] - 1."""
+        return np.concatenate([np.arange(self.n_sum + 1),
+                               self.n_sum + np.cumsum(self.mult_arity, dtype=np.int64)]).astype(np.int64)
+
+    @property
+    def node_of(self):
+        """(out_dim,) int64: the output node each subnode (edge output) feeds."""
+        return np.repeat(np.arange(self.n_nodes), np.diff(self.offsets))
+
+    def subnode_ids(self, nodes):
+        """The subnodes (edge outputs) that feed the output nodes ``nodes``, in order."""
+        off = self.offsets
+        return np.concatenate([np.arange(off[n], off[n + 1]) for n in nodes] +
+                              [np.zeros(0, np.int64)]).astype(np.int64)
+
+    def _products(self, y):
+        z = self.backend.zeros((y.shape[0], self.n_nodes), self.dtype)
+        self.backend.group_product_forward(z, y, self.backend.asarray(self.offsets, np.int64))
+        return z
 
     # -- the pass -------------------------------------------------------------
     def forward(self, x, keep=True):
-        """y (B, O) from x (B, I), both backend arrays; keeps x for backward when ``keep``."""
+        """Outputs (B, n_nodes) from x (B, I), both backend arrays; keeps x for backward
+        when ``keep``."""
+        y = self.subnodes(x)
+        if keep:
+            self._x = x
+            self._y = y if self.mult_arity else None
+        return self._products(y) if self.mult_arity else y
+
+    def subnodes(self, x):
+        """The edge sums y (B, O) before any product node (the outputs when there are none)."""
         if tuple(x.shape[1:]) != (self.in_dim,) or x.dtype != self.dtype:
             raise ValueError(f"x must have shape (batch, {self.in_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(x.shape)} and dtype {x.dtype}")
@@ -93,15 +147,22 @@ class KANLayer:
                                     self.mask, self.k, self.base_fun)
         if self.has_symbolic:  # evaluated on the host, only when some edge is symbolic
             y = self._branch_forward(x, y)
-        if keep:
-            self._x = x
         return y
 
-    def backward(self, dy):
-        """dx (B, I) from dy (B, O); adds this layer's parameter gradients into d*."""
+    def backward(self, dz):
+        """dx (B, I) from dz (B, n_nodes); adds this layer's parameter gradients into d*."""
         if self._x is None:
             raise RuntimeError("backward() needs a forward() first")
         x = self._x
+        if not self.mult_arity:
+            dy = dz
+        else:
+            if tuple(dz.shape) != (x.shape[0], self.n_nodes) or dz.dtype != self.dtype:
+                raise ValueError(f"dy must have shape ({x.shape[0]}, {self.n_nodes}) and dtype "
+                                 f"{self.dtype}, got shape {tuple(dz.shape)} and dtype {dz.dtype}")
+            dy = self.backend.zeros(self._y.shape, self.dtype)
+            self.backend.group_product_backward(dy, dz, self._y,
+                                                self.backend.asarray(self.offsets, np.int64))
         if tuple(dy.shape) != (x.shape[0], self.out_dim) or dy.dtype != self.dtype:
             raise ValueError(f"dy must have shape ({x.shape[0]}, {self.out_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(dy.shape)} and dtype {dy.dtype}")
@@ -195,7 +256,7 @@ class KANLayer:
         the grid or dropping nodes gives a layer of another shape. Gradients
         are new zeros and no input is kept. This layer is not changed.
         """
-        unknown = sorted(set(state) - set(EDGE_ARRAYS) - {"symbolic_mask", "symbolic_names"})
+        unknown = sorted(set(state) - set(EDGE_ARRAYS) - {"symbolic_mask", "symbolic_names", "mult_arity"})
         if unknown:
             raise TypeError(f"derive() got unknown layer state {unknown}; expected names from "
                             f"{EDGE_ARRAYS + ('symbolic_mask', 'symbolic_names')}")
@@ -208,20 +269,28 @@ class KANLayer:
         new.symbolic_names = [list(row) for row in state.get("symbolic_names", self.symbolic_names)]
         new.in_dim, K, new.out_dim = new.coef.shape
         new.grid = K - new.k
+        new.mult_arity = [int(a) for a in state.get("mult_arity", self.mult_arity)]
+        new.n_nodes = new.out_dim - sum(new.mult_arity) + len(new.mult_arity)
+        new._y = None
         for n in PARAM_NAMES + ("symbolic_affine",):
             setattr(new, "d" + n, be.zeros(getattr(new, n).shape, dt))
         new._x = None
         return new
 
-    def subset(self, ins, outs):
-        """A new layer holding the edges ``ins`` x ``outs`` (index arrays) of this one."""
+    def subset(self, ins, nodes):
+        """A new layer holding the inputs ``ins`` and the output nodes ``nodes`` (index
+        arrays) of this one, with the edges between them (a product node keeps all
+        of its subnodes)."""
+        outs = self.subnode_ids(nodes)
+        arity = [self.mult_arity[n - self.n_sum] for n in nodes if n >= self.n_sum]
         host = lambda n: np.asarray(self.backend.to_host(getattr(self, n)))
         ix = np.ix_(ins, outs)
         return self.derive(knots=host("knots")[ins], coef=host("coef")[ins][:, :, outs],
                            scale_base=host("scale_base")[ix], scale_sp=host("scale_sp")[ix],
                            mask=host("mask")[ix], symbolic_affine=host("symbolic_affine")[ix],
                            symbolic_mask=self.symbolic_mask[ix],
-                           symbolic_names=[[self.symbolic_names[i][o] for o in outs] for i in ins])
+                           symbolic_names=[[self.symbolic_names[i][o] for o in outs] for i in ins],
+                           mult_arity=arity)
 
     # -- devices and parameters ---------------------------------------------------
     def to(self, backend):
@@ -239,7 +308,7 @@ class KANLayer:
     def _install(self, backend, arrays):
         for n, a in arrays.items():
             setattr(self, n, a)
-        self.backend, self._x = backend, None
+        self.backend, self._x, self._y = backend, None, None
         return self
 
     def param_names(self):
@@ -252,5 +321,6 @@ class KANLayer:
         self.backend.fill(self.dsymbolic_affine, 0)
 
     def __repr__(self):
-        return (f"KANLayer(in_dim={self.in_dim}, out_dim={self.out_dim}, grid={self.grid}, "
+        mult = f", mult_arity={self.mult_arity}" if self.mult_arity else ""
+        return (f"KANLayer(in_dim={self.in_dim}, out_dim={self.out_dim}{mult}, grid={self.grid}, "
                 f"k={self.k}, base_fun={self.base_fun!r}, dtype={self.dtype.name})")

@@ -25,8 +25,15 @@ class KAN:
 
     Parameters
     ----------
-    width : list of int
+    width : list
         Layer sizes, e.g. ``[2, 5, 1]``: 2 inputs, a hidden layer of 5 nodes, 1 output.
+        As in pykan, an entry may be a pair ``[n_sum, n_mult]``: n_sum sum nodes
+        followed by n_mult multiplication nodes (``[2, [5, 3], 1]``). ``model.width``
+        then holds the node counts (``[2, 8, 1]``) and ``model.mult_arity`` the
+        arities, one list per node layer.
+    mult_arity : int or list of lists
+        How many subnodes each multiplication node multiplies: one integer >= 2
+        for all, or one list per node layer (pykan's ``[[], [2, 3], []]``).
     grid : int
         Number of grid intervals G inside ``grid_range`` (>= 1).
     k : int
@@ -86,8 +93,9 @@ class KAN:
 
     def __init__(self, width, grid=5, k=3, seed=0, grid_range=(-1, 1), base_fun="silu",
                  noise_scale=0.3, scale_base_mu=0.0, scale_base_sigma=1.0, grid_eps=0.02,
-                 dtype=np.float64, device="cpu", sp_trainable=True, sb_trainable=True):
-        self.width = v.check_width(width)
+                 dtype=np.float64, device="cpu", sp_trainable=True, sb_trainable=True,
+                 mult_arity=2):
+        self.width, self.mult_arity = v.check_width(width, mult_arity)
         self.grid = v.check_int("grid", grid, 1)
         self.k = v.check_int("k", k, 1)
         self.seed = v.check_int("seed", seed, 0)
@@ -112,7 +120,8 @@ class KAN:
             KANLayer(self.width[l], self.width[l + 1], self.grid, self.k, self.backend, self.dtype,
                      rng, grid_range=self.grid_range, base_fun=self.base_fun,
                      noise_scale=noise_scale, scale_base_mu=scale_base_mu,
-                     scale_base_sigma=scale_base_sigma, grid_eps=self.grid_eps)
+                     scale_base_sigma=scale_base_sigma, grid_eps=self.grid_eps,
+                     mult_arity=self.mult_arity[l + 1])
             for l in range(len(self.width) - 1)
         ]
         self.node_scores = None
@@ -127,7 +136,8 @@ class KAN:
         and ``load`` make models. Width and grid follow the layers; no scores."""
         new = copy.copy(self)
         new.layers = list(layers)
-        new.width = [new.layers[0].in_dim] + [L.out_dim for L in new.layers]
+        new.width = [new.layers[0].in_dim] + [L.n_nodes for L in new.layers]
+        new.mult_arity = [[]] + [list(L.mult_arity) for L in new.layers]
         new.grid = new.layers[0].grid
         new.node_scores = new.edge_scores = None
         new.input_id = None if input_id is None else np.array(input_id, dtype=np.int64)
@@ -195,6 +205,11 @@ class KAN:
         state.pop("checkpoints")
         self.__dict__.update(state)
         return self
+
+    @property
+    def width_spec(self):
+        """``width`` as pykan writes it: [n_sum, n_mult] pairs where a layer has product nodes."""
+        return [w if not a else [w - len(a), len(a)] for w, a in zip(self.width, self.mult_arity)]
 
     # -- parameters -------------------------------------------------------------
     @property
@@ -386,5 +401,6 @@ class KAN:
     load = classmethod(_io.load)
 
     def __repr__(self):
-        return (f"KAN(width={self.width}, grid={self.grid}, k={self.k}, base_fun={self.base_fun!r}, "
+        mult = f", mult_arity={self.mult_arity}" if any(self.mult_arity) else ""
+        return (f"KAN(width={self.width_spec}{mult}, grid={self.grid}, k={self.k}, base_fun={self.base_fun!r}, "
                 f"dtype={self.dtype.name}, device={self.device!r})")

@@ -133,6 +133,7 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
     for l, layer in enumerate(self.layers):
         score = edge_scores[l]
         y0, y1 = node_y[l] + node_r, node_y[l + 1] - node_r
+        into = layer.node_of  # the node each edge output feeds (a product node takes several)
         edges = live[l]
         xl = xs[l]
         host = host_params(layer)
@@ -145,12 +146,12 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
             alpha = float(np.tanh(beta * score[i, o])) if beta > 0 else 1.0
             alpha = max(alpha, 0.04)
             if not panels[l]:
-                ax.plot([node_x[l][i], node_x[l + 1][o]], [y0, y1], color=color, alpha=alpha, lw=0.8)
+                ax.plot([node_x[l][i], node_x[l + 1][into[o]]], [y0, y1], color=color, alpha=alpha, lw=0.8)
                 continue
             bx, by = px[n], py
             ax.plot([node_x[l][i], bx], [y0, by - panel_h / 2], color=color, alpha=alpha, lw=0.9,
                     solid_capstyle="round")
-            ax.plot([bx, node_x[l + 1][o]], [by + panel_h / 2, y1], color=color, alpha=alpha, lw=0.9,
+            ax.plot([bx, node_x[l + 1][into[o]]], [by + panel_h / 2, y1], color=color, alpha=alpha, lw=0.9,
                     solid_capstyle="round")
             # the edge's function over its input range
             order = np.argsort(xl[:, i], kind="stable")
@@ -180,8 +181,13 @@ def plot(self, path=None, beta=3, in_vars=None, out_vars=None, title=None, x=Non
                            bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8))
 
     for l in range(L + 1):
-        ax.scatter(node_x[l], np.full(len(node_x[l]), node_y[l]), s=55, color="black", zorder=5,
-                   edgecolors="white", linewidths=0.8)
+        prods = range(self.width[l] - len(self.mult_arity[l]), self.width[l])
+        for n in prods:  # multiplication nodes: a white disc with a cross
+            ax.text(node_x[l][n], node_y[l], "×", ha="center", va="center", fontsize=9, zorder=6)
+        ax.scatter(node_x[l], np.full(len(node_x[l]), node_y[l]), s=55, zorder=5,
+                   color=["white" if n in prods else "black" for n in range(self.width[l])],
+                   edgecolors=["black" if n in prods else "white" for n in range(self.width[l])],
+                   linewidths=0.8)
     for xv, lab in zip(node_x[0], in_vars):
         ax.text(xv, node_y[0] - 0.2, lab, ha="center", va="top", fontsize=11 * varscale)
     for xv, lab in zip(node_x[L], out_vars):

@@ -17,6 +17,11 @@ over k (``KAN.attribute`` keeps them on the model, as pykan does;
 here are (I, O), the orientation of ``mask`` (pykan's ``edge_scores`` are
 (O, I)).
 
+Multiplication nodes (pykan's rule): a product node's score S[k, n] goes to
+each subnode s it multiplies, and the edges into s use the subnode's std
+N[s] (its value before the product) in place of the node's. Edge arrays
+are (I, O) over subnodes; node scores are per node.
+
 What changes the model and what copies it (pykan mixes the two; numkan does not):
 
     prune_edge                          in place: masks edges, returns None
@@ -88,8 +93,14 @@ def scores(model, xh):
     S = np.eye(model.width[-1])
     node_all, edge_all, means = [S], [], [None] * L
     for l in range(L - 1, -1, -1):
-        means[l], E = _edge_stats(model.layers[l], xs[l])         # (I, O) each
-        N = np.std(xs[l + 1], axis=0, ddof=1)                      # (O,)
+        layer = model.layers[l]
+        means[l], E = _edge_stats(layer, xs[l])                    # (I, O) each
+        if layer.mult_arity:  # a product node's score flows to each of its subnodes
+            S = S[:, layer.node_of]
+            sub = layer.backend.to_host(layer.subnodes(layer.backend.asarray(xs[l], layer.dtype)))
+            N = np.std(np.asarray(sub, dtype=np.float64), axis=0, ddof=1)
+        else:
+            N = np.std(xs[l + 1], axis=0, ddof=1)                  # (O,)
         e = E[None, :, :] * (S / (N + _EPS))[:, None, :]           # (n_out, I, O)
         S = e.sum(axis=2)                                          # (n_out, I)
         edge_all.append(e)
@@ -189,7 +200,7 @@ def _subset(model, keep, data, keep_mean, means=None, input_id=None):
             drop[gone] = True
             live = (np.asarray(layer.backend.to_host(layer.mask)) != 0) | (layer.symbolic_mask != 0)
             m = _edge_stats(layer, xs[l])[0] if means is None else means[l]
-            M = _dropped_sum(m, drop & live)[keep[l + 1]]
+            M = _dropped_sum(m, drop & live)[layer.subnode_ids(keep[l + 1])]
             _absorb(layers[l], M)
     return model._with_layers(layers, input_id=input_id,
                               cache_data=data if keep[0].size == model.width[0] else data[:, keep[0]])

@@ -594,7 +594,8 @@ def symbolic_formula(self, var=None, floating_digit=None, snap=False, snap_tol=1
     Needs every live edge to be symbolic: an edge whose spline is still live
     (mask != 0) raises a ValueError naming it (fix it with ``fix_symbolic`` or
     ``auto_symbolic``, or prune it). Pruned edges contribute nothing; a
-    symbolic edge contributes ``symbolic_mask * (c * f(a*x + b) + d)``.
+    symbolic edge contributes ``symbolic_mask * (c * f(a*x + b) + d)``, and a
+    multiplication node is the product of its subnodes' sums.
     Variables are ``x_1 .. x_n`` (numbered by original input after
     ``prune_input``) or the names/symbols in ``var``.
 
@@ -660,6 +661,9 @@ def symbolic_formula(self, var=None, floating_digit=None, snap=False, snap_tol=1
                 term = c * SYMBOLIC_LIB[layer.symbolic_names[i][o]].sympy(a * h[i] + b) + d
                 acc += term if m == 1 else sympy.Float(m) * term
             nxt.append(acc)
+        if layer.mult_arity:  # product nodes: their subnodes' formulas multiplied
+            off = layer.offsets
+            nxt = [sympy.Mul(*nxt[off[n]:off[n + 1]]) for n in range(layer.n_nodes)]
         h = nxt
     if snap:
         h = [snap_constants(e, syms, xd, None if y is None else y[:, o], snap_tol)

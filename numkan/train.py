@@ -124,14 +124,14 @@ class _Kept:
                 saved[n] = be.zeros(a.shape, a.dtype)
                 be.copy_into(saved[n], a)
             self.grads.append(saved)
-        self.inputs = [L._x for L in model.layers]
+        self.inputs = [(L._x, L._y) for L in model.layers]
 
     def restore(self, model):
         be = model.backend
-        for L, saved, x in zip(model.layers, self.grads, self.inputs):
+        for L, saved, (x, y) in zip(model.layers, self.grads, self.inputs):
             for n, a in saved.items():
                 be.copy_into(getattr(L, n), a)
-            L._x = x
+            L._x, L._y = x, y
 
 
 class _Flat:
