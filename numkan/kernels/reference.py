@@ -1,22 +1,37 @@
-"""Pure-NumPy reference kernels: the readable definition of a numkan layer.
+"""Pure-NumPy reference kernels: the definition of a numkan layer, then its local form.
 
-Every fast backend (``cpu.py``, ``cuda.py``) has the same functions with the
-same signatures and is tested against this module on the same inputs. The maths
-is KAN_MATH's, written for a student to follow:
+Every fast backend (``cpu.py``, ``cuda.py``) has the functions of part 2 with the
+same signatures and is tested against them on the same inputs. The maths is
+KAN_MATH's, written for a student to follow:
 
-    s[i,o](x)   = sum_m coef[i,m,o] * B[m,k](x)        (only k+1 terms are non-zero)
+    s[i,o](x)   = sum_m coef[i,m,o] * B[m,k](x)
     phi[i,o](x) = mask[i,o] * (scale_base[i,o] * b(x) + scale_sp[i,o] * s[i,o](x))
     y[b,o]      = sum_i phi[i,o](x[b,i])
 
-Shapes: x (B, I), y (B, O), grid (I, G+2k+1), coef (I, K, O) with K = G + k,
-scale_base, scale_sp, mask (I, O). Nothing here builds a (B, I, O) or a
-(B, I, K) array: the local bases are (B, I, k+1) and the contraction walks one
-input at a time with (B, O) temporaries.
+Shapes: x (B, I), y (B, O), knots (I, G+2k+1), coef (I, K, O) with K = G + k,
+scale_base, scale_sp, mask (I, O).
 
-Non-finite values. The public API accepts only finite inputs and knots, but a
-NaN or inf can still reach a layer (a hidden value that overflows, a
-diverging fit, a NaN written into a live parameter array). Every backend then
-gives what this module gives, and never turns the value into an index:
+The module reads top to bottom:
+
+1. The definition (``dense_basis``, ``dense_basis_deriv``, ``base_value``,
+   ``base_deriv``, ``dense_forward``, ``dense_backward``): every basis by the
+   Cox-de Boor recursion, and the layer as a plain sum over all of them. These
+   build (B, I, K) and (B, I, O) arrays on purpose: they are the maths written
+   as directly as NumPy allows, not a fast path, and no layer calls them.
+2. The local-support form (``find_span``, ``local_basis``, ``spline_forward``,
+   ``spline_backward``): at each x only the k+1 bases of its knot span can be
+   non-zero, so the bases are a (B, I, k+1) triangle and the contraction walks
+   one input at a time with (B, O) temporaries. This is what the layers run
+   (it is the backend without Numba) and what the fast kernels are checked
+   against; ``tests/test_reference.py`` checks it against part 1.
+3. Training ops (``mse_loss_grad``, ``adam_step``, ``edge_moments_forward``,
+   ``edge_moments_backward``), in the local form.
+
+Non-finite values (the local form, which every backend follows). The public
+API accepts only finite inputs and knots, but a NaN or inf can still reach a
+layer (a hidden value that overflows, a diverging fit, a NaN written into a
+live parameter array). Every backend then gives what this module's local form
+gives, and never turns the value into an index:
 
 - a NaN or +-inf x lies in no knot span (``x >= t[0]`` and ``x < t[-1]`` are
   false for NaN, and +-inf is beyond every finite knot), so like any x outside
@@ -38,26 +53,84 @@ its term. Non-finite parameters give NaN or inf wherever they are used, but
 the backends need not agree on exactly which outputs they reach (the cpu
 backend, for one, forms dscale_sp as sum_m coef * dcoef, which sees every
 coefficient). Knots that ``_validate.check_knots`` rejects (only a write into
-a live grid array can bring them here) give unspecified values. Neither ever
-crashes a kernel or makes it index outside an array.
+a live knot array can bring them here) give unspecified values. Neither ever
+crashes a kernel or makes it index outside an array. The dense definition of
+part 1 is meant for finite x of ordinary size (there x - t cannot overflow).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ._host import all_finite, asarray, copy_into, fill, to_host, zeros  # noqa: F401  (storage)
-from ._scalar import BASE_CODES
 
 name = "numpy"
 
 
+# ===========================================================================
+# 1. The definition: all K bases, and the layer as a sum over them
 # ---------------------------------------------------------------------------
-# base function b(x)
+# B-spline bases by the Cox-de Boor recursion
+def dense_basis(x, knots, k):
+    """B (B, I, n-1-k): every B-spline basis B[m,k](x[b,i]) on input i's own knots t = knots[i].
+
+    With n = G + 2k + 1 knots there are n-1-k = G + k = K bases. Order 0 is the
+    indicator of the half-open span [t[m], t[m+1]), and each order mixes two
+    bases of the order below:
+
+        B[m,0](x) = 1 if t[m] <= x < t[m+1] else 0
+        B[m,p](x) = (x - t[m]) / (t[m+p] - t[m]) * B[m,p-1](x)
+                  + (t[m+p+1] - x) / (t[m+p+1] - t[m+1]) * B[m+1,p-1](x)
+
+    where a term with a zero denominator (repeated knots) counts as 0. Because
+    the spans are half-open, x = t[n-1], the right end of the knots, lies in no
+    span and all its bases are 0, as is every x outside [t[0], t[n-1]). The
+    local form (``find_span``) uses the same convention.
+    """
+    xb = x[:, :, None]                                   # (B, I, 1)
+    n = knots.shape[1]
+    basis = ((_t(knots, 0, n - 1) <= xb) & (xb < _t(knots, 1, n - 1))).astype(x.dtype)
+    for p in range(1, k + 1):
+        M = n - 1 - p                                    # bases of order p: m = 0 .. M-1
+        t_m, t_m1, t_mp, t_mp1 = (_t(knots, shift, M) for shift in (0, 1, p, p + 1))
+        basis = (_ratio(xb - t_m, t_mp - t_m) * basis[..., :-1]
+                 + _ratio(t_mp1 - xb, t_mp1 - t_m1) * basis[..., 1:])
+    return basis
+
+
+def dense_basis_deriv(x, knots, k):
+    """dB (B, I, n-1-k): d/dx B[m,k](x[b,i]), from the order k-1 bases:
+
+        B'[m,k](x) = k / (t[m+k] - t[m]) * B[m,k-1](x) - k / (t[m+k+1] - t[m+1]) * B[m+1,k-1](x)
+
+    (a zero denominator again makes its term 0). At a knot this is the
+    derivative from the right, the one the half-open spans give.
+    """
+    below = dense_basis(x, knots, k - 1)                 # (B, I, n-k)
+    M = knots.shape[1] - 1 - k
+    t_m, t_m1, t_mk, t_mk1 = (_t(knots, shift, M) for shift in (0, 1, k, k + 1))
+    return _ratio(k, t_mk - t_m) * below[..., :-1] - _ratio(k, t_mk1 - t_m1) * below[..., 1:]
+
+
+def _t(knots, shift, count):
+    """t[m + shift] for m = 0 .. count-1, every input's own knots: (1, I, count)."""
+    return knots[None, :, shift:shift + count]
+
+
+def _ratio(num, den):
+    """num / den, and 0 where den == 0: the "a zero denominator counts as 0" rule.
+
+    Knots never decrease, so den >= 0 and den > 0 tells the two cases apart.
+    """
+    safe = np.where(den > 0, den, 1)
+    return np.where(den > 0, num / safe, 0)
+
+
+# ---------------------------------------------------------------------------
+# the base function b(x) and its derivative
 def base_value(x, base_fun):
     """b(x) elementwise: silu(x) = x * sigmoid(x), identity, or zero."""
     if base_fun == "silu":
-        # sigmoid without overflow: exp of a non-positive number only
-        e = np.exp(-np.abs(x))
-        sig = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
-        return x * sig
+        return x * _sigmoid(x)
     if base_fun == "identity":
         return x.copy()
     return 0 * x  # 0, but NaN at a non-finite x (see the module docstring)
@@ -66,66 +139,122 @@ def base_value(x, base_fun):
 def base_deriv(x, base_fun):
     """b'(x) elementwise: sigmoid(x) * (1 + x * (1 - sigmoid(x))), 1, or 0."""
     if base_fun == "silu":
-        e = np.exp(-np.abs(x))
-        sig = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
+        sig = _sigmoid(x)
         return sig * (1 + x * (1 - sig))
     if base_fun == "identity":
         return 1 + 0 * x  # NaN at a non-finite x, as b'(x) of silu
     return 0 * x
 
 
+def _sigmoid(x):
+    # without overflow: exp of a non-positive number only
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
+
+
 # ---------------------------------------------------------------------------
-# B-spline bases on their local support
-def find_span(x, grid):
-    """span (B, I) int: j with grid[i, j] <= x[b, i] < grid[i, j+1], or -1 outside.
+# the layer as a sum over every basis
+def dense_forward(x, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """y (B, O) = sum_i mask * (scale_base * b(x) + scale_sp * sum_m coef * B[m,k](x)), a new array.
+
+    x (B, I), knots (I, G+2k+1), coef (I, K, O), scale_base/scale_sp/mask (I, O).
+    """
+    basis = dense_basis(x, knots, k)                                  # (B, I, K)
+    spline = np.einsum("bim,imo->bio", basis, coef)                   # s[i,o](x[b,i])  (B, I, O)
+    phi = mask * (scale_base * base_value(x, base_fun)[:, :, None] + scale_sp * spline)
+    return phi.sum(axis=1)
+
+
+def dense_backward(dy, x, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """(dx, dcoef, dscale_base, dscale_sp): the gradients of sum(dy * dense_forward(...)), new arrays.
+
+    With g[b,i,o] = dy[b,o] * mask[i,o], the gradient reaching edge (i, o)'s bracket:
+
+        dcoef[i,m,o]     = sum_b g * scale_sp * B[m,k](x[b,i])
+        dscale_base[i,o] = sum_b g * b(x[b,i])
+        dscale_sp[i,o]   = sum_b g * s[i,o](x[b,i])
+        dx[b,i]          = sum_o g * (scale_base * b'(x[b,i]) + scale_sp * s'[i,o](x[b,i]))
+
+    where s' = sum_m coef * B'[m,k] (``dense_basis_deriv``).
+    """
+    basis = dense_basis(x, knots, k)                                  # (B, I, K)
+    spline = np.einsum("bim,imo->bio", basis, coef)                   # s   (B, I, O)
+    dspline = np.einsum("bim,imo->bio", dense_basis_deriv(x, knots, k), coef)  # s'  (B, I, O)
+    g = dy[:, None, :] * mask                                         # (B, I, O)
+    dcoef = np.einsum("bio,bim->imo", g * scale_sp, basis)
+    dscale_base = np.einsum("bio,bi->io", g, base_value(x, base_fun))
+    dscale_sp = np.einsum("bio,bio->io", g, spline)
+    dx = np.einsum("bio,bio->bi", g, scale_base * base_deriv(x, base_fun)[:, :, None] + scale_sp * dspline)
+    return dx, dcoef, dscale_base, dscale_sp
+
+
+# ===========================================================================
+# 2. The local-support form: what the layers run
+# ---------------------------------------------------------------------------
+# the k+1 bases of each x's knot span
+def find_span(x, knots):
+    """span (B, I) int: j with knots[i, j] <= x[b, i] < knots[i, j+1], or -1 outside.
 
     A binary search on each input's own knots (``searchsorted`` with side
     "right" finds the last knot <= x, so repeated knots are skipped correctly).
     """
     B, I = x.shape
-    n = grid.shape[1]
+    n = knots.shape[1]
     span = np.empty((B, I), dtype=np.int64)
     for i in range(I):
-        span[:, i] = np.searchsorted(grid[i], x[:, i], side="right") - 1
-    inside = (x >= grid[:, :1].T) & (x < grid[:, n - 1:].T)  # False for NaN too
+        span[:, i] = np.searchsorted(knots[i], x[:, i], side="right") - 1
+    inside = (x >= knots[:, :1].T) & (x < knots[:, n - 1:].T)  # False for NaN too
     span[~inside] = -1
     return span
 
 
-def local_basis(x, grid, k, deriv=False):
+def local_basis(x, knots, k, deriv=False):
     """The k+1 B-spline bases (and derivatives) that can be non-zero at each x.
 
     Returns ``span`` (B, I), ``N`` (B, I, k+1) and ``dN`` (B, I, k+1) or None,
     where ``N[b, i, s] = B[span - k + s, k](x[b, i])`` and entries whose basis
     index is outside 0..K-1 (or whose x is outside the knots) are 0.
 
-    This is Cox-de Boor on the triangle of bases that touch span j: at order r
-    the live bases are a = j - r + s for s = 0..r, and
+    This is ``dense_basis`` on the triangle of bases that touch span j: at
+    order r the live bases are a = j - r + s for s = 0..r, slot s of order r
+    mixes slots s-1 and s of order r-1,
 
-        B[a,r] = (x - t[a]) / (t[a+r] - t[a]) * B[a,r-1]
-               + (t[a+r+1] - x) / (t[a+r+1] - t[a+1]) * B[a+1,r-1],
+        B[a,r]  = (x - t[a]) / (t[a+r] - t[a]) * B[a,r-1] + (t[a+r+1] - x) / (t[a+r+1] - t[a+1]) * B[a+1,r-1]
+        B'[a,k] =          k / (t[a+k] - t[a]) * B[a,k-1] -              k / (t[a+k+1] - t[a+1]) * B[a+1,k-1]
 
-    where a zero denominator makes its term 0, and a basis index a outside
-    0..n-2-r (n knots) does not exist at order r. Outside the knots (NaN and
-    +-inf included) every N and dN is exactly 0: the recursion runs there on a
+    a zero denominator makes its term 0, and a basis index a outside 0..n-2-r
+    (n knots) does not exist at order r. Outside the knots (NaN and +-inf
+    included) every N and dN is exactly 0: the recursion runs there on a
     placeholder span, and its values (x - t could overflow, or be NaN) are
     discarded at the end.
     """
     B, I = x.shape
-    n = grid.shape[1]
-    span = find_span(x, grid)
+    n = knots.shape[1]
+    span = find_span(x, knots)
     inside = span >= 0
     j = np.where(inside, span, 0)
     rows = np.arange(I)[None, :]
 
-    def knot(idx):
+    def t(idx):
         # t[i, idx[b, i]]; callers only use the value where idx is in range
-        return grid[rows, np.clip(idx, 0, n - 1)]
+        return knots[rows, np.clip(idx, 0, n - 1)]
 
-    def ratio(num, den):
-        # num / den with 0 where den == 0 (the "0/0 counts as 0" rule)
-        safe = np.where(den > 0, den, 1)
-        return np.where(den > 0, num / safe, 0)
+    def value(a, r, lo, hi):  # B[a,r] from lo = B[a,r-1] and hi = B[a+1,r-1]
+        return _ratio(x - t(a), t(a + r) - t(a)) * lo + _ratio(t(a + r + 1) - x, t(a + r + 1) - t(a + 1)) * hi
+
+    def slope(a, r, lo, hi):  # B'[a,r] from the same two
+        return r * (_ratio(lo, t(a + r) - t(a)) - _ratio(hi, t(a + r + 1) - t(a + 1)))
+
+    def climb(below, r, rule):
+        # order r on the triangle from order r-1 (``below``): slot s holds basis a = j - r + s,
+        # B[a,r-1] sits in slot s-1 of ``below`` and B[a+1,r-1] in slot s (absent at the edges)
+        out = np.zeros((B, I, k + 1), dtype=x.dtype)
+        for s in range(r + 1):
+            a = j - r + s
+            lo = below[:, :, s - 1] if s >= 1 else 0
+            hi = below[:, :, s] if s <= r - 1 else 0
+            out[:, :, s] = np.where((a >= 0) & (a <= n - 2 - r), rule(a, r, lo, hi), 0)
+        return out
 
     # the placeholder span of a point outside the knots may overflow or give NaN here;
     # those values are discarded below, so numpy need not warn about them
@@ -134,80 +263,96 @@ def local_basis(x, grid, k, deriv=False):
         N[:, :, 0] = inside  # order 0: the indicator of span j
         dN = None
         for r in range(1, k + 1):
-            if deriv and r == k:
-                dN = np.zeros((B, I, k + 1), dtype=x.dtype)
-                for s in range(k + 1):
-                    a = j - k + s
-                    exists = (a >= 0) & (a <= n - 2 - k)
-                    v = np.zeros((B, I), dtype=x.dtype)
-                    if s >= 1:
-                        v += ratio(N[:, :, s - 1], knot(a + k) - knot(a))
-                    if s <= k - 1:
-                        v -= ratio(N[:, :, s], knot(a + k + 1) - knot(a + 1))
-                    dN[:, :, s] = np.where(exists, k * v, 0)
-            new = np.zeros((B, I, k + 1), dtype=x.dtype)
-            for s in range(r + 1):
-                a = j - r + s
-                exists = (a >= 0) & (a <= n - 2 - r)
-                v = np.zeros((B, I), dtype=x.dtype)
-                if s >= 1:  # left term, B[a, r-1] sits in slot s-1 of order r-1
-                    v += ratio(x - knot(a), knot(a + r) - knot(a)) * N[:, :, s - 1]
-                if s <= r - 1:  # right term, B[a+1, r-1] sits in slot s
-                    v += ratio(knot(a + r + 1) - x, knot(a + r + 1) - knot(a + 1)) * N[:, :, s]
-                new[:, :, s] = np.where(exists, v, 0)
-            N = new
-    N = np.where(inside[:, :, None], N, 0)
-    if dN is not None:
-        dN = np.where(inside[:, :, None], dN, 0)
-    return span, N, dN
+            if deriv and r == k:  # from the order k-1 bases, before they are replaced
+                dN = np.where(inside[:, :, None], climb(N, k, slope), 0)
+            N = climb(N, r, value)
+    return span, np.where(inside[:, :, None], N, 0), dN
 
 
-def _basis_index(span, k, K):
-    """Basis indices a = span - k + s (B, I, k+1), clipped into 0..K-1, and ``live``
-    (B, I, k+1): where the basis exists and x is inside the knots.
+# ---------------------------------------------------------------------------
+# one input at a time: the contraction with coef, and its transpose
+class _Column(NamedTuple):
+    """The local bases of input i over the batch, ready to meet coef[i].
 
     Entries that are not live carry a zero basis value, but their terms are
-    dropped rather than multiplied by 0 (``_live``): a NaN or inf in a
-    coefficient, or in dy, then reaches only the samples whose bases touch it,
-    as in the compiled kernels, which never visit those entries.
+    dropped rather than multiplied by 0: a NaN or inf in a coefficient, or in
+    dy, then reaches only the samples whose bases touch it, as in the compiled
+    kernels, which never visit those entries.
     """
+    i: int
+    idx: np.ndarray     # (B, k+1) basis index a = span - k + s, clipped into 0..K-1
+    N: np.ndarray       # (B, k+1) the bases B[a,k](x[b, i])
+    dN: object          # (B, k+1) their derivatives, or None when not asked for
+    live: np.ndarray    # (B, k+1) basis a exists and x is inside the knots
+    inside: np.ndarray  # (B,) x inside the knots
+    bx: np.ndarray      # (B,) b(x)
+    dbx: object         # (B,) b'(x), or None when not asked for
+
+
+def _columns(x, knots, k, K, base_fun, deriv=False):
+    """Yield a ``_Column`` for each input i = 0 .. I-1 (bases of all inputs found at once)."""
+    span, N, dN = local_basis(x, knots, k, deriv)
     s = np.arange(k + 1)
-    a = span[:, :, None] - k + s
-    live = (span[:, :, None] >= 0) & (a >= 0) & (a < K)
-    return np.clip(np.maximum(span, 0)[:, :, None] - k + s, 0, K - 1), live
+    live = (span[:, :, None] >= 0) & (span[:, :, None] - k + s >= 0) & (span[:, :, None] - k + s < K)
+    idx = np.clip(np.maximum(span, 0)[:, :, None] - k + s, 0, K - 1)
+    bx = base_value(x, base_fun)
+    dbx = base_deriv(x, base_fun) if deriv else None
+    for i in range(x.shape[1]):
+        yield _Column(i, idx[:, i], N[:, i], None if dN is None else dN[:, i], live[:, i],
+                      span[:, i] >= 0, bx[:, i], None if dbx is None else dbx[:, i])
 
 
 def _live(live, term):
-    """term (B, O) where live (B,), else 0 (not 0 * term: see ``_basis_index``)."""
+    """term (B, O) where live (B,), else 0 (not 0 * term: see ``_Column``)."""
     return np.where(live[:, None], term, 0)
+
+
+def _contract(col, coef, W):
+    """sum_s W[b, s] * coef[i, idx[b, s], o] over the live terms (B, O): the spline
+    s[i, o](x[b, i]) when W = col.N, its derivative s' when W = col.dN."""
+    out = np.zeros((W.shape[0], coef.shape[2]), dtype=W.dtype)
+    for s in range(W.shape[1]):  # k+1 gathered rows of coef[i]
+        out += _live(col.live[:, s], W[:, s, None] * coef[col.i, col.idx[:, s], :])
+    return out
+
+
+def _phi(col, spline, scale_base, scale_sp, mask):
+    """phi[i, o](x[b, i]) (B, O) from the spline values; outside the knots the edge
+    is its base term alone (no scale_sp * 0)."""
+    i = col.i
+    return (mask[i] * scale_base[i]) * col.bx[:, None] + _live(col.inside, (mask[i] * scale_sp[i]) * spline)
+
+
+def _phi_backward(dcoef, dscale_base, dscale_sp, g, col, spline, dspline, scale_base, scale_sp, mask):
+    """Backward of ``_phi`` for input i with g = dL/dphi (B, O): adds into dcoef[i],
+    dscale_base[i] and dscale_sp[i], and returns dL/dx[:, i] (B,) for the caller to add."""
+    i = col.i
+    for s in range(col.N.shape[1]):  # scatter-add g * B into the coefficient each sample touched
+        np.add.at(dcoef[i], col.idx[:, s], _live(col.live[:, s], (mask[i] * scale_sp[i]) * col.N[:, s, None] * g))
+    dscale_base[i] += mask[i] * (col.bx @ g)
+    # a sample outside the knots has s = 0 exactly and adds nothing (not g * 0)
+    dscale_sp[i] += mask[i] * np.sum(_live(col.inside, g * spline), axis=0)
+    return np.sum(g * ((mask[i] * scale_base[i]) * col.dbx[:, None]
+                       + _live(col.inside, (mask[i] * scale_sp[i]) * dspline)), axis=1)
 
 
 # ---------------------------------------------------------------------------
 # the layer: forward and backward
-def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
-    """y (B, O) = sum_i phi[i, o](x[b, i]); y is overwritten.
+def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """y (B, O) = sum_i phi[i, o](x[b, i]); y is overwritten. ``dense_forward`` in the local form.
 
-    x (B, I), grid (I, G+2k+1), coef (I, K, O), scale_base/scale_sp/mask (I, O).
+    x (B, I), knots (I, G+2k+1), coef (I, K, O), scale_base/scale_sp/mask (I, O).
     """
-    B, I = x.shape
-    K = coef.shape[1]
-    span, N, _ = local_basis(x, grid, k)
-    idx, live = _basis_index(span, k, K)
-    bx = base_value(x, base_fun)
     y[...] = 0
-    for i in range(I):
-        # s[b, o] = sum_s N[b, i, s] * coef[i, idx[b, i, s], o]: k+1 gathered rows
-        s_io = np.zeros((B, y.shape[1]), dtype=y.dtype)
-        for s in range(k + 1):
-            s_io += _live(live[:, i, s], N[:, i, s, None] * coef[i, idx[:, i, s], :])
-        # outside the knots the edge is its base term alone (no scale_sp * 0)
-        y += (mask[i] * scale_base[i]) * bx[:, i, None] + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * s_io)
+    for col in _columns(x, knots, k, coef.shape[1], base_fun):
+        y += _phi(col, _contract(col, coef, col.N), scale_base, scale_sp, mask)
     return y
 
 
-def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
+def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
                     scale_base, scale_sp, mask, k, base_fun):
-    """Vector-Jacobian products of spline_forward, added (+=) into the d* buffers.
+    """Vector-Jacobian products of spline_forward, added (+=) into the d* buffers
+    (``dense_backward`` in the local form).
 
     With g = dy (B, O):
         dcoef[i,m,o]      += sum_b g[b,o] * mask[i,o] * scale_sp[i,o] * B[m,k](x[b,i])
@@ -216,31 +361,14 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
         dx[b,i]           += sum_o g[b,o] * mask[i,o] * (scale_base[i,o] * b'(x[b,i])
                                                         + scale_sp[i,o] * s'[i,o](x[b,i]))
     """
-    B, I = x.shape
-    K = coef.shape[1]
-    g = dy
-    span, N, dN = local_basis(x, grid, k, deriv=True)
-    idx, live = _basis_index(span, k, K)
-    bx = base_value(x, base_fun)
-    dbx = base_deriv(x, base_fun)
-    for i in range(I):
-        s_io = np.zeros_like(g)   # s[i, o](x[b, i])  (B, O)
-        ds_io = np.zeros_like(g)  # s'[i, o](x[b, i]) (B, O)
-        for s in range(k + 1):
-            rows = coef[i, idx[:, i, s], :]
-            s_io += _live(live[:, i, s], N[:, i, s, None] * rows)
-            ds_io += _live(live[:, i, s], dN[:, i, s, None] * rows)
-            # scatter-add g * B into the coefficient each sample touched
-            np.add.at(dcoef[i], idx[:, i, s], _live(live[:, i, s], (mask[i] * scale_sp[i]) * N[:, i, s, None] * g))
-        dscale_base[i] += mask[i] * (bx[:, i] @ g)
-        # a sample outside the knots has s = 0 exactly and adds nothing (not g * 0)
-        dscale_sp[i] += mask[i] * np.sum(_live(span[:, i] >= 0, g * s_io), axis=0)
-        dx[:, i] += np.sum(g * ((mask[i] * scale_base[i]) * dbx[:, i, None]
-                                + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * ds_io)), axis=1)
+    for col in _columns(x, knots, k, coef.shape[1], base_fun, deriv=True):
+        spline, dspline = _contract(col, coef, col.N), _contract(col, coef, col.dN)
+        dx[:, col.i] += _phi_backward(dcoef, dscale_base, dscale_sp, dy, col, spline, dspline,
+                                      scale_base, scale_sp, mask)
 
 
 # ===========================================================================
-# Training ops (used by numkan.train): loss, optimiser step, regulariser moments
+# 3. Training ops (used by numkan.train): loss, optimiser step, regulariser moments
 # ---------------------------------------------------------------------------
 def mse_loss_grad(dy, y, target):
     """Mean squared error of y (B, O) against target (B, O); writes its gradient.
@@ -271,7 +399,7 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
 
 # ---------------------------------------------------------------------------
 # regulariser moments: the batch sums the sparsity regulariser needs
-def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
+def edge_moments_forward(s1, s2, xs1, xs2, x, knots, coef, scale_base, scale_sp, mask, k, base_fun):
     """Per-edge batch sums of phi and phi^2, and per-input sums of x and x^2.
 
         s1[i,o] = sum_b phi[i,o](x[b,i])        s2[i,o] = sum_b phi[i,o](x[b,i])^2
@@ -283,25 +411,16 @@ def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, 
     built one input at a time as a (B, O) temporary, exactly as in
     ``spline_forward``.
     """
-    B, I = x.shape
-    K = coef.shape[1]
-    span, N, _ = local_basis(x, grid, k)
-    idx, live = _basis_index(span, k, K)
-    bx = base_value(x, base_fun)
-    for i in range(I):
-        s_io = np.zeros((B, coef.shape[2]), dtype=x.dtype)
-        for s in range(k + 1):
-            s_io += _live(live[:, i, s], N[:, i, s, None] * coef[i, idx[:, i, s], :])
-        phi = ((mask[i] * scale_base[i]) * bx[:, i, None]
-               + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * s_io)).astype(np.float64)
-        s1[i] = phi.sum(axis=0)
-        s2[i] = (phi * phi).sum(axis=0)
+    for col in _columns(x, knots, k, coef.shape[1], base_fun):
+        phi = _phi(col, _contract(col, coef, col.N), scale_base, scale_sp, mask).astype(np.float64)
+        s1[col.i] = phi.sum(axis=0)
+        s2[col.i] = (phi * phi).sum(axis=0)
     x64 = x.astype(np.float64)
     xs1[...] = x64.sum(axis=0)
     xs2[...] = (x64 * x64).sum(axis=0)
 
 
-def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs2, x, grid,
+def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs2, x, knots,
                           coef, scale_base, scale_sp, mask, k, base_fun):
     """Vector-Jacobian products of edge_moments_forward, added (+=) into dx and the d* buffers.
 
@@ -318,26 +437,10 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
         dx[b,i]           += sum_o gphi * mask * (scale_base * b'(x) + scale_sp * s'(x))
                              + dxs1[i] + 2 * x[b,i] * dxs2[i]
     """
-    B, I = x.shape
-    K = coef.shape[1]
-    span, N, dN = local_basis(x, grid, k, deriv=True)
-    idx, live = _basis_index(span, k, K)
-    bx = base_value(x, base_fun)
-    dbx = base_deriv(x, base_fun)
-    for i in range(I):
-        s_io = np.zeros((B, coef.shape[2]), dtype=x.dtype)
-        ds_io = np.zeros_like(s_io)
-        for s in range(k + 1):
-            rows = coef[i, idx[:, i, s], :]
-            s_io += _live(live[:, i, s], N[:, i, s, None] * rows)
-            ds_io += _live(live[:, i, s], dN[:, i, s, None] * rows)
-        phi = (mask[i] * scale_base[i]) * bx[:, i, None] + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * s_io)
+    for col in _columns(x, knots, k, coef.shape[1], base_fun, deriv=True):
+        i = col.i
+        spline, dspline = _contract(col, coef, col.N), _contract(col, coef, col.dN)
+        phi = _phi(col, spline, scale_base, scale_sp, mask)
         g = (ds1[i] + 2.0 * ds2[i] * phi).astype(x.dtype)  # (B, O): dL/dphi for this input
-        for s in range(k + 1):
-            np.add.at(dcoef[i], idx[:, i, s], _live(live[:, i, s], (mask[i] * scale_sp[i]) * N[:, i, s, None] * g))
-        dscale_base[i] += mask[i] * (bx[:, i] @ g)
-        # a sample outside the knots has s = 0 exactly and adds nothing (not g * 0)
-        dscale_sp[i] += mask[i] * np.sum(_live(span[:, i] >= 0, g * s_io), axis=0)
-        dx[:, i] += (np.sum(g * ((mask[i] * scale_base[i]) * dbx[:, i, None]
-                                 + _live(span[:, i] >= 0, (mask[i] * scale_sp[i]) * ds_io)), axis=1)
-                     + dxs1[i] + 2.0 * x[:, i] * dxs2[i]).astype(dx.dtype)
+        dphi = _phi_backward(dcoef, dscale_base, dscale_sp, g, col, spline, dspline, scale_base, scale_sp, mask)
+        dx[:, i] += (dphi + dxs1[i] + 2.0 * x[:, i] * dxs2[i]).astype(dx.dtype)
