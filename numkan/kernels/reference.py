@@ -19,7 +19,8 @@ The module reads top to bottom:
    build (B, I, K) and (B, I, O) arrays on purpose: they are the maths written
    as directly as NumPy allows, not a fast path, and no layer calls them.
 2. The local-support form (``find_span``, ``local_basis``, ``spline_forward``,
-   ``spline_backward``): at each x only the k+1 bases of its knot span can be
+   ``spline_backward``, and ``group_product_forward``/``_backward`` for
+   multiplication nodes): at each x only the k+1 bases of its knot span can be
    non-zero, so the bases are a (B, I, k+1) triangle and the contraction walks
    one input at a time with (B, O) temporaries. This is what the layers run
    (it is the backend without Numba) and what the fast kernels are checked
@@ -365,6 +366,39 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
         spline, dspline = _contract(col, coef, col.N), _contract(col, coef, col.dN)
         dx[:, col.i] += _phi_backward(dcoef, dscale_base, dscale_sp, dy, col, spline, dspline,
                                       scale_base, scale_sp, mask)
+
+
+# ---------------------------------------------------------------------------
+# multiplication nodes (pykan's MultKAN): products of groups of a layer's outputs
+def group_product_forward(z, y, offsets):
+    """z[b, n] = prod of y[b, s] over s in [offsets[n], offsets[n+1]), left to right.
+
+    z (B, N), y (B, S), offsets (N + 1,) int64 with offsets[0] = 0 and
+    offsets[N] = S. A group of one subnode is a sum node: z = y there.
+    """
+    for n in range(z.shape[1]):
+        acc = y[:, offsets[n]].copy()
+        for s in range(offsets[n] + 1, offsets[n + 1]):
+            acc *= y[:, s]
+        z[:, n] = acc
+
+
+def group_product_backward(dy, dz, y, offsets):
+    """dy[b, s] = dz[b, n] * prod of y[b, t] over the other t of s's group (written, not added).
+
+    The product of the others is formed from the left and right partial
+    products, with no division, so a factor that is 0 (or a NaN in another
+    group) gets its exact gradient.
+    """
+    for n in range(dz.shape[1]):
+        lo, hi = offsets[n], offsets[n + 1]
+        left = np.ones_like(dz[:, n])
+        for s in range(lo, hi):
+            right = np.ones_like(left)
+            for t in range(s + 1, hi):
+                right *= y[:, t]
+            dy[:, s] = dz[:, n] * (left * right)
+            left *= y[:, s]
 
 
 # ===========================================================================
