@@ -376,11 +376,12 @@ def group_product_forward(z, y, offsets):
     z (B, N), y (B, S), offsets (N + 1,) int64 with offsets[0] = 0 and
     offsets[N] = S. A group of one subnode is a sum node: z = y there.
     """
-    for n in range(z.shape[1]):
-        acc = y[:, offsets[n]].copy()
-        for s in range(offsets[n] + 1, offsets[n + 1]):
-            acc *= y[:, s]
-        z[:, n] = acc
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN carry through, as in IEEE
+        for n in range(z.shape[1]):
+            acc = y[:, offsets[n]].copy()
+            for s in range(offsets[n] + 1, offsets[n + 1]):
+                acc *= y[:, s]
+            z[:, n] = acc
 
 
 def group_product_backward(dy, dz, y, offsets):
@@ -390,15 +391,16 @@ def group_product_backward(dy, dz, y, offsets):
     products, with no division, so a factor that is 0 (or a NaN in another
     group) gets its exact gradient.
     """
-    for n in range(dz.shape[1]):
-        lo, hi = offsets[n], offsets[n + 1]
-        left = np.ones_like(dz[:, n])
-        for s in range(lo, hi):
-            right = np.ones_like(left)
-            for t in range(s + 1, hi):
-                right *= y[:, t]
-            dy[:, s] = dz[:, n] * (left * right)
-            left *= y[:, s]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for n in range(dz.shape[1]):
+            lo, hi = offsets[n], offsets[n + 1]
+            left = np.ones_like(dz[:, n])
+            for s in range(lo, hi):
+                right = np.ones_like(left)
+                for t in range(s + 1, hi):
+                    right *= y[:, t]
+                dy[:, s] = dz[:, n] * (left * right)
+                left *= y[:, s]
 
 
 # ===========================================================================
