@@ -65,6 +65,31 @@ Tile shapes are compile-time constants (shared and local arrays need them), so
 kernels are built by a cached factory per (order k, dtype, tile shape); the
 launchers pick the shape from the layer's sizes. Only the launchers choose grid
 and block sizes.
+
+Names in the kernels
+--------------------
+Tile sizes are short capitals because they are the constants the shapes are
+written in:
+
+    TX, TY     a block's threads: TX lanes along the outputs by TY rows along the
+               samples; NT = TX * TY threads, tid = ty * TX + tx
+    RO, RB     outputs per lane and samples per row that one thread keeps in registers
+    TO         outputs of a block's tile, TX * RO
+    TB, TS     samples of a block's tile, TY * RB (TB in the forward, TS where they
+               are staged one slot per sample)
+    TI         inputs whose bases the forward stages at once
+    MT         rows m of the coefficient-gradient tile R a backward block holds
+    C, c       chunks of the batch (blocks along y) and this block's chunk, whose
+               samples are b_lo .. b_hi-1
+    KP1        k + 1, the bases that can be non-zero at one x; a0 the first one's index
+    nbt        the numba type of the layer's dtype
+
+and in the kernel bodies: ``*sh`` is a shared-memory array (Nsh / dNsh the staged
+bases and derivatives, Ash their a0, BXsh / DBXsh b(x) and b'(x), Gsh the upstream
+gradient, DXsh the lane partials of dx, RBsh / S1sh / S2sh per-row partials);
+wb = mask * scale_base and sp = mask * scale_sp of an edge; P, PB, P1, P2, PX the
+chunks' partial sums; inv the knot reciprocals (``_knot_reciprocals``); code the
+base function as an int (``_scalar.BASE_CODES``).
 """
 import math
 from functools import lru_cache
@@ -247,15 +272,15 @@ def _stage_fn(k, dtype):
     nbt = from_dtype(np.dtype(dtype))
 
     @cuda.jit(device=True)
-    def stage(grid, inv, i, xv, K, N, dN, deriv):
+    def stage(knots, inv, i, xv, K, N, dN, deriv):
         work = cuda.local.array(W2, nbt)
-        j = _find_span(grid, i, xv)
+        j = _find_span(knots, i, xv)
         if j < 0:
             for s in range(KP1):
                 N[s] = 0
                 dN[s] = 0
             return -1
-        _local_basis(grid, inv, i, j, xv, k, N, dN, work, deriv)
+        _local_basis(knots, inv, i, j, xv, k, N, dN, work, deriv)
         a = j - k
         a0 = min(max(a, 0), K - KP1)
         sh = a0 - a  # N[s] must become B[a0 + s] = old N[s + sh]
@@ -277,17 +302,80 @@ def _stage_fn(k, dtype):
 
 
 @lru_cache(maxsize=None)
+def _stage_tile_fn(k, dtype, TS, NT, backward):
+    """Device function: stage samples s0 .. s0+TS-1 (those below b_hi) of input i in
+    shared memory, one slot p = b - s0 per sample, shared by the block's NT threads.
+
+    Slot p gets ``stage``'s first basis index in Ash[p], the k+1 bases in Nsh[p, :]
+    and b(x) in BXsh[p]; for a backward pass (``backward`` is fixed per factory) also
+    b'(x) in DBXsh[p] and the derivatives in dNsh[p, :], which hold values only when
+    ``deriv`` (other callers pass any arrays there: they are not touched).
+    """
+    KP1 = k + 1
+    stage = _stage_fn(k, dtype)
+
+    @cuda.jit(device=True)
+    def stage_tile(knots, inv, x, i, s0, b_hi, K, code, deriv, tid, N, dN, Ash, Nsh, dNsh, BXsh, DBXsh):
+        for p in range(tid, TS, NT):
+            b = s0 + p
+            if b < b_hi:
+                xv = x[b, i]
+                Ash[p] = stage(knots, inv, i, xv, K, N, dN, deriv)
+                if backward:
+                    b_x, db_x = _base_pair(xv, code)  # b and b' from one exp
+                    BXsh[p] = b_x
+                    DBXsh[p] = db_x
+                else:
+                    BXsh[p] = _base_value(xv, code)
+                for s in range(KP1):
+                    Nsh[p, s] = N[s]
+                    if backward:
+                        dNsh[p, s] = dN[s]
+
+    return stage_tile
+
+
+@lru_cache(maxsize=None)
+def _spline_fn(k, dtype):
+    """Device function: s[i, o](x) = sum_s N[s] * coef[i, a0 + s, o], the spline of edge
+    (i, o) at a sample inside the knots whose bases ``stage`` left in N from index a0."""
+    KP1 = k + 1
+    nbt = from_dtype(np.dtype(dtype))
+
+    @cuda.jit(device=True)
+    def spline(coef, i, o, a0, N):
+        v = nbt(0)
+        for s in range(KP1):
+            v += N[s] * coef[i, a0 + s, o]
+        return v
+
+    return spline
+
+
+@cuda.jit(device=True)
+def _chunk_block(B, TX):
+    """Where a thread of an (input, batch chunk) block stands: (i, c, b_lo, b_hi, tx, ty, tid),
+    input i = blockIdx.x, chunk c = blockIdx.y of the gridDim.y chunks of the batch, whose
+    samples are b_lo .. b_hi-1, lane tx, row ty and thread id tid = ty * TX + tx."""
+    c = cuda.blockIdx.y
+    C = cuda.gridDim.y
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    return cuda.blockIdx.x, c, c * B // C, (c + 1) * B // C, tx, ty, ty * TX + tx
+
+
+@lru_cache(maxsize=None)
 def _forward_kernel(k, dtype, TX, TY, RB, RO, TI):
     """spline_forward for order k: block (TX, TY) owns TB = TY*RB samples x TO = TX*RO outputs."""
     KP1 = k + 1
     TB, TO = TY * RB, TX * RO
     NT = TX * TY
     nbt = from_dtype(np.dtype(dtype))
-    stage = _stage_fn(k, dtype)
+    stage, spline = _stage_fn(k, dtype), _spline_fn(k, dtype)
 
     @_layer_jit(launch_bounds("forward", k, dtype, TX))
-    def kernel(y, x, grid, inv, coef, scale_base, scale_sp, mask, code):
-        # y (B, O) out; x (B, I); grid (I, G+2k+1); inv (I, k+1, G+2k+1) knot
+    def kernel(y, x, knots, inv, coef, scale_base, scale_sp, mask, code):
+        # y (B, O) out; x (B, I); knots (I, G+2k+1); inv (I, k+1, G+2k+1) knot
         # reciprocals; coef (I, K, O); scale_*, mask (I, O)
         Nsh = cuda.shared.array((TB, TI, KP1), nbt)   # bases of the tile's samples
         Ash = cuda.shared.array((TB, TI), np.int32)   # their first basis index a0
@@ -317,7 +405,7 @@ def _forward_kernel(k, dtype, TX, TY, RB, RO, TI):
                 i = i0 + il
                 if b < B and i < I:
                     xv = x[b, i]
-                    Ash[bl, il] = stage(grid, inv, i, xv, K, N, dN, False)
+                    Ash[bl, il] = stage(knots, inv, i, xv, K, N, dN, False)
                     BXsh[bl, il] = _base_value(xv, code)
                     for s in range(KP1):
                         Nsh[bl, il, s] = N[s]
@@ -345,10 +433,7 @@ def _forward_kernel(k, dtype, TX, TY, RB, RO, TI):
                         if o < O:
                             acc[q, r] += wb[r] * bxv
                             if a0 >= 0:  # inside the knots
-                                v = nbt(0)
-                                for s in range(KP1):
-                                    v += N[s] * coef[i, a0 + s, o]
-                                acc[q, r] += sp[r] * v
+                                acc[q, r] += sp[r] * spline(coef, i, o, a0, N)
             cuda.syncthreads()
         for q in range(RB):
             b = b0 + ty + q * TY
@@ -383,10 +468,10 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
     NT = TX * TY
     TXP = TX + 1  # dx partials padded against bank conflicts (a name: shapes must be constants)
     nbt = from_dtype(np.dtype(dtype))
-    stage = _stage_fn(k, dtype)
+    stage_tile = _stage_tile_fn(k, dtype, TS, NT, True)
 
     @_layer_jit(launch_bounds("moments_backward" if moments else "backward", k, dtype, TX))
-    def kernel(dx, P, PB, inv, dy, ds1, ds2, dxs1, dxs2, x, grid, coef, scale_base, scale_sp,
+    def kernel(dx, P, PB, inv, dy, ds1, ds2, dxs1, dxs2, x, knots, coef, scale_base, scale_sp,
                mask, code, MT):
         # dx (B, I) +=; P (C, I, K, O) and PB (C, I, O) raw partial sums of chunk c:
         #   P[c,i,m,o] = sum_b g[b,o] B[m](x[b,i]),  PB[c,i,o] = sum_b g[b,o] b(x[b,i]);
@@ -405,17 +490,8 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
         N = cuda.local.array(KP1, nbt)
         dN = cuda.local.array(KP1, nbt)
         rb = cuda.local.array(RO, nbt)
-        B, I = x.shape
-        O = coef.shape[2]
-        K = coef.shape[1]
-        i = cuda.blockIdx.x
-        c = cuda.blockIdx.y
-        C = cuda.gridDim.y
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * TX + tx
-        b_lo = c * B // C
-        b_hi = (c + 1) * B // C
+        K, O = coef.shape[1], coef.shape[2]
+        i, c, b_lo, b_hi, tx, ty, tid = _chunk_block(x.shape[0], TX)
         for o0 in range(0, O, TO):
             for m0 in range(0, K, MT):
                 first = m0 == 0  # dx and Rb are complete after the first basis tile
@@ -425,17 +501,8 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
                     rb[r] = 0
                 for s0 in range(b_lo, b_hi, TS):
                     # 1. stage the bases (and derivatives) of TS samples of input i, and g
-                    for p in range(tid, TS, NT):
-                        b = s0 + p
-                        if b < b_hi:
-                            xv = x[b, i]
-                            Ash[p] = stage(grid, inv, i, xv, K, N, dN, first)
-                            b_x, db_x = _base_pair(xv, code)
-                            BXsh[p] = b_x
-                            DBXsh[p] = db_x
-                            for s in range(KP1):
-                                Nsh[p, s] = N[s]
-                                dNsh[p, s] = dN[s]
+                    stage_tile(knots, inv, x, i, s0, b_hi, K, code, first, tid, N, dN,
+                               Ash, Nsh, dNsh, BXsh, DBXsh)
                     if not moments:
                         for ql in range(ty, TS, TY):
                             b = s0 + ql
@@ -505,15 +572,13 @@ def _backward_kernel(k, dtype, TX, TY, RB, RO, moments):
                             s += TY
                     # 4. one writer per dx[b, i]: the lane partials in lane order
                     if first:
-                        for p in range(tid, TS, NT):
-                            b = s0 + p
-                            if b < b_hi:
-                                tot = nbt(0)
-                                for l in range(TX):
-                                    tot += DXsh[p, l]
-                                if moments and o0 == 0:  # the x-moment terms, once per sample
-                                    tot += dxs1[i] + 2.0 * x[b, i] * dxs2[i]
-                                dx[b, i] += tot
+                        for p in range(tid, min(TS, b_hi - s0), NT):
+                            tot = nbt(0)
+                            for l in range(TX):
+                                tot += DXsh[p, l]
+                            if moments and o0 == 0:  # the x-moment terms, once per sample
+                                tot += dxs1[i] + 2.0 * x[s0 + p, i] * dxs2[i]
+                            dx[s0 + p, i] += tot
                     cuda.syncthreads()
                 # 5. write this chunk's raw partial sums once; Rb over the rows in order
                 for p in range(tid, MT * TO, NT):
@@ -549,13 +614,13 @@ def _backward_finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
     K = coef.shape[1]
     if i < coef.shape[0] and o < coef.shape[2]:
         msk = mask[i, o]
-        spm = scale_sp[i, o] * msk
-        dsp = 0.0  # float64 accumulator for both dtypes
+        sp = scale_sp[i, o] * msk
+        dsp = 0.0  # dscale_sp's sum, in float64 for both dtypes
         for m in range(K):
             r = P[0, i, m, o]
             for c in range(1, C):
                 r += P[c, i, m, o]
-            dcoef[i, m, o] += r * spm
+            dcoef[i, m, o] += r * sp
             dsp += coef[i, m, o] * r
         rb = PB[0, i, o]
         for c in range(1, C):
@@ -565,24 +630,24 @@ def _backward_finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
 
 
 @cuda.jit
-def _inv_kernel(inv, grid, k):
+def _inv_kernel(inv, knots, k):
     # inv (I, k+1, n) = 1 / (t[m+r] - t[m]), 0 for coinciding knots (_scalar.knot_reciprocals)
     p, i = cuda.grid(2)
-    n = grid.shape[1]
-    if i < grid.shape[0] and p < k * n:
+    n = knots.shape[1]
+    if i < knots.shape[0] and p < k * n:
         r = 1 + p // n
         m = p - (r - 1) * n
         if m < n - r:
-            d = grid[i, m + r] - grid[i, m]
+            d = knots[i, m + r] - knots[i, m]
             inv[i, r, m] = 1.0 / d if d > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------
 # the layer: launchers (the only code that picks tile, block and grid sizes)
-def _knot_reciprocals(grid, k):
-    I, n = grid.shape
-    inv = cuda.device_array((I, k + 1, n), dtype=grid.dtype)
-    _inv_kernel[(-(-k * n // 64), I), (64, 1)](inv, grid, k)
+def _knot_reciprocals(knots, k):
+    I, n = knots.shape
+    inv = cuda.device_array((I, k + 1, n), dtype=knots.dtype)
+    _inv_kernel[(-(-k * n // 64), I), (64, 1)](inv, knots, k)
     return inv
 
 
@@ -615,7 +680,7 @@ def _forward_config(B, O, k, itemsize):
     return TX, TY, RB, RO, TI
 
 
-def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
+def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun):
     """CUDA ``reference.spline_forward``: y (B, O) overwritten; two launches."""
     B, I = x.shape
     O = y.shape[1]
@@ -623,8 +688,8 @@ def spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
     TX, TY, RB, RO, TI = _forward_config(B, O, k, dtype.itemsize)
     kern = _forward_kernel(k, dtype.str, TX, TY, RB, RO, TI)
     blocks = (-(-O // (TX * RO)), -(-B // (TY * RB)))
-    inv = _knot_reciprocals(grid, k)
-    kern[blocks, (TX, TY)](y, x, grid, inv, coef, scale_base, scale_sp, mask, BASE_CODES[base_fun])
+    inv = _knot_reciprocals(knots, k)
+    kern[blocks, (TX, TY)](y, x, knots, inv, coef, scale_base, scale_sp, mask, BASE_CODES[base_fun])
     return y
 
 
@@ -653,24 +718,37 @@ def _backward_config(B, I, O, K, k, itemsize):
     return TX, TY, RB, RO, MT, C
 
 
-def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, grid, coef,
+def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
                     scale_base, scale_sp, mask, k, base_fun):
     """CUDA ``reference.spline_backward``: adds into dx, dcoef, dscale_base, dscale_sp.
 
     Two launches: per-(input, batch chunk) partial sums with dx finished in
     place, then the sum over chunks that finishes the parameter gradients.
     """
+    # the moments' arguments (ds1, ds2, dxs1, dxs2) are not read: dy stands in for them
+    _backward(False, (dx, dcoef, dscale_base, dscale_sp), (dy, dy, dy, dy[0], dy[0]),
+              x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+
+
+def _backward(moments, grads, upstream, x, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """The launches of spline_backward (``moments=False``) and edge_moments_backward:
+    ``_backward_kernel`` per (input, batch chunk), then ``_backward_finish``.
+
+    grads = (dx, dcoef, dscale_base, dscale_sp), added into; upstream = (dy, ds1, ds2,
+    dxs1, dxs2), where the kernel reads dy for the layer and the other four for the
+    moments (the caller passes any array of the right rank for the unread ones).
+    """
+    dx, dcoef, dscale_base, dscale_sp = grads
     B, I = x.shape
     K, O = coef.shape[1], coef.shape[2]
-    dtype = np.dtype(dy.dtype)
+    dtype = np.dtype(x.dtype)
     TX, TY, RB, RO, MT, C = _backward_config(B, I, O, K, k, dtype.itemsize)
     P = cuda.device_array((C, I, K, O), dtype=dtype)
     PB = cuda.device_array((C, I, O), dtype=dtype)
-    inv = _knot_reciprocals(grid, k)
-    kern = _backward_kernel(k, dtype.str, TX, TY, RB, RO, False)
+    inv = _knot_reciprocals(knots, k)
+    kern = _backward_kernel(k, dtype.str, TX, TY, RB, RO, moments)
     shared = MT * TX * RO * dtype.itemsize
-    # the moments' arguments (ds1, ds2, dxs1, dxs2) are not read: dy stands in for them
-    kern[(I, C), (TX, TY), 0, shared](dx, P, PB, inv, dy, dy, dy, dy[0], dy[0], x, grid, coef,
+    kern[(I, C), (TX, TY), 0, shared](dx, P, PB, inv, *upstream, x, knots, coef,
                                       scale_base, scale_sp, mask, BASE_CODES[base_fun], MT)
     _backward_finish[(-(-O // 32), -(-I // 8)), (32, 8)](dcoef, dscale_base, dscale_sp, P, PB,
                                                         coef, scale_sp, mask)
@@ -772,7 +850,7 @@ def all_finite(*arrays):
 # ---------------------------------------------------------------------------
 # Both passes use spline_backward's decomposition: block (i, c) owns input i
 # and batch chunk c, stages the bases of TS samples of input i at a time in
-# shared memory (``_stage_fn``, as every layer kernel does) and evaluates
+# shared memory (``_stage_tile_fn``, as the layer's backward does) and evaluates
 # phi[i, o](x[b, i]) for its samples and outputs in registers. No (B, I, O) or
 # (B, I, K) array exists anywhere; the per-chunk partial sums are (C, I, O)
 # (forward) or (C, I, K, O) (backward, spline_backward's own P and PB) and a
@@ -780,7 +858,7 @@ def all_finite(*arrays):
 #
 # Forward: each thread sums phi and phi^2 of its rows in float64 registers;
 # the TY rows are reduced through a shared tile by one thread per output (a
-# fixed order, no atomics), and the staging threads sum x and x^2 on the way.
+# fixed order, no atomics); x and x^2 are summed the same way at the end.
 # Backward: ``_backward_kernel(..., moments=True)``, where gphi = ds1 + 2 ds2 phi
 # replaces dy[b, o] and dx[b, i]'s one writer also adds dxs1[i] + 2 x dxs2[i].
 @lru_cache(maxsize=None)
@@ -790,10 +868,10 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
     TS, TO = TY * RB, TX * RO
     NT = TX * TY
     nbt = from_dtype(np.dtype(dtype))
-    stage = _stage_fn(k, dtype)
+    stage_tile, spline = _stage_tile_fn(k, dtype, TS, NT, False), _spline_fn(k, dtype)
 
     @_layer_jit(launch_bounds("forward", k, dtype, TX))
-    def kernel(P1, P2, PX, inv, x, grid, coef, scale_base, scale_sp, mask, code):
+    def kernel(P1, P2, PX, inv, x, knots, coef, scale_base, scale_sp, mask, code):
         # P1, P2 (C, I, O) float64: sums of phi and phi^2 over chunk c's samples;
         # PX (C, I, 2) float64: sums of x and x^2; inv (I, k+1, n) knot reciprocals
         Nsh = cuda.shared.array((TS, KP1), nbt)
@@ -808,19 +886,8 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
         a2 = cuda.local.array(RO, np.float64)
         wb = cuda.local.array(RO, nbt)
         sp = cuda.local.array(RO, nbt)
-        B, I = x.shape
-        O = P1.shape[2]
-        K = coef.shape[1]
-        i = cuda.blockIdx.x
-        c = cuda.blockIdx.y
-        C = cuda.gridDim.y
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * TX + tx
-        b_lo = c * B // C
-        b_hi = (c + 1) * B // C
-        x1 = 0.0  # sample tid's staging thread sums x and x^2 (first output tile only)
-        x2 = 0.0
+        K, O = coef.shape[1], coef.shape[2]
+        i, c, b_lo, b_hi, tx, ty, tid = _chunk_block(x.shape[0], TX)
         for o0 in range(0, O, TO):
             for r in range(RO):
                 o = min(o0 + tx + r * TX, O - 1)
@@ -829,18 +896,9 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
                 a1[r] = 0
                 a2[r] = 0
             for s0 in range(b_lo, b_hi, TS):
-                # 1. stage the bases of TS samples of input i
-                for p in range(tid, TS, NT):
-                    b = s0 + p
-                    if b < b_hi:
-                        xv = x[b, i]
-                        Ash[p] = stage(grid, inv, i, xv, K, N, dN, False)
-                        BXsh[p] = _base_value(xv, code)
-                        for s in range(KP1):
-                            Nsh[p, s] = N[s]
-                        if o0 == 0:
-                            x1 += xv
-                            x2 += xv * xv
+                # 1. stage the bases of TS samples of input i (no derivatives: Nsh and BXsh
+                #    stand in for the arrays that only a backward pass fills)
+                stage_tile(knots, inv, x, i, s0, b_hi, K, code, False, tid, N, dN, Ash, Nsh, Nsh, BXsh, BXsh)
                 cuda.syncthreads()
                 # 2. phi of this thread's samples and outputs, summed in float64
                 for q in range(RB):
@@ -855,10 +913,7 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
                             if o < O:
                                 phi = wb[r] * bxv
                                 if a0 >= 0:  # inside the knots
-                                    v = nbt(0)
-                                    for s in range(KP1):
-                                        v += N[s] * coef[i, a0 + s, o]
-                                    phi += sp[r] * v
+                                    phi += sp[r] * spline(coef, i, o, a0, N)
                                 a1[r] += phi
                                 a2[r] += phi * phi
                 cuda.syncthreads()
@@ -878,7 +933,15 @@ def _moments_forward_kernel(k, dtype, TX, TY, RB, RO):
                     P1[c, i, o] = t1
                     P2[c, i, o] = t2
             cuda.syncthreads()
+        # 4. x and x^2: thread p < TS sums samples b_lo + p, b_lo + p + TS, ... (those of
+        #    staging slot p), apart from the phi loop so that it holds no registers there
         for p in range(tid, TS, NT):
+            x1 = 0.0
+            x2 = 0.0
+            for b in range(b_lo + p, b_hi, TS):
+                xv = x[b, i]
+                x1 += xv
+                x2 += xv * xv
             XSsh[p, 0] = x1
             XSsh[p, 1] = x2
         cuda.syncthreads()
@@ -931,7 +994,7 @@ def _moments_forward_config(B, I, O, k, itemsize):
     return TX, TY, RB, RO, C
 
 
-def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, mask, k, base_fun):
+def edge_moments_forward(s1, s2, xs1, xs2, x, knots, coef, scale_base, scale_sp, mask, k, base_fun):
     """CUDA ``reference.edge_moments_forward``: s1, s2 (I, O), xs1, xs2 (I,) overwritten (float64).
 
     Two launches: per-(input, batch chunk) float64 sums of phi, phi^2, x and
@@ -945,14 +1008,14 @@ def edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, 
     P1 = cuda.device_array((C, I, O), dtype=np.float64)
     P2 = cuda.device_array((C, I, O), dtype=np.float64)
     PX = cuda.device_array((C, I, 2), dtype=np.float64)
-    inv = _knot_reciprocals(grid, k)
+    inv = _knot_reciprocals(knots, k)
     kern = _moments_forward_kernel(k, dtype.str, TX, TY, RB, RO)
-    kern[(I, C), (TX, TY)](P1, P2, PX, inv, x, grid, coef, scale_base, scale_sp, mask,
+    kern[(I, C), (TX, TY)](P1, P2, PX, inv, x, knots, coef, scale_base, scale_sp, mask,
                            BASE_CODES[base_fun])
     _moments_forward_finish[(-(-O // 32), -(-I // 8)), (32, 8)](s1, s2, xs1, xs2, P1, P2, PX)
 
 
-def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs2, x, grid,
+def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs2, x, knots,
                           coef, scale_base, scale_sp, mask, k, base_fun):
     """CUDA ``reference.edge_moments_backward``: adds into dx, dcoef, dscale_base, dscale_sp.
 
@@ -960,17 +1023,6 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
     gphi = ds1 + 2 ds2 phi against B[m] and b(x), with dx finished in place,
     then ``_backward_finish`` (the same finishing launch as spline_backward).
     """
-    B, I = x.shape
-    K, O = coef.shape[1], coef.shape[2]
-    dtype = np.dtype(x.dtype)
-    TX, TY, RB, RO, MT, C = _backward_config(B, I, O, K, k, dtype.itemsize)
-    P = cuda.device_array((C, I, K, O), dtype=dtype)
-    PB = cuda.device_array((C, I, O), dtype=dtype)
-    inv = _knot_reciprocals(grid, k)
-    kern = _backward_kernel(k, dtype.str, TX, TY, RB, RO, True)
-    shared = MT * TX * RO * dtype.itemsize
     # dy is not read: ds1 stands in for it
-    kern[(I, C), (TX, TY), 0, shared](dx, P, PB, inv, ds1, ds1, ds2, dxs1, dxs2, x, grid, coef,
-                                      scale_base, scale_sp, mask, BASE_CODES[base_fun], MT)
-    _backward_finish[(-(-O // 32), -(-I // 8)), (32, 8)](dcoef, dscale_base, dscale_sp, P, PB,
-                                                        coef, scale_sp, mask)
+    _backward(True, (dx, dcoef, dscale_base, dscale_sp), (ds1, ds1, ds2, dxs1, dxs2),
+              x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
