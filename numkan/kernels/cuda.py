@@ -754,8 +754,50 @@ def _backward(moments, grads, upstream, x, knots, coef, scale_base, scale_sp, ma
                                                         coef, scale_sp, mask)
 
 
+# ---------------------------------------------------------------------------
+# multiplication nodes: reference.group_product_*, one thread per (sample, node)
+@cuda.jit
+def _group_product_forward_kernel(z, y, offsets):
+    nodes = z.shape[1]
+    for p in range(cuda.grid(1), z.shape[0] * nodes, cuda.gridsize(1)):
+        b = p // nodes
+        n = p - b * nodes
+        acc = y[b, offsets[n]]
+        for s in range(offsets[n] + 1, offsets[n + 1]):
+            acc *= y[b, s]
+        z[b, n] = acc
+
+
+@cuda.jit
+def _group_product_backward_kernel(dy, dz, y, offsets):
+    nodes = dz.shape[1]
+    for p in range(cuda.grid(1), dz.shape[0] * nodes, cuda.gridsize(1)):
+        b = p // nodes
+        n = p - b * nodes
+        left = 1.0
+        for s in range(offsets[n], offsets[n + 1]):
+            right = 1.0
+            for t in range(s + 1, offsets[n + 1]):
+                right *= y[b, t]
+            dy[b, s] = dz[b, n] * (left * right)
+            left *= y[b, s]
+
+
+def group_product_forward(z, y, offsets):
+    """CUDA ``reference.group_product_forward``: z[b, n] = product of y[b, group n]."""
+    if z.size:
+        _group_product_forward_kernel[_blocks(z.size), _EW](z, y, offsets)
+
+
+def group_product_backward(dy, dz, y, offsets):
+    """CUDA ``reference.group_product_backward``: dy[b, s] = dz[b, n] * the other factors."""
+    if dz.size:
+        _group_product_backward_kernel[_blocks(dz.size), _EW](dy, dz, y, offsets)
+
+
 # ===========================================================================
 # Training ops: loss, optimiser step, input check (same maths as the reference)
+
 # ---------------------------------------------------------------------------
 _RED = 256  # threads per block of the reductions (a power of two)
 
