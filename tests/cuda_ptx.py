@@ -127,6 +127,10 @@ def variants():
             f"void({a1}, {a1}, {a1}, {a1}, {dt}, {dt}, {dt}, {dt}, {dt}, {dt}, {dt})")
         add(f"all_finite {dt}", C._nonfinite_kernel, f"void({a1}, int32[::1])")
         add(f"fill {dt}", C._fill1d, f"void({a1}, {dt})")
+        add(f"group_product_forward {dt}", C._group_product_forward_kernel,
+            f"void({a2}, {a2}, int64[::1])")
+        add(f"group_product_backward {dt}", C._group_product_backward_kernel,
+            f"void({a2}, {a2}, {a2}, int64[::1])")
         for src in DTYPES + ("int64",):  # asarray casts any source dtype on the device
             add(f"cast1d {src}->{dt}", C._cast1d, f"void({a1}, {_arr(src, 1)})")
             add(f"cast2d {src}->{dt}", C._cast2d, f"void({a2}, {_arr(src, 2)})")
