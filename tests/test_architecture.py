@@ -225,3 +225,13 @@ def test_a_kan_declares_all_its_state():
 def test_version_matches_pyproject():
     text = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == nk.__version__
+
+
+def test_the_readme_layout_lists_every_module_in_import_order():
+    text = (ROOT / "README.md").read_text().split("## Layout")[1].split("\n## ")[0]
+    files = [line.split()[0] for line in text.splitlines() if line.strip().startswith("numkan/")]
+    mods = [f[:-3].replace("/", ".").replace(".__init__", "") for f in files]
+    assert sorted(mods) == sorted(m for m in MODULES if m != "numkan"), "README Layout vs the package"
+    pos = {m: i for i, m in enumerate(mods)}
+    upward = [(m, n) for m in mods for n in GRAPH[m] if n in pos and pos[n] > pos[m]]
+    assert not upward, f"README Layout: these files import a file listed below them: {upward}"
