@@ -9,23 +9,31 @@ A backend is a module with the same functions and signatures:
                                           dtype, on the backend (a device-to-device copy on cuda)
     all_finite(*arrays) -> bool           no NaN/inf in any of the backend arrays; one
                                           boolean comes back however many arrays are checked
-    spline_forward(y, x, grid, coef, scale_base, scale_sp, mask, k, base_fun)
+    spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
     spline_backward(dx, dcoef, dscale_base, dscale_sp,
-                    dy, x, grid, coef, scale_base, scale_sp, mask, k, base_fun)
+                    dy, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+
+    group_product_forward(z, y, offsets)       z[b, n] = product of y[b, offsets[n]:offsets[n+1]]
+    group_product_backward(dy, dz, y, offsets) dy[b, s] = dz[b, n] * the other factors of s's group
+                                          (multiplication nodes; offsets an int64 backend array)
+
+knots (I, G + 2k + 1) is the knot array of every input (KAN_MATH's t), k the
+spline order, base_fun "silu", "identity" or "zero".
 
 training ops (numkan.train calls these; see reference.py for the maths):
 
     mse_loss_grad(dy, y, target) -> float   loss = mean((y-target)^2); dy = 2(y-target)/y.size
     adam_step(p, g, m, v, lr, beta1, beta2, eps, t)      one Adam update of p in place
-    edge_moments_forward(s1, s2, xs1, xs2, x, grid, coef, scale_base, scale_sp, mask, k, base_fun)
+    edge_moments_forward(s1, s2, xs1, xs2, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
         s1/s2 (I, O) = batch sums of phi and phi^2 per edge, xs1/xs2 (I,) of x and x^2
         (float64 outputs): what the sparsity regulariser's standard deviations need
     edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs2,
-                          x, grid, coef, scale_base, scale_sp, mask, k, base_fun)
+                          x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
         adds their vector-Jacobian products into dx and the parameter gradients
 
 ``reference`` (name "numpy") is pure NumPy and is the definition of correct;
-``cpu`` compiles the same maths with Numba. Layers, models and training code
+``cpu`` compiles the same maths with Numba (its training ops in ``cpu_train``,
+the Numba internals it needs, behind a version guard, in ``_numba``). Layers, models and training code
 call ``backend.<op>`` and never branch on the device.
 """
 import warnings
@@ -42,8 +50,9 @@ def _cpu_backend():
     Only a failure of ``import numba`` means "Numba is missing": ImportError,
     or OSError from a broken install (llvmlite's shared library that does not
     load). If Numba imports and numkan's compiled kernels then fail to import,
-    that is a bug or an incompatible Numba, and falling back would hide it
-    behind a slow model: it is an error that names the cause.
+    that is a bug or an unsupported Numba (``_numba.check_version``), and
+    falling back would hide it behind a slow model: it is an error that names
+    the cause.
     """
     global _warned_no_numba
     try:
@@ -61,8 +70,8 @@ def _cpu_backend():
         from . import cpu
     except Exception as exc:
         raise RuntimeError(
-            f"numba {getattr(numba, '__version__', '?')} is installed, but numkan's compiled CPU "
-            f"kernels (numkan.kernels.cpu) failed to import: {type(exc).__name__}: {exc}. "
+            f"numkan's compiled CPU kernels (numkan.kernels.cpu) failed to import with numba "
+            f"{getattr(numba, '__version__', '?')}: {type(exc).__name__}: {str(exc).rstrip('.')}. "
             "Use device='numpy' for the reference kernels meanwhile.") from exc
     return cpu
 
@@ -72,8 +81,9 @@ def get_backend(name):
 
     "cpu" falls back to the NumPy reference, with one warning per process,
     when Numba cannot be imported (``import numba`` raises ImportError or
-    OSError); when Numba imports but the compiled kernels do not, it raises
-    RuntimeError naming the cause.
+    OSError); when Numba imports but the compiled kernels do not (an
+    unsupported Numba version among the causes), it raises RuntimeError naming
+    the cause.
     """
     if not isinstance(name, str) or name not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {name!r}")

@@ -48,19 +48,19 @@ def base_pair(x, code):
     return 0.0 * x, 0.0 * x
 
 
-def find_span(grid, i, x):
-    """The span j with grid[i, j] <= x < grid[i, j+1]; -1 outside [grid[i, 0], grid[i, -1]).
+def find_span(knots, i, x):
+    """The span j with knots[i, j] <= x < knots[i, j+1]; -1 outside [knots[i, 0], knots[i, -1]).
 
     NaN compares false everywhere and lands outside too, and so do +-inf: a
     non-finite x is never turned into an index. The search starts
-    from the guess a uniform grid would give (exact for uniform knots), checks
+    from the guess uniform knots would give (exact for them), checks
     it against the knots themselves, and falls back to a binary search on the
     bracket that the guess leaves, so the result is always that of a binary
     search, in O(1) steps for uniform knots and O(log n) at worst.
     """
-    n = grid.shape[1]
-    t0 = grid[i, 0]
-    tn = grid[i, n - 1]
+    n = knots.shape[1]
+    t0 = knots[i, 0]
+    tn = knots[i, n - 1]
     if not (x >= t0 and x < tn):
         return -1
     # (n-1)/(tn-t0) does not depend on x: compiled loops over samples hoist it.
@@ -74,42 +74,42 @@ def find_span(grid, i, x):
         g = n - 2
     j = int(g)
     lo = 0
-    hi = n - 1  # invariant: grid[i, lo] <= x < grid[i, hi]
-    if grid[i, j] <= x:
-        if x < grid[i, j + 1]:
+    hi = n - 1  # invariant: knots[i, lo] <= x < knots[i, hi]
+    if knots[i, j] <= x:
+        if x < knots[i, j + 1]:
             return j
         lo = j + 1
     else:
         hi = j
     while hi - lo > 1:
         mid = (lo + hi) >> 1
-        if grid[i, mid] <= x:
+        if knots[i, mid] <= x:
             lo = mid
         else:
             hi = mid
     return lo
 
 
-def knot_reciprocals(inv, grid, i, k):
+def knot_reciprocals(inv, knots, i, k):
     """inv[i, r, m] = 1 / (t[m+r] - t[m]) for r = 1..k (0 where the knots coincide),
-    for input i's knots t = grid[i].
+    for input i's knots t = knots[i].
 
     inv (I, k+1, n) with n knots per input; row r = 0 and the last r entries
     of row r are unused. Filled once per kernel call (O(k n) work per input), it
     turns every division of the local recursion into a multiplication.
     """
-    n = grid.shape[1]
+    n = knots.shape[1]
     for r in range(1, k + 1):
         for m in range(n - r):
-            d = grid[i, m + r] - grid[i, m]
+            d = knots[i, m + r] - knots[i, m]
             inv[i, r, m] = 1.0 / d if d > 0 else 0.0
 
 
-def local_basis(grid, inv, i, j, x, k, N, dN, work, deriv):
+def local_basis(knots, inv, i, j, x, k, N, dN, work, deriv):
     """The k+1 bases that can be non-zero on span j, and optionally their derivatives.
 
     On return ``N[s] = B[j-k+s, k](x)`` for s = 0..k on input i's knots
-    ``t = grid[i]`` (0 where the basis index j-k+s is outside 0..K-1, i.e.
+    ``t = knots[i]`` (0 where the basis index j-k+s is outside 0..K-1, i.e.
     the basis does not exist), and when ``deriv`` is true
     ``dN[s] = d/dx B[j-k+s, k](x)``. ``work`` is scratch of length 2(k+1);
     ``inv`` holds the knot reciprocals of ``knot_reciprocals``.
@@ -128,15 +128,15 @@ def local_basis(grid, inv, i, j, x, k, N, dN, work, deriv):
     triangle do not exist; there the rule is applied term by term with the
     existence checks.
     """
-    nk = grid.shape[1]
+    nk = knots.shape[1]
     if j >= k and j <= nk - 2 - k:
         # left[r] = x - t[j+1-r] in work[r], right[r] = t[j+r] - x in work[k+1+r]
         # (indices, not slices: a slice is an array view, which compiled code pays for)
         R = k + 1
         N[0] = 1.0
         for r in range(1, k + 1):
-            work[r] = x - grid[i, j + 1 - r]
-            work[R + r] = grid[i, j + r] - x
+            work[r] = x - knots[i, j + 1 - r]
+            work[R + r] = knots[i, j + r] - x
             saved = 0.0
             for s in range(r):
                 # 1 / (t[j+s+1] - t[j+1-r+s]), 0 for coinciding knots
@@ -167,7 +167,29 @@ def local_basis(grid, inv, i, j, x, k, N, dN, work, deriv):
             v = 0.0
             if a >= 0 and a <= nk - 2 - r:
                 if s >= 1:
-                    v += (x - grid[i, a]) * inv[i, r, a] * N[s - 1]
+                    v += (x - knots[i, a]) * inv[i, r, a] * N[s - 1]
                 if s <= r - 1:
-                    v += (grid[i, a + r + 1] - x) * inv[i, r, a + 1] * N[s]
+                    v += (knots[i, a + r + 1] - x) * inv[i, r, a + 1] * N[s]
             N[s] = v
+
+
+# ---------------------------------------------------------------------------
+# multiplication nodes: one sample's product over one group of subnodes, and its gradient
+def group_product(y, b, lo, hi):
+    """y[b, lo] * y[b, lo+1] * ... * y[b, hi-1], left to right (``reference.group_product_forward``)."""
+    acc = y[b, lo]
+    for s in range(lo + 1, hi):
+        acc *= y[b, s]
+    return acc
+
+
+def group_product_grad(dy, g, y, b, lo, hi):
+    """dy[b, s] = g * (product of the group's other factors) for s in [lo, hi), from the
+    left and right partial products, without division (``reference.group_product_backward``)."""
+    left = 1.0
+    for s in range(lo, hi):
+        right = 1.0
+        for t in range(s + 1, hi):
+            right *= y[b, t]
+        dy[b, s] = g * (left * right)
+        left *= y[b, s]
