@@ -434,3 +434,21 @@ def test_non_finite_inputs_match_reference(dtype):
     for name, a, b in zip(("s1", "s2", "xs1", "xs2", "dx", "dcoef", "dscale_base", "dscale_sp"),
                           got_m + got_g, ref_m + ref_g):
         same_non_finite(name, a, b, dtype)
+
+
+def test_multiplication_nodes_on_cuda_match_cpu():
+    """A network with product nodes: outputs, loss and every gradient as on the host."""
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (37, 3))
+    y = rng.normal(size=(37, 2))
+    outs = {}
+    for device in ("cpu", "cuda"):
+        model = nk.KAN([3, [2, 2], [1, 1]], mult_arity=[[], [2, 3], [2]], grid=4, seed=3,
+                       device=device)
+        loss, grads = model.loss_and_grad(x, y)
+        outs[device] = (model(x), loss, grads)
+    (y0, l0, g0), (y1, l1, g1) = outs["cpu"], outs["cuda"]
+    check("y", y1, y0, np.float64)
+    assert abs(l1 - l0) <= 1e-12 * max(1.0, l0)
+    for n in g0:
+        check(n, g1[n], g0[n], np.float64)
