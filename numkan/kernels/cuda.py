@@ -109,6 +109,8 @@ _base_value = cuda.jit(device=True)(_scalar.base_value)
 _base_pair = cuda.jit(device=True)(_scalar.base_pair)  # b and b' from one exp
 _find_span = cuda.jit(device=True)(_scalar.find_span)
 _local_basis = cuda.jit(device=True)(_scalar.local_basis)
+_group_product = cuda.jit(device=True)(_scalar.group_product)
+_group_product_grad = cuda.jit(device=True)(_scalar.group_product_grad)
 
 _NT = 256                 # threads per block of the forward kernels
 _NT_BACKWARD = 128        # threads per block of the backward kernels
@@ -762,10 +764,7 @@ def _group_product_forward_kernel(z, y, offsets):
     for p in range(cuda.grid(1), z.shape[0] * nodes, cuda.gridsize(1)):
         b = p // nodes
         n = p - b * nodes
-        acc = y[b, offsets[n]]
-        for s in range(offsets[n] + 1, offsets[n + 1]):
-            acc *= y[b, s]
-        z[b, n] = acc
+        z[b, n] = _group_product(y, b, offsets[n], offsets[n + 1])
 
 
 @cuda.jit
@@ -774,13 +773,7 @@ def _group_product_backward_kernel(dy, dz, y, offsets):
     for p in range(cuda.grid(1), dz.shape[0] * nodes, cuda.gridsize(1)):
         b = p // nodes
         n = p - b * nodes
-        left = 1.0
-        for s in range(offsets[n], offsets[n + 1]):
-            right = 1.0
-            for t in range(s + 1, offsets[n + 1]):
-                right *= y[b, t]
-            dy[b, s] = dz[b, n] * (left * right)
-            left *= y[b, s]
+        _group_product_grad(dy, dz[b, n], y, b, offsets[n], offsets[n + 1])
 
 
 def group_product_forward(z, y, offsets):
