@@ -122,9 +122,19 @@ class KANLayer:
         return np.concatenate([np.arange(off[n], off[n + 1]) for n in nodes] +
                               [np.zeros(0, np.int64)]).astype(np.int64)
 
+    def _group_offsets(self):
+        """``offsets`` as a backend array, checked against the subnodes first: the
+        compiled kernels index with it unchecked, and mult_arity is a plain list
+        that can be edited by hand."""
+        off = self.offsets
+        if off[-1] != self.out_dim or np.any(np.diff(off) < 1):
+            raise ValueError(f"mult_arity {self.mult_arity} with {self.n_sum} sum nodes needs "
+                             f"{off[-1]} subnodes, but the layer's edges end in {self.out_dim}")
+        return self.backend.asarray(off, np.int64)
+
     def _products(self, y):
         z = self.backend.zeros((y.shape[0], self.n_nodes), self.dtype)
-        self.backend.group_product_forward(z, y, self.backend.asarray(self.offsets, np.int64))
+        self.backend.group_product_forward(z, y, self._group_offsets())
         return z
 
     # -- the pass -------------------------------------------------------------
@@ -161,8 +171,7 @@ class KANLayer:
                 raise ValueError(f"dy must have shape ({x.shape[0]}, {self.n_nodes}) and dtype "
                                  f"{self.dtype}, got shape {tuple(dz.shape)} and dtype {dz.dtype}")
             dy = self.backend.zeros(self._y.shape, self.dtype)
-            self.backend.group_product_backward(dy, dz, self._y,
-                                                self.backend.asarray(self.offsets, np.int64))
+            self.backend.group_product_backward(dy, dz, self._y, self._group_offsets())
         if tuple(dy.shape) != (x.shape[0], self.out_dim) or dy.dtype != self.dtype:
             raise ValueError(f"dy must have shape ({x.shape[0]}, {self.out_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(dy.shape)} and dtype {dy.dtype}")

@@ -249,3 +249,17 @@ def test_the_example_recovers_the_products_exactly(name):
     out = example.run(name, verbose=False)
     assert out["exact"], out["snapped"]
     assert out["rmse"] <= example.TARGET and out["rmse_snapped"] <= example.TARGET
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_a_hand_edited_mult_arity_is_an_error_not_a_crash(device):
+    model = nk.KAN([2, [1, 1], 1], seed=0, device=device)
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 2))
+    y0 = model(x)
+    for bad in ([5], [2, 2]):   # groups past the layer's 3 subnodes
+        model.layers[0].mult_arity = list(bad)
+        model.layers[0].n_nodes = 1 + len(bad)
+        with pytest.raises(ValueError, match="needs .* subnodes"):
+            model.layers[0].forward(x, keep=False)
+    model.layers[0].mult_arity, model.layers[0].n_nodes = [2], 2
+    np.testing.assert_array_equal(model(x), y0)
