@@ -305,7 +305,7 @@ class _Progress:
         self.last = now
         rate = step / max(now - self.t0, 1e-9)
         line = (f"step {step:>{len(str(self.steps))}}/{self.steps} | train {train:.3e} | "
-                f"test {test:.3e} | reg {reg:.3e} | {rate:.1f} steps/s")
+                f"test {test:.3e} | reg {reg:.3e} | {rate:.3g} steps/s")
         sys.stderr.write("\r" + line + " " if self.tty else line + "\n")
         sys.stderr.flush()
         self.shown = self.tty

@@ -11,6 +11,7 @@ its on-disk cache), which may change in any minor release:
     serial_part(**options)    njit for a kernel's serial part: noalias, no reference counting
     cache_key(constants)      puts a kernel build's constants into Numba's on-disk cache key
     with_globals(f, names)    a copy of f rebuilt from its ``__code__``, with more globals
+    compile_notice            says once on stderr that kernels are being compiled (Numba's event API)
 
 They are written for the Numba versions ``NUMBA_MIN`` <= v < ``NUMBA_BELOW``, the
 bounds pyproject.toml gives numba (tests/test_numba_guard.py checks both agree).
@@ -18,7 +19,9 @@ Importing this module with any other Numba raises ``UnsupportedNumba`` (an
 ImportError) naming the installed version and the range, before any internal
 name is touched, and ``kernels.get_backend("cpu")`` reports it as the cause.
 """
+import os
 import re
+import sys
 import types as pytypes
 
 import numba
@@ -58,6 +61,7 @@ check_version()
 # Below this line: Numba's internals, imported only once the version is known to fit.
 import llvmlite.ir as llir  # noqa: E402
 from numba import njit, types  # noqa: E402
+import numba.core.event  # noqa: E402
 from numba.core import cgutils, compiler  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 from numba.np.arrayobj import populate_array  # noqa: E402
@@ -180,3 +184,51 @@ def with_globals(f, names, cache_key=()):
     g = pytypes.FunctionType(f.__code__, {**f.__globals__, **names}, f.__name__, f.__defaults__, f.__closure__)
     g.__doc__ = f.__doc__
     return g
+
+
+# ---------------------------------------------------------------------------
+# The first compilation says so. A cold start (an empty Numba cache: a new
+# install, an upgrade, a new kind of layer) spends tens of seconds compiling
+# before the first result, and a silent pause looks like a hang. Numba fires its
+# "numba:compile" event only on a real compilation (a cache hit loads without
+# it), so a listener costs nothing on warm runs and on every call after the
+# first: it speaks once per process, when one of numkan's own kernels is first
+# compiled. Set NUMKAN_QUIET=1 to silence it.
+COMPILE_NOTICE = (
+    "numkan: compiling the {what} kernels ({kernel} first; first use of this kind of layer "
+    "since install or upgrade: about 10-30 s on a 2-core machine, once; later runs load them "
+    "from Numba's cache in well under a second). Run `python -m numkan.warmup` after "
+    "installing to do this ahead of time.\n")
+
+
+def _kernel_name(py_func):
+    """'_forward_kernel.<locals>.forward' -> 'forward', '_find_span' -> 'find_span'."""
+    return py_func.__qualname__.rsplit(".", 1)[-1].strip("_")
+
+
+class _CompileNotice(numba.core.event.Listener):
+    def __init__(self, stream=None):
+        self.stream, self.said = stream, False
+
+    def on_start(self, event):
+        if self.said or os.environ.get("NUMKAN_QUIET"):
+            return
+        py_func = getattr(event.data.get("dispatcher"), "py_func", None)
+        module = getattr(py_func, "__module__", "") or ""
+        if not module.startswith("numkan."):
+            return
+        self.said = True
+        what = "GPU" if module.endswith(".cuda") else "CPU"
+        stream = self.stream or sys.stderr
+        try:
+            stream.write(COMPILE_NOTICE.format(what=what, kernel=_kernel_name(py_func)))
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stderr must not stop a computation
+            pass
+
+    def on_end(self, event):
+        pass
+
+
+compile_notice = _CompileNotice()
+numba.core.event.register("numba:compile", compile_notice)
