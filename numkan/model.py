@@ -15,6 +15,7 @@ import numpy as np
 from . import _validate as v
 from . import grids as _grids, io as _io, plot as _plot, prune as _prune
 from . import symbolic as _symbolic, train as _train
+from . import pde as _pde
 from .datasets import check_dataset
 from .kernels import get_backend
 from .layer import KANLayer
@@ -404,3 +405,8 @@ class KAN:
         mult = f", mult_arity={self.mult_arity}" if any(self.mult_arity) else ""
         return (f"KAN(width={self.width_spec}{mult}, grid={self.grid}, k={self.k}, base_fun={self.base_fun!r}, "
                 f"dtype={self.dtype.name}, device={self.device!r})")
+
+    # -- physics-informed training: numkan/pde.py ----------------------------------
+    @functools.wraps(_pde.fit_pde)
+    def fit_pde(self, x, loss_fn, *args, **kwargs):
+        return _pde.fit_pde(self, x, loss_fn, *args, **kwargs)

@@ -1061,3 +1061,15 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
     # dy is not read: ds1 stands in for it
     _backward(True, (dx, dcoef, dscale_base, dscale_sp), (ds1, ds1, ds2, dxs1, dxs2),
               x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+
+
+def spline_jet_forward(y, Jy, Hy, x, J, H, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """Input derivatives (``reference.spline_jet_forward``) are not on CUDA yet."""
+    raise NotImplementedError("input derivatives for PDE training (numkan.pde, fit_pde) are not "
+                              "implemented on CUDA yet: use device='cpu' (model.to('cpu'))")
+
+
+def spline_jet_backward(dx, dJ, dH, dcoef, dscale_base, dscale_sp, gy, gJ, gH, x, J, H, knots,
+                        coef, scale_base, scale_sp, mask, k, base_fun):
+    """Input derivatives (``reference.spline_jet_backward``) are not on CUDA yet."""
+    spline_jet_forward(None, None, None, x, J, H, knots, coef, scale_base, scale_sp, mask, k, base_fun)

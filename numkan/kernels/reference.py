@@ -480,3 +480,199 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
         g = (ds1[i] + 2.0 * ds2[i] * phi).astype(x.dtype)  # (B, O): dL/dphi for this input
         dphi = _phi_backward(dcoef, dscale_base, dscale_sp, g, col, spline, dspline, scale_base, scale_sp, mask)
         dx[:, i] += (dphi + dxs1[i] + 2.0 * x[:, i] * dxs2[i]).astype(dx.dtype)
+
+
+# ===========================================================================
+# 4. Input derivatives (physics-informed training, ``numkan.pde``): the jet ops
+# ---------------------------------------------------------------------------
+# A "jet" of a layer's input is (h, J, H): the values h (B, I), their first
+# derivatives J[b,i,d] = dh[b,i]/dx[b,d] and their diagonal second derivatives
+# H[b,i,d] = d^2 h[b,i]/dx[b,d]^2 with respect to the network's D inputs x.
+# Each edge needs phi, phi', phi'' of its input (and phi''' for the backward):
+#
+#     phi^(n)[i,o](h) = mask * (scale_base * b^(n)(h) + scale_sp * s^(n)[i,o](h))
+#     s^(n)[i,o](h)   = sum_m coef[i,m,o] * B^(n)[m,k](h)
+#
+# and the layer maps the jet of its input to the jet of its output by the
+# chain rule (``spline_jet_forward``):
+#
+#     y[b,o]    = sum_i phi(h[b,i])
+#     Jy[b,o,d] = sum_i phi'(h[b,i]) * J[b,i,d]
+#     Hy[b,o,d] = sum_i phi''(h[b,i]) * J[b,i,d]^2 + phi'(h[b,i]) * H[b,i,d]
+#
+# (the derivation and the backward are in ``numkan.pde``'s docstring).
+def base_derivs(x, base_fun, n):
+    """[b(x), b'(x), ..., b^(n)(x)] elementwise, n <= 3.
+
+    silu: with sigma = sigmoid(x), p = sigma (1 - sigma) = sigma' and
+    q = 1 - 2 sigma (so p' = p q and q' = -2 p):
+
+        b   = x sigma                 b'   = sigma + x p
+        b'' = p (2 + x q)             b''' = p (3 q + x (q^2 - 2 p))
+
+    p is formed as e / (1 + e)^2 with e = exp(-|x|), which has no
+    cancellation at large |x|. identity: x, 1, 0, 0; zero: 0. As ``base_value``
+    and ``base_deriv``, every derivative is NaN at a non-finite x (0 * x).
+    """
+    out = [base_value(x, base_fun), base_deriv(x, base_fun)]
+    if n >= 2:
+        if base_fun == "silu":
+            sig = _sigmoid(x)
+            e = np.exp(-np.abs(x))
+            p = e / ((1.0 + e) * (1.0 + e))
+            q = 1.0 - 2.0 * sig
+            with np.errstate(invalid="ignore"):  # inf * 0 at a non-finite x: NaN, as intended
+                out.append(p * (2.0 + x * q))
+                if n >= 3:
+                    out.append(p * (3.0 * q + x * (q * q - 2.0 * p)))
+        else:
+            out += [0 * x] * (n - 1)
+    return [a.astype(x.dtype) for a in out[:n + 1]]
+
+
+def local_basis_derivs(x, knots, k, n):
+    """The k+1 local bases of each x and their first n derivatives.
+
+    Returns ``span`` (B, I) and a list ``D`` of n+1 arrays (B, I, k+1):
+    ``D[q][b, i, s] = d^q/dx^q B[span - k + s, k](x[b, i])``, 0 where the basis
+    does not exist or x is outside the knots (as ``local_basis``). The q-th
+    derivative comes from the order k-q bases by q applications of the
+    derivative rule, which is linear in the lower-order functions,
+
+        d^q B[a,r] = r * ( d^(q-1) B[a,r-1] / (t[a+r] - t[a])
+                         - d^(q-1) B[a+1,r-1] / (t[a+r+1] - t[a+1]) ),
+
+    so it holds for every q (a zero denominator makes its term 0). For q > k
+    the derivative is 0: the bases are polynomials of degree k on each span
+    (with k = 2, B''' = 0 inside every span).
+    """
+    B, I = x.shape
+    nk = knots.shape[1]
+    span = find_span(x, knots)
+    inside = span >= 0
+    j = np.where(inside, span, 0)
+    rows = np.arange(I)[None, :]
+
+    def t(idx):
+        return knots[rows, np.clip(idx, 0, nk - 1)]
+
+    def climb(below, r, derivative):
+        # order r on the triangle (slot s: basis a = j - r + s) from order r-1
+        out = np.zeros((B, I, k + 1), dtype=x.dtype)
+        for s in range(r + 1):
+            a = j - r + s
+            lo = below[:, :, s - 1] if s >= 1 else 0
+            hi = below[:, :, s] if s <= r - 1 else 0
+            if derivative:
+                v = r * (_ratio(lo, t(a + r) - t(a)) - _ratio(hi, t(a + r + 1) - t(a + 1)))
+            else:
+                v = (_ratio(x - t(a), t(a + r) - t(a)) * lo
+                     + _ratio(t(a + r + 1) - x, t(a + r + 1) - t(a + 1)) * hi)
+            out[:, :, s] = np.where((a >= 0) & (a <= nk - 2 - r), v, 0)
+        return out
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        orders = [np.zeros((B, I, k + 1), dtype=x.dtype)]
+        orders[0][:, :, 0] = inside            # order 0: the indicator of span j
+        for r in range(1, k + 1):
+            orders.append(climb(orders[-1], r, False))
+        D = []
+        for q in range(n + 1):
+            if q > k:
+                D.append(np.zeros((B, I, k + 1), dtype=x.dtype))
+                continue
+            d = orders[k - q]
+            for r in range(k - q + 1, k + 1):
+                d = climb(d, r, True)
+            D.append(np.where(inside[:, :, None], d, 0))
+    return span, D
+
+
+def _edge_derivs(x, knots, coef, scale_base, scale_sp, mask, k, base_fun, n):
+    """Per input i: (i, live, idx, D, phis, splines) with phis[q] = phi^(q) (B, O) and
+    splines[q] = s^(q) (B, O), q = 0..n, and the local bases D[q] (B, k+1).
+
+    Splines are summed over the live terms only and dropped outside the knots,
+    as in ``_contract`` and ``_phi``."""
+    K = coef.shape[1]
+    span, D = local_basis_derivs(x, knots, k, n)
+    s_ = np.arange(k + 1)
+    live = (span[:, :, None] >= 0) & (span[:, :, None] - k + s_ >= 0) & (span[:, :, None] - k + s_ < K)
+    idx = np.clip(np.maximum(span, 0)[:, :, None] - k + s_, 0, K - 1)
+    bases = base_derivs(x, base_fun, n)
+    for i in range(x.shape[1]):
+        inside = span[:, i] >= 0
+        Di = [d[:, i] for d in D]
+        splines, phis = [], []
+        for q in range(n + 1):
+            sq = np.zeros((x.shape[0], coef.shape[2]), dtype=x.dtype)
+            for s in range(k + 1):
+                sq += _live(live[:, i, s], Di[q][:, s, None] * coef[i, idx[:, i, s], :])
+            splines.append(sq)
+            phis.append((mask[i] * scale_base[i]) * bases[q][:, i, None]
+                        + _live(inside, (mask[i] * scale_sp[i]) * sq))
+        yield i, live[:, i], idx[:, i], Di, phis, splines, [b[:, i] for b in bases], inside
+
+
+def spline_jet_forward(y, Jy, Hy, x, J, H, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """The jet of a layer's output from the jet of its input; y, Jy, Hy are overwritten.
+
+    x (B, I), J, H (B, I, D) -> y (B, O), Jy, Hy (B, O, D):
+
+        y[b,o]    = sum_i phi(x[b,i])
+        Jy[b,o,d] = sum_i phi'(x[b,i]) * J[b,i,d]
+        Hy[b,o,d] = sum_i phi''(x[b,i]) * J[b,i,d]^2 + phi'(x[b,i]) * H[b,i,d]
+
+    Needs k >= 2 (phi'' of a linear spline is 0 inside every span and not
+    defined at its knots); callers check it. y is exactly ``spline_forward``'s.
+    """
+    y[...] = 0
+    Jy[...] = 0
+    Hy[...] = 0
+    for i, live, idx, D, phis, splines, bases, inside in _edge_derivs(
+            x, knots, coef, scale_base, scale_sp, mask, k, base_fun, 2):
+        Ji, Hi = J[:, i, None, :], H[:, i, None, :]                     # (B, 1, D)
+        y += phis[0]
+        Jy += phis[1][:, :, None] * Ji
+        Hy += phis[2][:, :, None] * (Ji * Ji) + phis[1][:, :, None] * Hi
+
+
+def spline_jet_backward(dx, dJ, dH, dcoef, dscale_base, dscale_sp, gy, gJ, gH, x, J, H, knots,
+                        coef, scale_base, scale_sp, mask, k, base_fun):
+    """Vector-Jacobian products of ``spline_jet_forward``, added (+=) into every d* buffer.
+
+    Upstream gy (B, O), gJ, gH (B, O, D). What reaches phi, phi' and phi'' of
+    edge (i, o) at sample b:
+
+        a0 = gy[b,o]
+        a1 = sum_d gJ[b,o,d] * J[b,i,d] + gH[b,o,d] * H[b,i,d]
+        a2 = sum_d gH[b,o,d] * J[b,i,d]^2
+
+    and since phi^(q) is linear in the parameters,
+
+        dcoef[i,m,o]     += sum_b mask * scale_sp * (a0 B[m] + a1 B'[m] + a2 B''[m])(x[b,i])
+        dscale_base[i,o] += sum_b mask * (a0 b + a1 b' + a2 b'')(x[b,i])
+        dscale_sp[i,o]   += sum_b mask * (a0 s + a1 s' + a2 s'')(x[b,i])
+        dx[b,i]          += sum_o a0 phi' + a1 phi'' + a2 phi'''
+        dJ[b,i,d]        += sum_o gJ[b,o,d] phi' + 2 gH[b,o,d] phi'' J[b,i,d]
+        dH[b,i,d]        += sum_o gH[b,o,d] phi'
+
+    (phi''' uses B''', which is 0 for k = 2.) Terms of bases that do not exist,
+    or of x outside the knots, are dropped, as in ``spline_backward``.
+    """
+    for i, live, idx, D, phis, splines, bases, inside in _edge_derivs(
+            x, knots, coef, scale_base, scale_sp, mask, k, base_fun, 3):
+        Ji, Hi = J[:, i, None, :], H[:, i, None, :]                     # (B, 1, D)
+        a0 = gy
+        a1 = np.sum(gJ * Ji + gH * Hi, axis=2)                          # (B, O)
+        a2 = np.sum(gH * (Ji * Ji), axis=2)
+        spm = mask[i] * scale_sp[i]
+        for s in range(k + 1):
+            w = D[0][:, s, None] * a0 + D[1][:, s, None] * a1 + D[2][:, s, None] * a2
+            np.add.at(dcoef[i], idx[:, s], _live(live[:, s], spm * w))
+        dscale_base[i] += mask[i] * (bases[0] @ a0 + bases[1] @ a1 + bases[2] @ a2)
+        dscale_sp[i] += mask[i] * np.sum(_live(inside, a0 * splines[0] + a1 * splines[1]
+                                               + a2 * splines[2]), axis=0)
+        dx[:, i] += np.sum(a0 * phis[1] + a1 * phis[2] + a2 * phis[3], axis=1)
+        dJ[:, i, :] += np.sum(gJ * phis[1][:, :, None] + 2.0 * gH * phis[2][:, :, None] * Ji, axis=1)
+        dH[:, i, :] += np.sum(gH * phis[1][:, :, None], axis=1)
