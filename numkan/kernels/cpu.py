@@ -92,6 +92,7 @@ from ._scalar import BASE_CODES, IDENTITY, SILU
 from ._vexp import vexp
 from .cpu_train import adam_step, edge_moments_backward, edge_moments_forward, mse_loss_grad  # noqa: F401
 from .cpu_train import finish_input
+from .cpu_pde import spline_jet_backward, spline_jet_forward  # noqa: F401  (input derivatives, numkan.pde)
 
 name = "cpu"
 OUTPUT_BLOCK = 64     # outputs per register block: 8 AVX2 registers of float32, 16 of float64
