@@ -1,7 +1,10 @@
 """Numba CPU kernels: the reference's maths, compiled, parallel and local.
 
 Same functions and signatures as ``reference.py`` (the definition these are
-tested against); the training ops come from ``cpu_train.py``. The scalar maths
+tested against); the training ops come from ``cpu_train.py``. Layers with few
+outputs (``cpu_narrow.serves``: [2, 5, 1] and the like) run ``cpu_narrow.py``'s
+kernels instead, which compile in a few seconds, so a narrow model never
+compiles the wide kernels below (whose tiles are sized for 64 outputs). The scalar maths
 (span search, Cox-de Boor on the local triangle) is ``_scalar.py``, compiled
 here with ``njit``; what needs Numba's internals is ``_numba.py``.
 
@@ -84,7 +87,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from . import _host, _scalar
+from . import _host, _scalar, cpu_narrow
 from ._host import all_finite, copy_into, fill, to_host  # noqa: F401  (host storage, shared with the reference)
 from ._numba import cache_key, local_array, serial_part, with_globals
 from ._parallel import TASKS, batch_chunks, input_block, threads_for
@@ -763,6 +766,8 @@ def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun):
     the layers always pass buffers of their own)."""
     B, I = x.shape
     O = y.shape[1]
+    if cpu_narrow.serves(O, k):  # few outputs: the bases are the work
+        return cpu_narrow.spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, BASE_CODES[base_fun])
     itemsize = coef.dtype.itemsize
     T = tile(itemsize)
     forward = _forward_kernel(k, OUTPUT_BLOCK, T, O % OUTPUT_BLOCK == 0)
@@ -786,6 +791,10 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
     """
     B, I = x.shape
     O = dy.shape[1]
+    if cpu_narrow.serves(O, k):  # few outputs: the bases are the work
+        cpu_narrow.spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale_base, scale_sp,
+                                   mask, k, BASE_CODES[base_fun])
+        return
     IB = input_block(I)
     nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
     backward = _backward_kernel(k, OUTPUT_BLOCK, tile(coef.dtype.itemsize), O % OUTPUT_BLOCK == 0)

@@ -1,0 +1,106 @@
+"""The narrow-layer kernels (``numkan.kernels.cpu_narrow``) against the reference.
+
+``cpu.spline_forward`` / ``spline_backward`` send layers with few outputs
+(``cpu_narrow.serves``) to these kernels; tests/test_kernels.py checks the
+``cpu`` backend as a whole (so these too, at its narrow widths). Here, what is
+particular to them:
+
+- they are the ones a narrow layer runs (the dispatch), and a layer they do
+  not serve (more outputs, a higher order) still matches the reference;
+- O = 1, 2, 3, 5; k = 1..5; batches that end inside a tile, on a tile and
+  just after one (the idle lanes of the last tile); uniform, non-uniform and
+  repeated knots; masks; every base function; float64 and float32;
+- non-finite inputs with one output (the reference's NaN and inf, entry by entry);
+- the chunked (parallel) path of large batches: the same bits for any number
+  of threads, and the reference's values.
+"""
+import numba
+import numpy as np
+import pytest
+
+from numkan.kernels import reference
+
+from test_kernels import (BASE_FUNS, TOL, assert_same_nonfinite, check_cpu_against_reference,
+                          random_layer, run)
+from conftest import assert_close
+
+cpu = pytest.importorskip("numkan.kernels.cpu", reason="numba is not installed")
+from numkan.kernels import cpu_narrow  # noqa: E402
+
+TILE = cpu_narrow.TILE
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("O", [1, 2, 3, 5])
+def test_narrow_matches_reference(dtype, O):
+    """Every order, knot kind and base function, at batch sizes around the tile."""
+    for k in range(1, 6):
+        for c, (kind, base_fun) in enumerate((kind, b) for kind in ("uniform", "nonuniform", "repeated")
+                                             for b in BASE_FUNS):
+            B = (1, TILE - 1, TILE, TILE + 1, 2 * TILE + 37)[(k + c) % 5]
+            G = 1 + (3 * k + c) % 9
+            p, dy, start = random_layer(seed=1000 * O + 10 * k + c, B=B, I=1 + c % 4, O=O, G=G, k=k, kind=kind,
+                                        dtype=dtype, base_fun=base_fun)
+            check_cpu_against_reference(p, dy, start, f"{np.dtype(dtype).name} O={O} k={k} G={G} B={B} "
+                                                      f"{kind} {base_fun}")
+
+
+def test_narrow_layers_run_the_narrow_kernels(monkeypatch):
+    """cpu.spline_forward/backward call cpu_narrow for O <= MAX_OUTPUTS and k <= MAX_ORDER, and
+    only then; the others (the wide kernels) still match the reference."""
+    calls = []
+    for name in ("spline_forward", "spline_backward"):
+        real = getattr(cpu_narrow, name)
+        monkeypatch.setattr(cpu_narrow, name, lambda *a, _real=real, _n=name: (calls.append(_n), _real(*a))[1])
+    for O, k, narrow in ((1, 3, True), (cpu_narrow.MAX_OUTPUTS, 3, True), (cpu_narrow.MAX_OUTPUTS + 1, 3, False),
+                         (2, cpu_narrow.MAX_ORDER, True), (2, cpu_narrow.MAX_ORDER + 1, False)):
+        calls.clear()
+        p, dy, start = random_layer(seed=O + 10 * k, B=90, I=3, O=O, G=4, k=k, kind="nonuniform",
+                                    dtype=np.float64, base_fun="silu")
+        check_cpu_against_reference(p, dy, start, f"O={O} k={k}")
+        assert bool(calls) == narrow, f"O={O} k={k}: narrow kernels called {calls}"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["uniform", "nonuniform"])
+def test_narrow_non_finite_inputs_one_output(dtype, kind):
+    fi = np.finfo(dtype)
+    specials = np.array([np.nan, np.inf, -np.inf, fi.max, -fi.max, fi.smallest_subnormal, -0.0], dtype)
+    for base_fun in BASE_FUNS:
+        p, dy, start = random_layer(seed=7, B=TILE + 9, I=2, O=1, G=5, k=3, kind=kind, dtype=dtype,
+                                    base_fun=base_fun)
+        x = p["x"]
+        x[0:7, 0] = specials
+        x[TILE:TILE + 7, 1] = specials  # in the last, partial tile
+        x[-1, 0] = np.nan               # the sample the idle lanes repeat
+        ref = run(reference, p, dy, start)
+        fast = run(cpu, p, dy, start)
+        tol = TOL[np.dtype(dtype)]
+        for name in ref:
+            assert_same_nonfinite(f"{kind} {base_fun} {name}", fast[name], ref[name])
+            both = np.isfinite(ref[name])
+            scale = max(float(np.max(np.abs(ref[name][both]), initial=0.0)), 1.0)
+            assert_close(f"{kind} {base_fun} {name}", np.where(both, fast[name], 0),
+                         np.where(both, ref[name], 0), tol["rtol"], tol["floor"] * scale)
+
+
+def test_chunked_path_is_bit_identical_across_thread_counts():
+    """A batch large enough for several chunks: the same bits with 1 and with all
+    threads, and the reference's values."""
+    B = 2 * cpu_narrow.CHUNK_SAMPLES + 123
+    I = -(-cpu_narrow.SERIAL_EDGES // B) + 1
+    assert cpu_narrow.chunks(B, I, 1) > 1
+    p, dy, start = random_layer(seed=3, B=B, I=I, O=1, G=6, k=3, kind="nonuniform", dtype=np.float64,
+                                base_fun="silu")
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            outs.append(run(cpu, p, dy, start))
+    finally:
+        numba.set_num_threads(before)
+    for name in outs[0]:
+        np.testing.assert_array_equal(outs[0][name], outs[1][name], err_msg=name)
+    check_cpu_against_reference(p, dy, start, f"chunked B={B} I={I}")
