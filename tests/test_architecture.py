@@ -16,7 +16,8 @@ import numkan as nk
 PKG = Path(nk.__file__).parent
 ROOT = PKG.parent
 # the modules that build on a model and that numkan.model offers as methods
-FEATURES = ("train", "grids", "prune", "symbolic", "plot", "io", "activations", "regularization")
+FEATURES = ("train", "grids", "prune", "symbolic", "plot", "io", "activations", "regularization",
+            "pde")
 
 
 def _modules():

@@ -31,6 +31,18 @@ training ops (numkan.train calls these; see reference.py for the maths):
                           x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
         adds their vector-Jacobian products into dx and the parameter gradients
 
+input-derivative ops (numkan.pde calls these for physics-informed training; the
+maths is derived in ``numkan.pde``'s docstring):
+
+    spline_jet_forward(y, Jy, Hy, x, J, H, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+        a layer's output jet from its input's: x (B, I) with J, H (B, I, D) its first and
+        diagonal second derivatives with respect to the network's D inputs gives
+        y (B, O), Jy, Hy (B, O, D) (overwritten); needs k >= 2
+    spline_jet_backward(dx, dJ, dH, dcoef, dscale_base, dscale_sp, gy, gJ, gH,
+                        x, J, H, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+        its vector-Jacobian products, added into dx, dJ, dH and the parameter gradients
+        (cuda: NotImplementedError for now)
+
 ``reference`` (name "numpy") is pure NumPy and is the definition of correct;
 ``cpu`` compiles the same maths with Numba (its training ops in ``cpu_train``,
 the Numba internals it needs, behind a version guard, in ``_numba``). Layers, models and training code
