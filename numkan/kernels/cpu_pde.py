@@ -9,8 +9,8 @@ span, build the triangle of local bases of every order 0..k, and from it the
 k+1 bases' derivatives up to order 3 (``_basis_derivs``), then meet the
 coefficients. No (B, I, O) array is built.
 
-Parallelism without data races: the forward runs ``prange`` over samples
-(sample b owns its rows y[b], Jy[b], Hy[b]); the backward runs ``prange``
+Parallelism without data races: the forward runs ``prange`` over chunks of
+samples (sample b owns its rows y[b], Jy[b], Hy[b]); the backward runs ``prange``
 over inputs (input i owns dcoef[i], dscale_base[i], dscale_sp[i] and the
 columns dx[:, i], dJ[:, i], dH[:, i]), and each task sums over the whole
 batch in order, so results do not depend on the number of threads.
@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _scalar
-from ._parallel import threads_for
+from ._parallel import TASKS, threads_for
 from ._scalar import BASE_CODES, IDENTITY, SILU
 
 _jit = dict(nogil=True, cache=True)
@@ -121,30 +121,33 @@ def _jet_forward_kernel(y, Jy, Hy, x, J, H, knots, W, Wb, k, code):
     B, I = x.shape
     O = W.shape[2]
     D = J.shape[2]
-    for b in prange(B):
+    nchunk = min(B, TASKS)
+    for c in prange(nchunk):
+        # scratch once per chunk of samples, not per sample
         Dq = np.zeros((4, k + 1), dtype=W.dtype)
         T = np.zeros((k + 1, k + 1), dtype=W.dtype)
         w = np.zeros(k + 1, dtype=W.dtype)
         bq = np.zeros(4, dtype=W.dtype)
         phi = np.zeros(4, dtype=W.dtype)
-        for o in range(O):
-            y[b, o] = 0.0
-            for d in range(D):
-                Jy[b, o, d] = 0.0
-                Hy[b, o, d] = 0.0
-        for i in range(I):
-            xv = x[b, i]
-            _base_derivs(bq, xv, code)
-            j = _find_span(knots, i, xv)
-            if j >= 0:
-                _basis_derivs(Dq, T, w, knots, i, j, xv, k, 2)
+        for b in range(c * B // nchunk, (c + 1) * B // nchunk):
             for o in range(O):
-                _edge_derivs(phi, Dq, bq, j, W, Wb, i, k, o, 2)
-                y[b, o] += phi[0]
+                y[b, o] = 0.0
                 for d in range(D):
-                    jd = J[b, i, d]
-                    Jy[b, o, d] += phi[1] * jd
-                    Hy[b, o, d] += phi[2] * jd * jd + phi[1] * H[b, i, d]
+                    Jy[b, o, d] = 0.0
+                    Hy[b, o, d] = 0.0
+            for i in range(I):
+                xv = x[b, i]
+                _base_derivs(bq, xv, code)
+                j = _find_span(knots, i, xv)
+                if j >= 0:
+                    _basis_derivs(Dq, T, w, knots, i, j, xv, k, 2)
+                for o in range(O):
+                    _edge_derivs(phi, Dq, bq, j, W, Wb, i, k, o, 2)
+                    y[b, o] += phi[0]
+                    for d in range(D):
+                        jd = J[b, i, d]
+                        Jy[b, o, d] += phi[1] * jd
+                        Hy[b, o, d] += phi[2] * jd * jd + phi[1] * H[b, i, d]
 
 
 @njit(parallel=True, **_jit)
