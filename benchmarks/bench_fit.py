@@ -1,20 +1,28 @@
-"""Benchmark of training: wall time per L-BFGS step and per Adam step.
+"""Benchmark of training: one loss_and_grad at the widths scientists use, the hellokan
+ladder beside pykan, and wall time per L-BFGS and Adam step.
 
-A script, not a test. Cases:
+A script, not a test. Three parts (``--parts``, default all three):
 
-- hellokan's model, [2, 5, 1] on 1000 samples, at G = 5, 20, 100;
-- a [16, 32, 32, 1] model on 10,000 samples, G = 5.
+- ``lag``: one ``model.loss_and_grad`` (forward + loss + backward, float64) for
+  [2, 5, 1], [4, 4, 2, 1] and [100, 1, 1] on 1000 samples at G = 5 and 50:
+  time per call (the fastest of ``--rounds`` rounds, each the mean of many
+  calls, and the median), ns per (sample, input) = time / (samples x the
+  inputs of all layers), and the share of the time spent inside the compiled
+  layer kernels (the backend's ``spline_forward`` / ``spline_backward``).
+  The same for one evaluation of ``fit``'s objective (``train.Objective``).
+  Target (issue 22): <= 8 ns per (sample, input).
+- ``ladder``: hellokan's grid-extension ladder, [2, 5, 1] fitted to
+  exp(sin(pi x) + y^2) (1000 train / 1000 test points), G = 5 -> 10 -> 20
+  with 50 and with 200 L-BFGS steps per grid, ``fit``'s defaults; with pykan
+  (``--pykan-python``, default $PYKAN_PYTHON or /work/pykan-venv/bin/python)
+  on the same data in a separate process, in the same run
+  (``paper_fits.run_pykan``): seconds, ratio, and the test RMSE after each grid
+  side by side. Target: >= 30x pykan's speed at no worse test RMSE.
+- ``steps``: hellokan's model at G = 5, 20, 100 and a [16, 32, 32, 1] model on
+  10,000 samples: seconds per L-BFGS step (up to 20 iterations) and per Adam
+  step, against the same fit on device="numpy" in the same run.
 
-One L-BFGS step is up to 20 L-BFGS iterations (about 21 objective and
-gradient evaluations); one Adam step is one evaluation and one update. Times
-are medians over a few fits of ``--lbfgs-steps`` / ``--adam-steps`` steps each
-(grid updates off, ``log=0``), after a warm-up fit that compiles the kernels;
-the large case runs once. The baseline is the same fit on the pure-NumPy reference backend
-(device="numpy"), measured in the same run; ratio = numpy time / cpu time
-(its L-BFGS step on the large case takes minutes: only with --full-baseline).
-
-    python benchmarks/bench_fit.py                        # prints a markdown table
-    python benchmarks/bench_fit.py --append benchmarks/RESULTS.md
+    python benchmarks/bench_fit.py [--parts lag,ladder,steps] [--append benchmarks/RESULTS.md]
 """
 import argparse
 import datetime
@@ -28,6 +36,8 @@ import numpy as np
 
 import numkan as nk
 from numkan import train
+
+from paper_fits import run_numkan, run_pykan
 
 # count objective evaluations (forward + backward) per step
 _EVALS = [0]
@@ -72,17 +82,7 @@ def time_per_step(width, G, data, device, opt, steps, repeats):
     return statistics.median(times), statistics.median(evals)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lbfgs-steps", type=int, default=3)
-    ap.add_argument("--adam-steps", type=int, default=50)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-baseline", action="store_true", help="skip the device='numpy' runs")
-    ap.add_argument("--full-baseline", action="store_true",
-                    help="also time the reference's L-BFGS step on the large case (minutes)")
-    ap.add_argument("--append", help="append the table to this markdown file")
-    args = ap.parse_args()
-
+def steps_table(args):
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         "## Training: time per step (benchmarks/bench_fit.py)",
@@ -118,9 +118,153 @@ def main():
                f"| {fmt(ad, 1e3, 2)} | {fmt(ad0, 1e3, 2)} | {ratio(ad0, ad)} |")
         rows.append(row)
         print(row, flush=True)
+    return lines + rows
+
+
+
+# ---------------------------------------------------------------------------
+# loss_and_grad at narrow widths
+LAG_CASES = [([2, 5, 1], 5), ([2, 5, 1], 50), ([4, 4, 2, 1], 5), ([4, 4, 2, 1], 50),
+             ([100, 1, 1], 5), ([100, 1, 1], 50)]
+
+
+class _KernelClock:
+    """Seconds spent inside the backend's layer kernels, while installed."""
+
+    def __init__(self, backend):
+        self.backend, self.seconds, self.saved = backend, 0.0, {}
+
+    def __enter__(self):
+        for name in ("spline_forward", "spline_backward"):
+            real = self.saved[name] = getattr(self.backend, name)
+
+            def timed(*a, _real=real):
+                t0 = time.perf_counter()
+                out = _real(*a)
+                self.seconds += time.perf_counter() - t0
+                return out
+            setattr(self.backend, name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        for name, real in self.saved.items():
+            setattr(self.backend, name, real)
+
+
+def _time_calls(fn, calls, rounds, clock):
+    """(fastest, median) seconds per call over ``rounds`` rounds of ``calls`` calls, and the
+    kernels' share of the fastest round."""
+    fn()
+    per, share = [], []
+    for _ in range(rounds):
+        clock.seconds = 0.0
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        t = time.perf_counter() - t0
+        per.append(t / calls)
+        share.append(clock.seconds / t)
+    best = int(np.argmin(per))
+    return per[best], statistics.median(per), share[best]
+
+
+def lag_table(args):
+    lines = [
+        "## One loss_and_grad at narrow widths (benchmarks/bench_fit.py --parts lag)",
+        "",
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {_machine()}. float64, k = 3, "
+        "1000 samples. ns/(s,i) = time / (samples x inputs of all layers). kernels = share of the "
+        "time inside the compiled layer kernels (spline_forward/backward). 'objective' = one "
+        "evaluation of fit's objective (train.Objective), the call L-BFGS repeats. Fastest of "
+        f"{args.rounds} rounds (median in brackets).",
+        "",
+        "| width | G | loss_and_grad us | ns/(s,i) | kernels | objective us | ns/(s,i) | kernels |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    print("\n".join(lines), flush=True)
+    rows = []
+    rng = np.random.default_rng(0)
+    for width, G in LAG_CASES:
+        x = rng.uniform(-1, 1, (1000, width[0]))
+        y = rng.uniform(-1, 1, (1000, width[-1]))
+        model = nk.KAN(width, grid=G, k=3, seed=0)
+        si = 1000 * sum(width[:-1])
+        calls = max(5, int(2e5 // si))
+        obj = train.Objective(model, x, y, 0.0, None)
+        with _KernelClock(model.backend) as clock:
+            lag = _time_calls(lambda: model.loss_and_grad(x, y), calls, args.rounds, clock)
+            ob = _time_calls(lambda: _call(obj), calls, args.rounds, clock)  # uncounted
+        cell = lambda r: (f"{r[0] * 1e6:.0f} ({r[1] * 1e6:.0f}) | {r[0] / si * 1e9:.1f} "
+                          f"({r[1] / si * 1e9:.1f}) | {r[2] * 100:.0f}%")
+        row = f"| {width} | {G} | {cell(lag)} | {cell(ob)} |"
+        rows.append(row)
+        print(row, flush=True)
+    return lines + rows
+
+
+# ---------------------------------------------------------------------------
+# the hellokan ladder beside pykan
+def ladder_table(args):
+    grids = (5, 10, 20)
+    f = lambda x: np.exp(np.sin(np.pi * x[:, :1]) + x[:, 1:2] ** 2)
+    ds = nk.create_dataset(f, n_var=2, train_num=1000, test_num=1000, seed=0)
+    lines = [
+        "## hellokan ladder beside pykan (benchmarks/bench_fit.py --parts ladder)",
+        "",
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {_machine()}. [2, 5, 1], "
+        "exp(sin(pi x) + y^2), 1000 train / 1000 test points (the same for both), float64, "
+        f"G = {' -> '.join(map(str, grids))}, L-BFGS, fit's defaults (grid updates on), seed 0; "
+        "pykan 0.2.8 (torch, CPU) in its own process, in the same run. Test RMSE after each grid.",
+        "",
+        "| steps/grid | library | seconds | speed-up | " + " | ".join(f"test RMSE G={G}" for G in grids) + " |",
+        "|---:|---|---:|---:|" + "---:|" * len(grids),
+    ]
+    print("\n".join(lines), flush=True)
+    rows = []
+    for steps in args.ladder_steps:
+        run_numkan(ds, [2, 5, 1], 0, grids[:1], 1)  # compiles outside the timing
+        ours, t_ours = run_numkan(ds, [2, 5, 1], 0, grids, steps)
+        theirs, t_theirs = (None, float("nan"))
+        if args.pykan_python and os.path.exists(args.pykan_python):
+            theirs, t_theirs = run_pykan(args.pykan_python, ds, [2, 5, 1], 0, grids, steps)
+        fmt = lambda v: " | ".join(f"{a:.2e}" for a in v)
+        out = [f"| {steps} | numkan | {t_ours:.2f} | {t_theirs / t_ours:.1f}x | {fmt(ours)} |"]
+        if theirs is not None:
+            out.append(f"| {steps} | pykan | {t_theirs:.2f} | 1x | {fmt(theirs)} |")
+        rows += out
+        print("\n".join(out), flush=True)
+    return lines + rows
+
+
+def _machine():
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numba threads "
+            f"{numba.get_num_threads()}, load average {load:.1f} at start; numkan {nk.__version__}, "
+            f"numba {numba.__version__}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="lag,ladder,steps", help="comma-separated: lag, ladder, steps")
+    ap.add_argument("--rounds", type=int, default=7, help="lag: rounds of calls")
+    ap.add_argument("--ladder-steps", type=lambda s: [int(v) for v in s.split(",")], default=[50, 200],
+                    help="ladder: L-BFGS steps per grid (comma-separated)")
+    ap.add_argument("--pykan-python", default=os.environ.get("PYKAN_PYTHON", "/work/pykan-venv/bin/python"))
+    ap.add_argument("--lbfgs-steps", type=int, default=3)
+    ap.add_argument("--adam-steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-baseline", action="store_true", help="steps: skip the device='numpy' runs")
+    ap.add_argument("--full-baseline", action="store_true",
+                    help="steps: also time the reference's L-BFGS step on the large case (minutes)")
+    ap.add_argument("--append", help="append the tables to this markdown file")
+    args = ap.parse_args()
+    parts = {"lag": lag_table, "ladder": ladder_table, "steps": steps_table}
+    out = []
+    for name in args.parts.split(","):
+        out += parts[name](args) + [""]
     if args.append:
         with open(args.append, "a") as f:
-            f.write("\n" + "\n".join(lines + rows) + "\n")
+            f.write("\n" + "\n".join(out) + "\n")
         print(f"appended to {args.append}")
 
 

@@ -138,29 +138,38 @@ class KANLayer:
         return z
 
     # -- the pass -------------------------------------------------------------
-    def forward(self, x, keep=True):
+    def forward(self, x, keep=True, out=None):
         """Outputs (B, n_nodes) from x (B, I), both backend arrays; keeps x for backward
-        when ``keep``."""
-        y = self.subnodes(x)
+        when ``keep``. ``out``: see ``subnodes``."""
+        y = self.subnodes(x, out)
         if keep:
             self._x = x
             self._y = y if self.mult_arity else None
         return self._products(y) if self.mult_arity else y
 
-    def subnodes(self, x):
-        """The edge sums y (B, O) before any product node (the outputs when there are none)."""
+    def subnodes(self, x, out=None):
+        """The edge sums y (B, O) before any product node (the outputs when there are none).
+
+        ``out``: a backend array (B, O) of the layer's dtype that the sums are written
+        into (a training loop's buffer, reused from call to call); None allocates one."""
         if tuple(x.shape[1:]) != (self.in_dim,) or x.dtype != self.dtype:
             raise ValueError(f"x must have shape (batch, {self.in_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(x.shape)} and dtype {x.dtype}")
-        y = self.backend.zeros((x.shape[0], self.out_dim), self.dtype)
+        shape = (x.shape[0], self.out_dim)
+        if out is not None and (tuple(out.shape) != shape or out.dtype != self.dtype):
+            raise ValueError(f"out must have shape {shape} and dtype {self.dtype}, "
+                             f"got shape {tuple(out.shape)} and dtype {out.dtype}")
+        y = self.backend.zeros(shape, self.dtype) if out is None else out  # overwritten by the kernel
         self.backend.spline_forward(y, x, self.knots, self.coef, self.scale_base, self.scale_sp,
                                     self.mask, self.k, self.base_fun)
         if self.has_symbolic:  # evaluated on the host, only when some edge is symbolic
             y = self._branch_forward(x, y)
         return y
 
-    def backward(self, dz):
-        """dx (B, I) from dz (B, n_nodes); adds this layer's parameter gradients into d*."""
+    def backward(self, dz, out=None):
+        """dx (B, I) from dz (B, n_nodes); adds this layer's parameter gradients into d*.
+        ``out``: a backend array (B, I) of the layer's dtype to return dx in (its contents
+        are replaced), as in ``subnodes``; None allocates one."""
         if self._x is None:
             raise RuntimeError("backward() needs a forward() first")
         x = self._x
@@ -175,7 +184,14 @@ class KANLayer:
         if tuple(dy.shape) != (x.shape[0], self.out_dim) or dy.dtype != self.dtype:
             raise ValueError(f"dy must have shape ({x.shape[0]}, {self.out_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(dy.shape)} and dtype {dy.dtype}")
-        dx = self.backend.zeros(x.shape, self.dtype)
+        if out is None:
+            dx = self.backend.zeros(x.shape, self.dtype)
+        elif tuple(out.shape) != tuple(x.shape) or out.dtype != self.dtype:
+            raise ValueError(f"out must have shape {tuple(x.shape)} and dtype {self.dtype}, "
+                             f"got shape {tuple(out.shape)} and dtype {out.dtype}")
+        else:
+            dx = out
+            self.backend.fill(dx, 0)  # the kernel adds into it
         self.backend.spline_backward(dx, self.dcoef, self.dscale_base, self.dscale_sp, dy, x,
                                      self.knots, self.coef, self.scale_base, self.scale_sp,
                                      self.mask, self.k, self.base_fun)

@@ -187,21 +187,36 @@ class Objective:
         self.y_host = y
         self.y = be.asarray(y, model.dtype) if yd is None else yd
         self.frozen = _frozen_names(model)
+        self._bufs = None  # what the passes write into (``_buffers``)
+
+    def _buffers(self):
+        """Backend arrays the passes write into, allocated at the first call and reused by
+        every later one (the batch and the layers' sizes stay fixed while an objective
+        lives; they are checked, and a change allocates anew): per layer its edge sums
+        (B, O) and dx (B, I), and the loss gradient dy (B, n_out). A layer keeps the
+        sums of the layer before it as its input for ``backward``, so after an
+        evaluation the model holds that evaluation's values, as with new arrays."""
+        m, be, B = self.model, self.model.backend, self.x.shape[0]
+        shapes = [(B, L.out_dim, L.in_dim) for L in m.layers]
+        if self._bufs is None or self._bufs[0] != shapes:
+            bufs = [(be.zeros((b, O), m.dtype), be.zeros((b, I), m.dtype)) for b, O, I in shapes]
+            self._bufs = (shapes, bufs, be.zeros((B, m.layers[-1].n_nodes), m.dtype))
+        return self._bufs[1], self._bufs[2]
 
     def __call__(self):
         """(loss, reg) at the current parameters; gradients of loss + lamb * reg in the grad buffers."""
         m, be = self.model, self.model.backend
+        bufs, dy = self._buffers()
         m.zero_grad()
         regs, reg, hidden = [], 0.0, []
         h = self.x
-        for L in m.layers:
+        for L, (ybuf, _) in zip(m.layers, bufs):
             if self.lamb > 0:
                 r = LayerReg(L, *self.weights)
                 reg += r.forward(h)
                 regs.append(r)
-            h = L.forward(h, keep=True)
+            h = L.forward(h, keep=True, out=ybuf)
             hidden.append(h)
-        dy = be.zeros(h.shape, m.dtype)
         if self.loss_fn is None:
             loss = be.mse_loss_grad(dy, h, self.y)
         else:
@@ -219,7 +234,7 @@ class Objective:
             raise _NonFinite(f"the training objective is not finite ({f})" if l is None else
                              f"the outputs of layer {l} are not finite")
         for l in range(len(m.layers) - 1, -1, -1):
-            dx = m.layers[l].backward(dy)
+            dx = m.layers[l].backward(dy, out=bufs[l][1])
             if self.lamb > 0:
                 regs[l].backward(dx, self.lamb)
             dy = dx

@@ -48,7 +48,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _scalar
-from ._numba import local_array, serial_part
+from ._numba import local_array
 from ._parallel import SERIAL_EDGES, TASKS, threads_for
 from ._scalar import IDENTITY, SILU
 from ._vexp import vexp
@@ -67,12 +67,12 @@ _OROWS = MAX_OUTPUTS * TILE
 # Python exception, and has no check that would keep the loops scalar.
 _jit = dict(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
 _find_span = njit(**_jit)(_scalar.find_span)
-# The serial parts: array arguments that do not overlap (LLVM noalias), no reference
-# counting, inlined by LLVM into their caller (``_numba.serial_part``). Their scratch
-# is flat stack arrays (``_numba.local_array``), row r of lane u at r * TILE + u: a
-# constant row stride, and arrays LLVM knows apart, so the lane loops vectorise
-# without run-time overlap checks.
-_part = serial_part(**_jit)
+# The helpers are inlined into the two kernels (Numba IR inlining: one compiled function
+# per pass, optimised once; a chain of separately compiled functions is optimised again at
+# every level that links it, which doubled the cold start). Their scratch is flat stack
+# arrays (``_numba.local_array``), row r of lane u at r * TILE + u: a constant row
+# stride, and arrays LLVM knows apart from every argument, so the lane loops vectorise.
+_inline = njit(inline="always", fastmath={"contract"}, error_model="numpy")
 
 
 def serves(O, k):
@@ -89,7 +89,7 @@ def chunks(B, I, O):
     return min(TASKS, B // CHUNK_SAMPLES)
 
 
-@_part
+@_inline
 def _gather_knots(KW, knots, i, j, u, k):
     """KW[m, u] = t[j-k+1+m] for m = 0 .. 2k-1, the index clamped to the knots."""
     n = knots.shape[1]
@@ -97,7 +97,7 @@ def _gather_knots(KW, knots, i, j, u, k):
         KW[m * TILE + u] = knots[i, min(max(j - k + 1 + m, 0), n - 1)]
 
 
-@_part
+@_inline
 def _tile_bases(NB, DB, SV, J, IN, XS, KW, x, b0, nb, knots, i, k, deriv):
     """Spans J, inside flags IN and local bases NB (and DB when ``deriv``) of input i
     for the samples b0 .. b0+nb-1, one lane each (see the module docstring)."""
@@ -166,7 +166,7 @@ def _tile_bases(NB, DB, SV, J, IN, XS, KW, x, b0, nb, knots, i, k, deriv):
             NB[r * T + u] = SV[u]
 
 
-@_part
+@_inline
 def _base_lanes(BX, BD, x, b0, nb, i, code, deriv):
     """BX[u] = b(x) and, when ``deriv``, BD[u] = b'(x) of input i for the tile's lanes
     (silu from ``_vexp``'s exp; at a non-finite x what the reference gives)."""
@@ -194,24 +194,36 @@ def _base_lanes(BX, BD, x, b0, nb, i, code, deriv):
                 BD[u] = zero * xv
 
 
-@_part
-def _spline_lanes(TMP, W, J, IN, nb, coef, i, o, k):
-    """TMP[u] = sum_s W[s, u] * coef[i, J[u]-k+s, o] over the bases that exist, and 0
-    where x is outside the knots (dropped terms: a select, never a product with 0)."""
+@_inline
+def _coef_row(CW, coef, i, o, k):
+    """CW = coef[i, :, o] with k zeros on either side: CW[j + s] is the coefficient of
+    local basis s on span j (index j-k+s), 0 for a basis that does not exist."""
     K = coef.shape[1]
+    zero = CW.dtype.type(0)
+    for m in range(k):
+        CW[m] = zero
+        CW[K + k + m] = zero
+    for m in range(K):
+        CW[k + m] = coef[i, m, o]
+
+
+@_inline
+def _spline_lanes(TMP, W, J, IN, CW, k):
+    """TMP[u] = sum_s W[s, u] * CW[J[u] + s] (``_coef_row``: the terms of bases that do
+    not exist are 0 * a finite basis value), and 0 where x is outside the knots (those
+    terms are dropped: a select, never a product with 0)."""
     zero = TMP.dtype.type(0)
     for u in range(TILE):
         TMP[u] = zero
     for s in range(k + 1):
+        S = s * TILE
         for u in range(TILE):
-            a = J[u] - k + s
-            w = coef[i, min(max(a, 0), K - 1), o]
-            TMP[u] += W[s * TILE + u] * (w if a >= 0 and a < K else zero)
+            TMP[u] += W[S + u] * CW[J[u] + s]
     for u in range(TILE):
         TMP[u] = TMP[u] if IN[u] != 0 else zero
 
 
-@_part
+@njit(**_jit)
 def forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, b0, b1):
     """Rows b0:b1 of ``reference.spline_forward``: y[b, o] = sum_i phi[i, o](x[b, i]),
     overwritten; serial."""
@@ -224,6 +236,7 @@ def forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, b0, b1)
     ACC = local_array(_OROWS, dt)
     SV, XS, BX, TMP = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
     J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
+    CW = np.empty(coef.shape[1] + 2 * k, dt)  # one padded coefficient row (_coef_row)
     for t0 in range(b0, b1, TILE):
         nb = min(TILE, b1 - t0)
         for u in range(O * TILE):
@@ -234,7 +247,8 @@ def forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, b0, b1)
             for o in range(O):
                 wb = mask[i, o] * scale_base[i, o]
                 sp = mask[i, o] * scale_sp[i, o]
-                _spline_lanes(TMP, NB, J, IN, nb, coef, i, o, k)
+                _coef_row(CW, coef, i, o, k)
+                _spline_lanes(TMP, NB, J, IN, CW, k)
                 for u in range(TILE):
                     ACC[o * TILE + u] += BX[u] * wb + sp * TMP[u]
         for u in range(nb):
@@ -242,57 +256,7 @@ def forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, b0, b1)
                 y[t0 + u, o] = ACC[o * TILE + u]
 
 
-@_part
-def backward_rows(dx, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask, k, code, b0, b1):
-    """Rows b0:b1 of ``reference.spline_backward``: adds into dx[b0:b1] and into the raw
-    sums P (I, K, O) += dy * B[m](x), PB (I, O) += dy * b(x); serial."""
-    I = x.shape[1]
-    O = dy.shape[1]
-    K = coef.shape[1]
-    dt = dy.dtype
-    zero = dt.type(0)
-    NB = local_array(_NROWS, dt)
-    DB = local_array(_NROWS, dt)
-    KW = local_array(_KWROWS, dt)
-    GT = local_array(_OROWS, dt)
-    SV, XS, BX, BD = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
-    TMP, DX = local_array(TILE, dt), local_array(TILE, dt)
-    J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
-    for t0 in range(b0, b1, TILE):
-        nb = min(TILE, b1 - t0)
-        for u in range(TILE):  # idle lanes get g = 0
-            for o in range(O):
-                GT[o * TILE + u] = dy[t0 + u, o] if u < nb else zero
-        for i in range(I):
-            _tile_bases(NB, DB, SV, J, IN, XS, KW, x, t0, nb, knots, i, k, True)
-            _base_lanes(BX, BD, x, t0, nb, i, code, True)
-            # dx[b, i] += sum_o g * (mask * scale_base * b'(x) + mask * scale_sp * s'(x))
-            for u in range(TILE):
-                DX[u] = zero
-            for o in range(O):
-                wb = mask[i, o] * scale_base[i, o]
-                sp = mask[i, o] * scale_sp[i, o]
-                _spline_lanes(TMP, DB, J, IN, nb, coef, i, o, k)
-                for u in range(TILE):
-                    DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * TMP[u])
-            for u in range(nb):
-                dx[t0 + u, i] += DX[u]
-            # raw sums: PB over the lanes; P sample by sample (lanes may share a row of P)
-            for o in range(O):
-                acc = zero
-                for u in range(nb):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
-                    acc += BX[u] * GT[o * TILE + u]
-                PB[i, o] += acc
-            for u in range(nb):
-                if IN[u] != 0:
-                    a = J[u] - k
-                    for s in range(max(0, -a), min(k + 1, K - a)):
-                        v = NB[s * TILE + u]
-                        for o in range(O):
-                            P[i, a + s, o] += v * GT[o * TILE + u]
-
-
-@njit(**_jit)
+@_inline
 def finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask):
     """The parameter gradients from the chunks' raw sums P (C, I, K, O), PB (C, I, O),
     added chunk by chunk in order: dcoef += R * scale_sp * mask, dscale_base += mask * Rb,
@@ -316,23 +280,65 @@ def finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask):
 
 
 @njit(**_jit)
-def forward_serial(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
-    """The whole forward pass in the calling thread: one chunk."""
-    forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, 0, x.shape[0])
+def backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coef, scale_base, scale_sp, mask,
+                  k, code, b0, b1, last):
+    """Rows b0:b1 of ``reference.spline_backward``: adds into dx[b0:b1] and into chunk c's
+    raw sums P[c] (I, K, O) += dy * B[m](x), PB[c] (I, O) += dy * b(x); serial. When
+    ``last``, then adds the parameter gradients of all chunks' sums (``finish``) into
+    dcoef, dscale_base, dscale_sp (one compiled function for both uses: a shorter cold start)."""
+    I = x.shape[1]
+    O = dy.shape[1]
+    K = coef.shape[1]
+    dt = dy.dtype
+    zero = dt.type(0)
+    NB = local_array(_NROWS, dt)
+    DB = local_array(_NROWS, dt)
+    KW = local_array(_KWROWS, dt)
+    GT = local_array(_OROWS, dt)
+    SV, XS, BX, BD = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
+    TMP, DX = local_array(TILE, dt), local_array(TILE, dt)
+    J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
+    CW = np.empty(coef.shape[1] + 2 * k, dt)  # one padded coefficient row (_coef_row)
+    for t0 in range(b0, b1, TILE):
+        nb = min(TILE, b1 - t0)
+        for u in range(TILE):  # idle lanes get g = 0
+            for o in range(O):
+                GT[o * TILE + u] = dy[t0 + u, o] if u < nb else zero
+        for i in range(I):
+            _tile_bases(NB, DB, SV, J, IN, XS, KW, x, t0, nb, knots, i, k, True)
+            _base_lanes(BX, BD, x, t0, nb, i, code, True)
+            # dx[b, i] += sum_o g * (mask * scale_base * b'(x) + mask * scale_sp * s'(x))
+            for u in range(TILE):
+                DX[u] = zero
+            for o in range(O):
+                wb = mask[i, o] * scale_base[i, o]
+                sp = mask[i, o] * scale_sp[i, o]
+                _coef_row(CW, coef, i, o, k)
+                _spline_lanes(TMP, DB, J, IN, CW, k)
+                for u in range(TILE):
+                    DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * TMP[u])
+            for u in range(nb):
+                dx[t0 + u, i] += DX[u]
+            # raw sums: PB over the lanes; P sample by sample (lanes may share a row of P)
+            for o in range(O):
+                acc = zero
+                for u in range(nb):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
+                    acc += BX[u] * GT[o * TILE + u]
+                PB[c, i, o] += acc
+            for u in range(nb):
+                if IN[u] != 0:
+                    a = J[u] - k
+                    for s in range(max(0, -a), min(k + 1, K - a)):
+                        v = NB[s * TILE + u]
+                        for o in range(O):
+                            P[c, i, a + s, o] += v * GT[o * TILE + u]
+    if last:
+        finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
 
 
-@njit(**_jit)
-def backward_serial(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale_base, scale_sp, mask, k, code):
-    """The whole backward pass in the calling thread: one chunk."""
-    I, K, O = coef.shape
-    P = np.zeros((1, I, K, O), dy.dtype)
-    PB = np.zeros((1, I, O), dy.dtype)
-    backward_rows(dx, P[0], PB[0], dy, x, knots, coef, scale_base, scale_sp, mask, k, code, 0, x.shape[0])
-    finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
-
-
-# The parallel versions: a prange over the chunks, each a call of the serial function
-# (not inlined: the parallel function stays a few lines, quick to compile).
+# The parallel versions (large batches only, compiled at their first use): a prange over
+# the chunks, each a call of the serial function (a call, not inlined: the parallel
+# function stays a few lines, quick to compile).
 @njit(parallel=True, **_jit)
 def forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, nchunk):
     B = x.shape[0]
@@ -341,11 +347,14 @@ def forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, nchun
 
 
 @njit(parallel=True, **_jit)
-def backward_chunks(dx, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask, k, code, nchunk):
+def backward_chunks(dx, dcoef, dscale_base, dscale_sp, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask,
+                    k, code):
     B = x.shape[0]
+    nchunk = P.shape[0]
     for c in prange(nchunk):
-        backward_rows(dx, P[c], PB[c], dy, x, knots, coef, scale_base, scale_sp, mask, k, code,
-                      c * B // nchunk, (c + 1) * B // nchunk)
+        backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coef, scale_base, scale_sp, mask,
+                      k, code, c * B // nchunk, (c + 1) * B // nchunk, False)
+    finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
 
 
 def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
@@ -355,7 +364,7 @@ def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
     O = y.shape[1]
     nchunk = chunks(B, I, O)
     if nchunk == 1:
-        forward_serial(y, x, knots, coef, scale_base, scale_sp, mask, k, code)
+        forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, 0, B)
     else:
         with threads_for(B * I * O):
             forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, nchunk)
@@ -367,11 +376,12 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale
     B, I = x.shape
     O = dy.shape[1]
     nchunk = chunks(B, I, O)
-    if nchunk == 1:
-        backward_serial(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale_base, scale_sp, mask, k, code)
-        return
-    P = np.zeros((nchunk,) + coef.shape, coef.dtype)
+    P = np.zeros((nchunk,) + coef.shape, coef.dtype)  # raw sums, one set per chunk
     PB = np.zeros((nchunk,) + scale_base.shape, coef.dtype)
+    if nchunk == 1:
+        backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, 0, dy, x, knots, coef, scale_base, scale_sp, mask,
+                      k, code, 0, B, True)
+        return
     with threads_for(B * I * O):
-        backward_chunks(dx, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask, k, code, nchunk)
-    finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
+        backward_chunks(dx, dcoef, dscale_base, dscale_sp, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask,
+                        k, code)
