@@ -409,4 +409,7 @@ class KAN:
     # -- physics-informed training: numkan/pde.py ----------------------------------
     @functools.wraps(_pde.fit_pde)
     def fit_pde(self, x, loss_fn, *args, **kwargs):
-        return _pde.fit_pde(self, x, loss_fn, *args, **kwargs)
+        history = _pde.fit_pde(self, x, loss_fn, *args, **kwargs)
+        # as after fit: the interior points become the model's data
+        self.cache_data = v.check_array("x", x, self.width[0], np.float64)
+        return history

@@ -87,6 +87,8 @@ returns its own partial derivatives (any of them may be None for 0), as
 mean squared residual of a linear second-order operator.
 """
 import numbers
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -312,6 +314,24 @@ class PDEObjective:
 
 
 # ---------------------------------------------------------------------------
+class _PDEProgress(_Progress):
+    """``numkan.train``'s progress line, showing the objective and its two parts."""
+
+    def update(self, step, loss, pde_loss, bc_loss, force=False):
+        if not self.every or (step % self.every and not force):
+            return
+        now = time.perf_counter()
+        if not force and now - self.last < (0.1 if self.tty else 10.0):
+            return
+        self.last = now
+        rate = step / max(now - self.t0, 1e-9)
+        line = (f"step {step:>{len(str(self.steps))}}/{self.steps} | loss {loss:.3e} | "
+                f"pde {pde_loss:.3e} | bc {bc_loss:.3e} | {rate:.1f} steps/s")
+        sys.stderr.write("\r" + line + " " if self.tty else line + "\n")
+        sys.stderr.flush()
+        self.shown = self.tty
+
+
 def _check_points(model, x, x_boundary, u_boundary, bc_weight):
     D, O = model.width[0], model.width[-1]
     x = v.check_array("x", x, D, np.float64)
@@ -415,7 +435,7 @@ def fit_pde(model, x, loss_fn, x_boundary=None, u_boundary=None, bc_weight=1.0, 
 
     obj = PDEObjective(model, x, loss_fn, xb, ub, wb)
     results = {"loss": [], "pde_loss": [], "bc_loss": []}
-    progress = _Progress(steps, log)
+    progress = _PDEProgress(steps, log)
     kept = _Kept(model)
     start = _Snapshot(model)
     st = _State(model, start)
@@ -428,7 +448,7 @@ def fit_pde(model, x, loss_fn, x_boundary=None, u_boundary=None, bc_weight=1.0, 
         if loss < st.best_obj:
             st.save_best(model, loss)
         step = len(results["loss"])
-        progress.update(step, obj.parts[0], obj.parts[1], 0.0, force=step == steps)
+        progress.update(step, loss, obj.parts[0], obj.parts[1], force=step == steps)
         if callback is None:
             return False
         try:

@@ -28,15 +28,10 @@ from numba import njit, prange
 from . import _scalar
 from ._parallel import TASKS, threads_for
 from ._scalar import BASE_CODES, IDENTITY, SILU
+from .cpu_train import _reciprocals
 
 _jit = dict(nogil=True, cache=True)
 _find_span = njit(**_jit)(_scalar.find_span)
-
-
-@njit(inline="always")
-def _ratio(num, den):
-    # a zero denominator (coinciding knots) makes the term 0 (KAN_MATH)
-    return num / den if den > 0 else 0.0
 
 
 @njit(**_jit)
@@ -62,10 +57,12 @@ def _base_derivs(bq, x, code):
 
 
 @njit(**_jit)
-def _basis_derivs(Dq, T, w, knots, i, j, x, k, nder):
+def _basis_derivs(Dq, T, w, knots, inv, i, j, x, k, nder):
     """Dq[q, s] = d^q B[j-k+s, k](x) for q = 0..nder on span j >= 0 (0 where the basis
     does not exist), as ``reference.local_basis_derivs``: the triangle of values
-    of every order, then q applications of the derivative rule from order k-q."""
+    of every order, then q applications of the derivative rule from order k-q.
+    ``inv[i, r, m] = 1 / (t[m+r] - t[m])`` (0 for coinciding knots) turns every
+    division into a multiplication (``_scalar.knot_reciprocals``)."""
     nk = knots.shape[1]
     T[0, 0] = 1.0
     for r in range(1, k + 1):
@@ -74,9 +71,9 @@ def _basis_derivs(Dq, T, w, knots, i, j, x, k, nder):
             v = 0.0
             if a >= 0 and a <= nk - 2 - r:
                 if s >= 1:
-                    v += _ratio(x - knots[i, a], knots[i, a + r] - knots[i, a]) * T[r - 1, s - 1]
+                    v += (x - knots[i, a]) * inv[i, r, a] * T[r - 1, s - 1]
                 if s <= r - 1:
-                    v += _ratio(knots[i, a + r + 1] - x, knots[i, a + r + 1] - knots[i, a + 1]) * T[r - 1, s]
+                    v += (knots[i, a + r + 1] - x) * inv[i, r, a + 1] * T[r - 1, s]
             T[r, s] = v
     for s in range(k + 1):
         Dq[0, s] = T[k, s]
@@ -94,9 +91,9 @@ def _basis_derivs(Dq, T, w, knots, i, j, x, k, nder):
                 v = 0.0
                 if a >= 0 and a <= nk - 2 - r:
                     if s >= 1:
-                        v += _ratio(w[s - 1], knots[i, a + r] - knots[i, a])
+                        v += w[s - 1] * inv[i, r, a]
                     if s <= r - 1:
-                        v -= _ratio(w[s], knots[i, a + r + 1] - knots[i, a + 1])
+                        v -= w[s] * inv[i, r, a + 1]
                 w[s] = r * v
         for s in range(k + 1):
             Dq[q, s] = w[s]
@@ -117,7 +114,7 @@ def _edge_derivs(phi, Dq, bq, j, W, Wb, i, k, o, nder):
 
 
 @njit(parallel=True, **_jit)
-def _jet_forward_kernel(y, Jy, Hy, x, J, H, knots, W, Wb, k, code):
+def _jet_forward_kernel(y, Jy, Hy, x, J, H, knots, inv, W, Wb, k, code):
     B, I = x.shape
     O = W.shape[2]
     D = J.shape[2]
@@ -140,7 +137,7 @@ def _jet_forward_kernel(y, Jy, Hy, x, J, H, knots, W, Wb, k, code):
                 _base_derivs(bq, xv, code)
                 j = _find_span(knots, i, xv)
                 if j >= 0:
-                    _basis_derivs(Dq, T, w, knots, i, j, xv, k, 2)
+                    _basis_derivs(Dq, T, w, knots, inv, i, j, xv, k, 2)
                 for o in range(O):
                     _edge_derivs(phi, Dq, bq, j, W, Wb, i, k, o, 2)
                     y[b, o] += phi[0]
@@ -152,7 +149,7 @@ def _jet_forward_kernel(y, Jy, Hy, x, J, H, knots, W, Wb, k, code):
 
 @njit(parallel=True, **_jit)
 def _jet_backward_kernel(dx, dJ, dH, dcoef, dscale_base, dscale_sp, gy, gJ, gH, x, J, H, knots,
-                         coef, W, Wb, spm, mask, k, code):
+                         inv, coef, W, Wb, spm, mask, k, code):
     B, I = x.shape
     K = W.shape[1]
     O = W.shape[2]
@@ -170,7 +167,7 @@ def _jet_backward_kernel(dx, dJ, dH, dcoef, dscale_base, dscale_sp, gy, gJ, gH, 
             _base_derivs(bq, xv, code)
             j = _find_span(knots, i, xv)
             if j >= 0:
-                _basis_derivs(Dq, T, w, knots, i, j, xv, k, 3)
+                _basis_derivs(Dq, T, w, knots, inv, i, j, xv, k, 3)
             dxb = 0.0
             for o in range(O):
                 a1 = 0.0
@@ -204,7 +201,7 @@ def spline_jet_forward(y, Jy, Hy, x, J, H, knots, coef, scale_base, scale_sp, ma
     """Compiled ``reference.spline_jet_forward``: y (B, O), Jy, Hy (B, O, D) overwritten."""
     W = coef * (scale_sp * mask)[:, None, :]
     with threads_for(x.shape[0] * coef.shape[0] * coef.shape[2] * J.shape[2]):
-        _jet_forward_kernel(y, Jy, Hy, x, J, H, knots, W, scale_base * mask, k, BASE_CODES[base_fun])
+        _jet_forward_kernel(y, Jy, Hy, x, J, H, knots, _reciprocals(knots, k), W, scale_base * mask, k, BASE_CODES[base_fun])
 
 
 def spline_jet_backward(dx, dJ, dH, dcoef, dscale_base, dscale_sp, gy, gJ, gH, x, J, H, knots,
@@ -215,5 +212,5 @@ def spline_jet_backward(dx, dJ, dH, dcoef, dscale_base, dscale_sp, gy, gJ, gH, x
     dt = coef.dtype
     with threads_for(x.shape[0] * coef.shape[0] * coef.shape[2] * J.shape[2]):
         _jet_backward_kernel(dx, dJ, dH, dcoef, dscale_base, dscale_sp, gy.astype(dt), gJ.astype(dt),
-                             gH.astype(dt), x, J, H, knots, coef, W, scale_base * mask, spm, mask, k,
+                             gH.astype(dt), x, J, H, knots, _reciprocals(knots, k), coef, W, scale_base * mask, spm, mask, k,
                              BASE_CODES[base_fun])
