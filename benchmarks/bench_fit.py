@@ -17,7 +17,10 @@ A script, not a test. Three parts (``--parts``, default all three):
   (``--pykan-python``, default $PYKAN_PYTHON or /work/pykan-venv/bin/python)
   on the same data in a separate process, in the same run
   (``paper_fits.run_pykan``): seconds, ratio, and the test RMSE after each grid
-  side by side. Target: >= 30x pykan's speed at no worse test RMSE.
+  side by side. Target: >= 30x pykan's speed at no worse test RMSE. pykan runs
+  with ``--pykan-threads`` torch threads (default 1: numkan's kernels run on one
+  thread at this size, and on a shared machine torch's thread pool, waiting on
+  busy cores, made pykan 9x slower in one run).
 - ``steps``: hellokan's model at G = 5, 20, 100 and a [16, 32, 32, 1] model on
   10,000 samples: seconds per L-BFGS step (up to 20 iterations) and per Adam
   step, against the same fit on device="numpy" in the same run.
@@ -214,12 +217,15 @@ def ladder_table(args):
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {_machine()}. [2, 5, 1], "
         "exp(sin(pi x) + y^2), 1000 train / 1000 test points (the same for both), float64, "
         f"G = {' -> '.join(map(str, grids))}, L-BFGS, fit's defaults (grid updates on), seed 0; "
-        "pykan 0.2.8 (torch, CPU) in its own process, in the same run. Test RMSE after each grid.",
+        f"pykan 0.2.8 (torch, CPU, {args.pykan_threads or 'default'} thread(s)) in its own process, in the "
+        "same run; numkan's kernels run on one thread at this size. Test RMSE after each grid.",
         "",
         "| steps/grid | library | seconds | speed-up | " + " | ".join(f"test RMSE G={G}" for G in grids) + " |",
         "|---:|---|---:|---:|" + "---:|" * len(grids),
     ]
     print("\n".join(lines), flush=True)
+    if args.pykan_threads:  # inherited by the pykan process (numkan's threads are set already)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.pykan_threads)
     rows = []
     for steps in args.ladder_steps:
         run_numkan(ds, [2, 5, 1], 0, grids[:1], 1)  # compiles outside the timing
@@ -250,6 +256,8 @@ def main():
     ap.add_argument("--ladder-steps", type=lambda s: [int(v) for v in s.split(",")], default=[50, 200],
                     help="ladder: L-BFGS steps per grid (comma-separated)")
     ap.add_argument("--pykan-python", default=os.environ.get("PYKAN_PYTHON", "/work/pykan-venv/bin/python"))
+    ap.add_argument("--pykan-threads", type=int, default=1,
+                    help="ladder: torch threads of the pykan process (OMP_NUM_THREADS; 0 = torch's default)")
     ap.add_argument("--lbfgs-steps", type=int, default=3)
     ap.add_argument("--adam-steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)

@@ -1,8 +1,8 @@
 """Numba CPU kernels for narrow layers: few outputs, where the bases are the work.
 
 ``cpu.spline_forward`` / ``cpu.spline_backward`` send a layer here when it has
-few outputs (``cpu.NARROW_OUTPUTS``): the [2, 5, 1], [4, 4, 2, 1] and
-[100, 1, 1] models scientists train. Same maths, same non-finite semantics as
+few outputs and an order up to ``MAX_ORDER`` (``serves``): the [2, 5, 1],
+[4, 4, 2, 1] and [100, 1, 1] models scientists train. Same maths, same non-finite semantics as
 ``reference.spline_forward`` / ``spline_backward`` (tested against them in
 tests/test_narrow.py and tests/test_kernels.py). At a few outputs per input,
 the coefficient contraction is almost free; what costs is the span search and
@@ -16,14 +16,26 @@ vectorises it (it vectorises innermost loops only):
     XS, J, IN   (T,)       x, its span, 1 if x is inside the knots
     KW (2k, T)             the 2k knots t[j-k+1 .. j+k] around each lane's span
     NB, DB (k+1, T)        the local bases B[j-k+s, k](x) and their derivatives
+    SV (T,)                Cox-de Boor's left term of a slot, carried to the next
     BX, BD (T,)            b(x), b'(x)
+    CW (K + 2k,)           coef[i, :, o] with k zeros either side (``_coef_row``)
+    TMP, DX (T,)           one output's spline term s(x) (or s'(x)); the tile's dx
     ACC (O, T)             the forward's outputs of the tile, summed over inputs
     GT (O, T)              the backward's dy of the tile, transposed
     P (I, K, O), PB (I, O) the backward's raw sums: sum_b dy * B[m](x), sum_b dy * b(x)
 
 The order k is a run-time argument (its loops are outside the lane loops, so
-nothing needs unrolling), so each function compiles once per dtype: a short
-cold start, and nothing here is inlined by force.
+nothing needs unrolling): ``forward_rows`` and ``backward_rows`` compile once
+per dtype, about 2 s each, where the wide kernels of ``cpu.py`` take 10-15 s
+per (k, dtype). The scratch is on the stack, sized for ``MAX_ORDER`` and
+``MAX_OUTPUTS``.
+
+Measured (benchmarks/RESULTS.md): at 1 to 5 outputs these kernels run as fast
+as the wide ones per (sample, input), and above 5 outputs slower (each output
+gathers its own coefficients lane by lane), hence ``MAX_OUTPUTS``. What the
+time goes to: the span guess and the 2k knot gathers, the k(k+1)/2 divisions of
+the triangle (about half of the bases), then per output k+1 coefficient
+gathers; the backward recomputes the bases, with their derivatives.
 
 The span: the guess uniform knots give, int((x - t[0]) (n-1) / (t[-1] - t[0])),
 clamped as a float (a NaN or inf never becomes an index), checked against the
