@@ -155,20 +155,25 @@ class _KernelClock:
 
 
 def _time_calls(fn, calls, rounds, clock):
-    """(fastest, median) seconds per call over ``rounds`` rounds of ``calls`` calls, and the
-    kernels' share of the fastest round."""
+    """Seconds per call over ``rounds`` rounds of ``calls`` calls: (fastest wall, median wall,
+    fastest CPU time of this thread), and the kernels' share of the fastest round's wall
+    time. The kernels run on the calling thread at these sizes, so the thread's CPU
+    time is what the call costs when the machine is not shared (wall time counts the
+    time other processes hold the cores)."""
     fn()
-    per, share = [], []
+    per, cpu, share = [], [], []
     for _ in range(rounds):
         clock.seconds = 0.0
+        c0 = time.thread_time()
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
         t = time.perf_counter() - t0
+        cpu.append((time.thread_time() - c0) / calls)
         per.append(t / calls)
         share.append(clock.seconds / t)
     best = int(np.argmin(per))
-    return per[best], statistics.median(per), share[best]
+    return per[best], statistics.median(per), min(cpu), share[best]
 
 
 def lag_table(args):
@@ -178,11 +183,13 @@ def lag_table(args):
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {_machine()}. float64, k = 3, "
         "1000 samples. ns/(s,i) = time / (samples x inputs of all layers). kernels = share of the "
         "time inside the compiled layer kernels (spline_forward/backward). 'objective' = one "
-        "evaluation of fit's objective (train.Objective), the call L-BFGS repeats. Fastest of "
-        f"{args.rounds} rounds (median in brackets).",
+        "evaluation of fit's objective (train.Objective), the call L-BFGS repeats. Wall: fastest of "
+        f"{args.rounds} rounds (median in brackets); CPU: the fastest round's CPU time of the calling "
+        "thread (what the call costs on an idle machine; the kernels run on that thread here).",
         "",
-        "| width | G | loss_and_grad us | ns/(s,i) | kernels | objective us | ns/(s,i) | kernels |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| width | G | loss_and_grad wall us | CPU us | ns/(s,i) wall | ns/(s,i) CPU | kernels "
+        "| objective wall us | CPU us | ns/(s,i) wall | ns/(s,i) CPU | kernels |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), flush=True)
     rows = []
@@ -197,8 +204,8 @@ def lag_table(args):
         with _KernelClock(model.backend) as clock:
             lag = _time_calls(lambda: model.loss_and_grad(x, y), calls, args.rounds, clock)
             ob = _time_calls(lambda: _call(obj), calls, args.rounds, clock)  # uncounted
-        cell = lambda r: (f"{r[0] * 1e6:.0f} ({r[1] * 1e6:.0f}) | {r[0] / si * 1e9:.1f} "
-                          f"({r[1] / si * 1e9:.1f}) | {r[2] * 100:.0f}%")
+        cell = lambda r: (f"{r[0] * 1e6:.0f} ({r[1] * 1e6:.0f}) | {r[2] * 1e6:.0f} | {r[0] / si * 1e9:.1f} "
+                          f"({r[1] / si * 1e9:.1f}) | {r[2] / si * 1e9:.1f} | {r[3] * 100:.0f}%")
         row = f"| {width} | {G} | {cell(lag)} | {cell(ob)} |"
         rows.append(row)
         print(row, flush=True)

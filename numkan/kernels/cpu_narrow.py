@@ -60,7 +60,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _scalar
-from ._numba import local_array
+from ._numba import local_array, serial_part
 from ._parallel import SERIAL_EDGES, TASKS, threads_for
 from ._scalar import IDENTITY, SILU
 from ._vexp import vexp
@@ -81,9 +81,12 @@ _jit = dict(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
 _find_span = njit(**_jit)(_scalar.find_span)
 # The helpers are inlined into the two kernels (Numba IR inlining: one compiled function
 # per pass, optimised once; a chain of separately compiled functions is optimised again at
-# every level that links it, which doubled the cold start). Their scratch is flat stack
-# arrays (``_numba.local_array``), row r of lane u at r * TILE + u: a constant row
-# stride, and arrays LLVM knows apart from every argument, so the lane loops vectorise.
+# every level that links it, which doubled the cold start). The kernels are serial parts
+# (``_numba.serial_part``: arguments that do not overlap, no reference counting, so they
+# allocate nothing: their callers hand them the raw sums and a coefficient row). Their
+# scratch is flat stack arrays (``_numba.local_array``), row r of lane u at r * TILE + u:
+# a constant row stride, and arrays LLVM knows apart from every argument, so the lane
+# loops vectorise.
 _inline = njit(inline="always", fastmath={"contract"}, error_model="numpy")
 
 
@@ -235,8 +238,8 @@ def _spline_lanes(TMP, W, J, IN, CW, k):
         TMP[u] = TMP[u] if IN[u] != 0 else zero
 
 
-@njit(**_jit)
-def forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, b0, b1):
+@serial_part(**_jit)
+def forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW, b0, b1):
     """Rows b0:b1 of ``reference.spline_forward``: y[b, o] = sum_i phi[i, o](x[b, i]),
     overwritten; serial."""
     I = x.shape[1]
@@ -248,7 +251,6 @@ def forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, b0, b1)
     ACC = local_array(_OROWS, dt)
     SV, XS, BX, TMP = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
     J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
-    CW = np.empty(coef.shape[1] + 2 * k, dt)  # one padded coefficient row (_coef_row)
     for t0 in range(b0, b1, TILE):
         nb = min(TILE, b1 - t0)
         for u in range(O * TILE):
@@ -291,9 +293,9 @@ def finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask):
             dscale_sp[i, o] += mask[i, o] * acc
 
 
-@njit(**_jit)
+@serial_part(**_jit)
 def backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coef, scale_base, scale_sp, mask,
-                  k, code, b0, b1, last):
+                  k, code, CW, b0, b1, last):
     """Rows b0:b1 of ``reference.spline_backward``: adds into dx[b0:b1] and into chunk c's
     raw sums P[c] (I, K, O) += dy * B[m](x), PB[c] (I, O) += dy * b(x); serial. When
     ``last``, then adds the parameter gradients of all chunks' sums (``finish``) into
@@ -310,7 +312,6 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coe
     SV, XS, BX, BD = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
     TMP, DX = local_array(TILE, dt), local_array(TILE, dt)
     J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
-    CW = np.empty(coef.shape[1] + 2 * k, dt)  # one padded coefficient row (_coef_row)
     for t0 in range(b0, b1, TILE):
         nb = min(TILE, b1 - t0)
         for u in range(TILE):  # idle lanes get g = 0
@@ -352,21 +353,30 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coe
 # the chunks, each a call of the serial function (a call, not inlined: the parallel
 # function stays a few lines, quick to compile).
 @njit(parallel=True, **_jit)
-def forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, nchunk):
+def forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW):
     B = x.shape[0]
+    nchunk = CW.shape[0]
     for c in prange(nchunk):
-        forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, c * B // nchunk, (c + 1) * B // nchunk)
+        forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW[c], c * B // nchunk,
+                     (c + 1) * B // nchunk)
 
 
 @njit(parallel=True, **_jit)
 def backward_chunks(dx, dcoef, dscale_base, dscale_sp, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask,
-                    k, code):
+                    k, code, CW):
     B = x.shape[0]
     nchunk = P.shape[0]
     for c in prange(nchunk):
         backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coef, scale_base, scale_sp, mask,
-                      k, code, c * B // nchunk, (c + 1) * B // nchunk, False)
+                      k, code, CW[c], c * B // nchunk, (c + 1) * B // nchunk, False)
     finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
+
+
+def _coef_rows(nchunk, coef, k):
+    """Room for one padded coefficient row (``_coef_row``) per chunk: the serial parts
+    allocate nothing (compiled without reference counting, ``_numba.serial_part``,
+    whose calls would otherwise sit in the loops over inputs and outputs)."""
+    return np.empty((nchunk, coef.shape[1] + 2 * k), coef.dtype)
 
 
 def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
@@ -375,11 +385,12 @@ def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
     B, I = x.shape
     O = y.shape[1]
     nchunk = chunks(B, I, O)
+    CW = _coef_rows(nchunk, coef, k)
     if nchunk == 1:
-        forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, 0, B)
+        forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW[0], 0, B)
     else:
         with threads_for(B * I * O):
-            forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, nchunk)
+            forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW)
     return y
 
 
@@ -390,10 +401,11 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale
     nchunk = chunks(B, I, O)
     P = np.zeros((nchunk,) + coef.shape, coef.dtype)  # raw sums, one set per chunk
     PB = np.zeros((nchunk,) + scale_base.shape, coef.dtype)
+    CW = _coef_rows(nchunk, coef, k)
     if nchunk == 1:
         backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, 0, dy, x, knots, coef, scale_base, scale_sp, mask,
-                      k, code, 0, B, True)
+                      k, code, CW[0], 0, B, True)
         return
     with threads_for(B * I * O):
         backward_chunks(dx, dcoef, dscale_base, dscale_sp, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask,
-                        k, code)
+                        k, code, CW)
