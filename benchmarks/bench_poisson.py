@@ -139,6 +139,8 @@ def run_pykan(xi, xb, xt, steps):
             clock += time.perf_counter() - t0
             with torch.no_grad():
                 trace.append((clock, float(torch.mean((model(x_t) - u_exact) ** 2))))
+            print(f"  pykan grid {G} step {step + 1}: {clock:.1f} s, MSE {trace[-1][1]:.2e}",
+                  file=sys.stderr, flush=True)
             t0 = time.perf_counter()
     return trace
 
