@@ -351,3 +351,15 @@ def test_frozen_scales_get_no_gradient():
     pde.PDEObjective(model, x, res, xb, np.zeros((xb.shape[0], 1)), np.ones((xb.shape[0], 1)))()
     assert all(not np.any(L.dscale_base) for L in model.layers)
     assert any(np.any(L.dcoef) for L in model.layers)
+
+
+def test_refine_then_fit_pde_continues_from_the_coarse_solution():
+    x, xb, res, sol = _poisson(10)
+    model = nk.KAN([2, 3, 1], grid=3, k=3, seed=0)
+    model.fit_pde(x, res, x_boundary=xb, u_boundary=0.0, bc_weight=10.0, steps=8, log=0)
+    coarse = model.fit_pde(x, res, x_boundary=xb, u_boundary=0.0, bc_weight=10.0, steps=1, log=0,
+                           update_grid=False)["loss"][-1]
+    fine = model.refine(6, x=np.concatenate([x, xb]))
+    hist = fine.fit_pde(x, res, x_boundary=xb, u_boundary=0.0, bc_weight=10.0, steps=4, log=0)
+    assert hist["loss"][0] < 2 * coarse    # the finer splines start from the coarse ones
+    assert hist["loss"][-1] < coarse
