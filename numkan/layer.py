@@ -203,7 +203,7 @@ class KANLayer:
     @property
     def has_symbolic(self):
         """True when some edge is symbolic (then its symbolic part is evaluated)."""
-        return bool(np.any(self.symbolic_mask))
+        return bool(self.symbolic_mask.any())  # the method: np.any's dispatch costs more, every pass
 
     def _symbolic_groups(self, inputs=None):
         """(i, f, outs) per input i (all, or those in ``inputs``) and library function f

@@ -135,7 +135,11 @@ class _Kept:
 
 
 class _Flat:
-    """The trainable arrays of a model as one flat float64 vector (host)."""
+    """The trainable arrays of a model as one flat float64 vector (host).
+
+    ``set`` writes into the model's arrays in place (one upload of the whole
+    vector, then a ``copy_into`` per array): L-BFGS calls it at every evaluation,
+    and a new array per parameter costs more than the copy on small models."""
 
     def __init__(self, model):
         self.model = model
@@ -146,26 +150,31 @@ class _Flat:
     def get(self):
         be = self.model.backend
         return np.concatenate([be.to_host(getattr(L, n)).ravel() for L, n in self.slots]
-                              ).astype(np.float64)
+                              ).astype(np.float64, copy=False)
 
     def set(self, theta):
         """Install theta (float64) as the model's arrays, in the model's dtype.
 
         Raises ``_NonFinite`` (and installs nothing) when theta has a NaN or
         inf, or a value beyond the dtype's range (a float32 model: |v| > 3.4e38)."""
-        with np.errstate(over="ignore"):
-            if not np.all(np.isfinite(theta.astype(self.model.dtype))):
-                raise _NonFinite("the L-BFGS iterate has a parameter that is not finite in "
-                                 f"{self.model.dtype.name}")
+        dt = self.model.dtype
+        if dt == np.float64:
+            cast = theta
+        else:
+            with np.errstate(over="ignore"):
+                cast = theta.astype(dt)
+        if not np.isfinite(cast).all():
+            raise _NonFinite(f"the L-BFGS iterate has a parameter that is not finite in {dt.name}")
         be, pos = self.model.backend, 0
+        flat = be.asarray(cast, dt)
         for (L, n), shape, size in zip(self.slots, self.shapes, self.sizes):
-            setattr(L, n, be.asarray(theta[pos:pos + size].reshape(shape), L.dtype))
+            be.copy_into(getattr(L, n), flat[pos:pos + size].reshape(shape))
             pos += size
 
     def grad(self):
         be = self.model.backend
         return np.concatenate([be.to_host(getattr(L, "d" + n)).ravel() for L, n in self.slots]
-                              ).astype(np.float64)
+                              ).astype(np.float64, copy=False)
 
 
 # ---------------------------------------------------------------------------
