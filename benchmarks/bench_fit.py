@@ -21,17 +21,26 @@ A script, not a test. Three parts (``--parts``, default all three):
   with ``--pykan-threads`` torch threads (default 1: numkan's kernels run on one
   thread at this size, and on a shared machine torch's thread pool, waiting on
   busy cores, made pykan 9x slower in one run).
+- ``mlp``: a KAN layer against an MLP with the same number of parameters, forward
+  + backward on the same batch: numkan's (B, I, O) = (1024, 64, 64) layer at G = 5
+  and 50 (I O (G + k + 2) parameters: coef and the two scales) against torch's
+  Linear(64, h) + SiLU + Linear(h, 64), h chosen to match, float32 and float64,
+  and, for scale, one Linear(64, 64) + SiLU (the MLP layer of the same width);
+  torch in its own process (``--pykan-python``'s interpreter, which has torch)
+  with as many threads as Numba's, one after the other in the same run.
 - ``steps``: hellokan's model at G = 5, 20, 100 and a [16, 32, 32, 1] model on
   10,000 samples: seconds per L-BFGS step (up to 20 iterations) and per Adam
   step, against the same fit on device="numpy" in the same run.
 
-    python benchmarks/bench_fit.py [--parts lag,ladder,steps] [--append benchmarks/RESULTS.md]
+    python benchmarks/bench_fit.py [--parts lag,ladder,mlp,steps] [--append benchmarks/RESULTS.md]
 """
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 
 import numba
@@ -249,6 +258,99 @@ def ladder_table(args):
     return lines + rows
 
 
+# ---------------------------------------------------------------------------
+# a KAN layer against an MLP of the same size
+MLP_RUNNER = r"""
+import json, sys, time
+import torch
+B, I, O, h, dtype, rounds = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+                             getattr(torch, sys.argv[5]), int(sys.argv[6]))
+torch.manual_seed(0)
+torch.set_num_threads(int(sys.argv[7]))
+layers = [torch.nn.Linear(I, h), torch.nn.SiLU(), torch.nn.Linear(h, O)] if h else [torch.nn.Linear(I, O), torch.nn.SiLU()]
+net = torch.nn.Sequential(*layers).to(dtype)
+x = torch.rand(B, I, dtype=dtype) * 2 - 1
+dy = torch.randn(B, O, dtype=dtype)
+def step():
+    net.zero_grad(set_to_none=False)
+    net(x).backward(dy)
+step()
+best = 1e9
+for _ in range(rounds):
+    t0 = time.perf_counter()
+    for _ in range(20):
+        step()
+    best = min(best, (time.perf_counter() - t0) / 20)
+print(json.dumps({"seconds": best, "params": sum(p.numel() for p in net.parameters()),
+                  "threads": torch.get_num_threads()}))
+"""
+
+
+def mlp_table(args):
+    from numkan.kernels import cpu
+    B, I, O, k = 1024, 64, 64, 3
+    lines = [
+        "## A KAN layer against an MLP of the same size (benchmarks/bench_fit.py --parts mlp)",
+        "",
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {_machine()}. Forward + "
+        f"backward of one batch (B = {B}), fastest of {args.rounds} rounds of 20: numkan's cpu layer "
+        f"kernels ({I} -> {O}, k = {k}) and torch's Linear({I}, h) + SiLU + Linear(h, {O}) with h "
+        f"chosen for the same number of parameters; and, for scale, one Linear({I}, {O}) + SiLU, the "
+        "MLP layer of the same width (torch in its own process with as many threads as Numba's).",
+        "",
+        "| dtype | G | parameters | numkan ms | MLP h | MLP params | torch ms | numkan / torch "
+        f"| Linear({I},{O})+SiLU ms | numkan / it |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    print("\n".join(lines), flush=True)
+    rows = []
+    rng = np.random.default_rng(0)
+    threads = numba.get_num_threads()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+    def torch_time(h, dt):
+        proc = subprocess.run([args.pykan_python, "-c", MLP_RUNNER, str(B), str(I), str(O), str(h), dt,
+                               str(args.rounds), str(threads)], capture_output=True, text=True, env=env)
+        if proc.returncode:
+            return float("nan"), "—"
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        return out["seconds"], out["params"]
+    for dt in ("float32", "float64"):
+        for G in (5, 50):
+            K = G + k
+            params = I * O * (K + 2)
+            h = max(1, round((params - O) / (I + 1 + O)))  # (I+1) h + (h+1) O parameters
+            x = cpu.asarray(rng.uniform(-1, 1, (B, I)), dt)
+            knots = cpu.asarray(np.tile(-1 + (np.arange(G + 2 * k + 1) - k) * (2 / G), (I, 1)), dt)
+            coef = cpu.asarray(rng.normal(0, 0.1, (I, K, O)), dt)
+            sb, ssp, mask = (cpu.asarray(np.ones((I, O)), dt) for _ in range(3))
+            y, dy = cpu.zeros((B, O), dt), cpu.asarray(rng.normal(size=(B, O)), dt)
+            dx, dc = cpu.zeros((B, I), dt), cpu.zeros((I, K, O), dt)
+            d1, d2 = cpu.zeros((I, O), dt), cpu.zeros((I, O), dt)
+
+            def step():
+                cpu.spline_forward(y, x, knots, coef, sb, ssp, mask, k, "silu")
+                dx.fill(0)
+                cpu.spline_backward(dx, dc, d1, d2, dy, x, knots, coef, sb, ssp, mask, k, "silu")
+            step()
+            ours = 1e9
+            for _ in range(args.rounds):
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    step()
+                ours = min(ours, (time.perf_counter() - t0) / 20)
+            theirs = lin = float("nan")
+            tp = "—"
+            if args.pykan_python and os.path.exists(args.pykan_python):
+                theirs, tp = torch_time(h, dt)
+                lin = torch_time(0, dt)[0]
+            row = (f"| {dt} | {G} | {params} | {ours * 1e3:.3f} | {h} | {tp} | {theirs * 1e3:.3f} | "
+                   f"{ours / theirs:.2f}x | {lin * 1e3:.3f} | {ours / lin:.1f}x |")
+            rows.append(row)
+            print(row, flush=True)
+    return lines + rows
+
+
 def _machine():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numba threads "
@@ -258,7 +360,7 @@ def _machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="lag,ladder,steps", help="comma-separated: lag, ladder, steps")
+    ap.add_argument("--parts", default="lag,ladder,mlp,steps", help="comma-separated: lag, ladder, mlp, steps")
     ap.add_argument("--rounds", type=int, default=7, help="lag: rounds of calls")
     ap.add_argument("--ladder-steps", type=lambda s: [int(v) for v in s.split(",")], default=[50, 200],
                     help="ladder: L-BFGS steps per grid (comma-separated)")
@@ -273,7 +375,7 @@ def main():
                     help="steps: also time the reference's L-BFGS step on the large case (minutes)")
     ap.add_argument("--append", help="append the tables to this markdown file")
     args = ap.parse_args()
-    parts = {"lag": lag_table, "ladder": ladder_table, "steps": steps_table}
+    parts = {"lag": lag_table, "ladder": ladder_table, "mlp": mlp_table, "steps": steps_table}
     out = []
     for name in args.parts.split(","):
         out += parts[name](args) + [""]
