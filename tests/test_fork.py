@@ -28,7 +28,10 @@ FORK = textwrap.dedent("""
         y = m(x)
         m.fit(nk.create_dataset(lambda x: x[:, :1] * x[:, 1:], n_var=2, train_num=40,
                                 test_num=10, seed=seed), opt="Adam", lr=0.01, steps=2, log=0)
-        return y.tolist()
+        # a batch large enough for a parallel launch (a small model like the one above
+        # runs on the calling thread and never starts Numba's threads)
+        big = nk.KAN([8, 1], seed=seed)(np.linspace(-1, 1, 8 * 17000).reshape(17000, 8))
+        return y.tolist() + [float(big.sum())]
 
     expected = [work(s) for s in range(3)]  # numkan runs (and fits) before the fork
     out = {"layer": numba.threading_layer()}
