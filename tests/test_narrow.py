@@ -6,7 +6,8 @@
 particular to them:
 
 - they are the ones a narrow layer runs (the dispatch), and a layer they do
-  not serve (more outputs, a higher order) still matches the reference;
+  not serve (more outputs, a higher order) still matches the reference, as do
+  the wide kernels at the narrow shapes they no longer get, at every order;
 - O = 1, 2, 3, 5; k = 1..5; batches that end inside a tile, on a tile and
   just after one (the idle lanes of the last tile); uniform, non-uniform and
   repeated knots; masks; every base function; float64 and float32;
@@ -104,3 +105,14 @@ def test_chunked_path_is_bit_identical_across_thread_counts():
     for name in outs[0]:
         np.testing.assert_array_equal(outs[0][name], outs[1][name], err_msg=name)
     check_cpu_against_reference(p, dy, start, f"chunked B={B} I={I}")
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_wide_kernels_still_match_at_few_outputs(monkeypatch, k):
+    """The wide kernels stay correct for the narrow shapes they no longer get (the
+    reference path of issue 22, and what a layer with MAX_ORDER < k runs)."""
+    monkeypatch.setattr(cpu_narrow, "serves", lambda O, k: False)
+    for O, kind in ((1, "nonuniform"), (4, "repeated")):
+        p, dy, start = random_layer(seed=50 + 10 * k + O, B=TILE + 21, I=3, O=O, G=6, k=k, kind=kind,
+                                    dtype=np.float64, base_fun="silu")
+        check_cpu_against_reference(p, dy, start, f"wide O={O} k={k} {kind}")
