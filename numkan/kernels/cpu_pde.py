@@ -34,7 +34,7 @@ _jit = dict(nogil=True, cache=True)
 _find_span = njit(**_jit)(_scalar.find_span)
 
 
-@njit(**_jit)
+@njit(inline="always")
 def _base_derivs(bq, x, code):
     """bq[q] = b^(q)(x), q = 0..3 (``reference.base_derivs``, the same formulas)."""
     if code == SILU:
@@ -56,7 +56,7 @@ def _base_derivs(bq, x, code):
             bq[q] = 0.0 * x
 
 
-@njit(**_jit)
+@njit(inline="always")
 def _basis_derivs(Dq, T, w, knots, inv, i, j, x, k, nder):
     """Dq[q, s] = d^q B[j-k+s, k](x) for q = 0..nder on span j >= 0 (0 where the basis
     does not exist), as ``reference.local_basis_derivs``: the triangle of values
