@@ -13,7 +13,7 @@ The loop scientists run with KANs (as in the KAN paper's first example):
        data allow it (3.14159265358979 -> pi), and check it against the truth
        on fresh points.
 
-Run:  python examples/symbolic_regression.py   (about 15 s on two CPU cores)
+Run:  python examples/symbolic_regression.py   (about 10 s on two CPU cores, once the kernels are compiled)
 Writes kan_before_symbolic.png and kan_symbolic.png when matplotlib is installed.
 """
 import time

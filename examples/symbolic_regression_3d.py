@@ -13,7 +13,7 @@ different functions, one per input:
     6. read the formula with its constants snapped to simple exact values and
        check it against the truth on fresh points.
 
-Run:  python examples/symbolic_regression_3d.py   (about 15 s on two CPU cores)
+Run:  python examples/symbolic_regression_3d.py   (about 10 s on two CPU cores, once the kernels are compiled)
 """
 import time
 import warnings
