@@ -87,17 +87,14 @@ returns its own partial derivatives (any of them may be None for 0), as
 mean squared residual of a linear second-order operator.
 """
 import numbers
-import sys
-import time
 import warnings
 
 import numpy as np
 
 from . import _validate as v
-from .grids import update_grid as _update_grid
-from .train import (ADAM_LR, GRID_UPDATE_RTOL, _check_model_finite, _Flat, _frozen_names,
-                    _Kept, _lbfgs_run, _NonFinite, _Progress, _single_thread_blas, _Snapshot,
-                    _State, trainable_names)
+from .train import (ADAM_LR, _check_model_finite, _Flat, _frozen_names, _Kept, _lbfgs_run,
+                    _NonFinite, _Progress, _single_thread_blas, _Snapshot, _State, adam_loop,
+                    check_options, guarded_grid_update)
 
 
 # ---------------------------------------------------------------------------
@@ -314,24 +311,6 @@ class PDEObjective:
 
 
 # ---------------------------------------------------------------------------
-class _PDEProgress(_Progress):
-    """``numkan.train``'s progress line, showing the objective and its two parts."""
-
-    def update(self, step, loss, pde_loss, bc_loss, force=False):
-        if not self.every or (step % self.every and not force):
-            return
-        now = time.perf_counter()
-        if not force and now - self.last < (0.1 if self.tty else 10.0):
-            return
-        self.last = now
-        rate = step / max(now - self.t0, 1e-9)
-        line = (f"step {step:>{len(str(self.steps))}}/{self.steps} | loss {loss:.3e} | "
-                f"pde {pde_loss:.3e} | bc {bc_loss:.3e} | {rate:.1f} steps/s")
-        sys.stderr.write("\r" + line + " " if self.tty else line + "\n")
-        sys.stderr.flush()
-        self.shown = self.tty
-
-
 def _check_points(model, x, x_boundary, u_boundary, bc_weight):
     D, O = model.width[0], model.width[-1]
     x = v.check_array("x", x, D, np.float64)
@@ -398,22 +377,10 @@ def fit_pde(model, x, loss_fn, x_boundary=None, u_boundary=None, bc_weight=1.0, 
     device="cuda" raises NotImplementedError at the first evaluation. Any
     error leaves the model as it was.
     """
-    if opt not in ("LBFGS", "Adam"):
-        raise ValueError(f"opt must be 'LBFGS' or 'Adam', got {opt!r}")
-    steps = v.check_int("steps", steps, 0)
-    lr = None if lr is None else v.check_float("lr", lr, positive=True)
-    if not isinstance(update_grid, (bool, np.bool_)):
-        raise TypeError(f"update_grid must be True or False, got {update_grid!r}")
-    grid_update_num = v.check_int("grid_update_num", grid_update_num, 1)
-    start_grid_update_step = v.check_int("start_grid_update_step", start_grid_update_step)
-    stop_grid_update_step = v.check_int("stop_grid_update_step", stop_grid_update_step, 0)
-    grid_margin = v.check_float("grid_margin", grid_margin, minimum=0)
-    log = v.check_int("log", log, 0)
-    beta1 = v.check_float("beta1", beta1, minimum=0)
-    beta2 = v.check_float("beta2", beta2, minimum=0)
-    if beta1 >= 1 or beta2 >= 1:
-        raise ValueError(f"beta1 and beta2 must be in [0, 1), got {beta1}, {beta2}")
-    eps = v.check_float("eps", eps, positive=True)
+    (opt, steps, lr, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step,
+     grid_margin, log, beta1, beta2, eps) = check_options(
+        opt, steps, lr, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step,
+        grid_margin, log, beta1, beta2, eps)
     for name, fn in (("loss_fn", loss_fn), ("callback", callback)):
         if (fn is not None or name == "loss_fn") and not callable(fn):
             raise TypeError(f"{name} must be callable{' or None' if name == 'callback' else ''}, "
@@ -435,7 +402,7 @@ def fit_pde(model, x, loss_fn, x_boundary=None, u_boundary=None, bc_weight=1.0, 
 
     obj = PDEObjective(model, x, loss_fn, xb, ub, wb)
     results = {"loss": [], "pde_loss": [], "bc_loss": []}
-    progress = _PDEProgress(steps, log)
+    progress = _Progress(steps, log)
     kept = _Kept(model)
     start = _Snapshot(model)
     st = _State(model, start)
@@ -448,7 +415,8 @@ def fit_pde(model, x, loss_fn, x_boundary=None, u_boundary=None, bc_weight=1.0, 
         if loss < st.best_obj:
             st.save_best(model, loss)
         step = len(results["loss"])
-        progress.update(step, loss, obj.parts[0], obj.parts[1], force=step == steps)
+        progress.update(step, (("loss", loss), ("pde", obj.parts[0]), ("bc", obj.parts[1])),
+                        force=step == steps)
         if callback is None:
             return False
         try:
@@ -484,29 +452,13 @@ def fit_pde(model, x, loss_fn, x_boundary=None, u_boundary=None, bc_weight=1.0, 
     return results
 
 
-def _pde_grid_update(model, obj, points, margin, s):
-    """The grid update of step s, kept only when the objective does not rise
-    (as ``numkan.train``'s): least squares keeps each spline's values at the
-    points, not its derivatives, which the objective also depends on."""
-    before = obj()[0]
-    saved = [(L.knots, L.coef) for L in model.layers]
-    _update_grid(model, points, margin, hidden=s > 0)
-    try:
-        after = obj()[0]
-    except _NonFinite:
-        after = np.inf
-    if not after <= before + GRID_UPDATE_RTOL * abs(before):
-        for L, (g, c) in zip(model.layers, saved):
-            L.knots, L.coef = g, c
-
-
 def _pde_lbfgs(model, obj, steps, grid_step, points, margin, record, st):
     flat = _Flat(model)
     no_draw = lambda: (None, None)  # noqa: E731  (whole point set: no test batches to draw)
     s = 0
     while s < steps:
         if grid_step(s):
-            _pde_grid_update(model, obj, points, margin, s)
+            guarded_grid_update(model, obj, 0.0, points, margin, s)
         n = 1
         while s + n < steps and not grid_step(s + n):
             n += 1
@@ -516,21 +468,9 @@ def _pde_lbfgs(model, obj, steps, grid_step, points, margin, record, st):
 
 
 def _pde_adam(model, obj, steps, grid_step, points, margin, record, st, lr, beta1, beta2, eps):
-    be = model.backend
-    names = [trainable_names(model, L) for L in model.layers]
-    m = {(l, n): be.zeros(getattr(L, n).shape, model.dtype)
-         for l, L in enumerate(model.layers) for n in names[l]}
-    vv = {key: be.zeros(a.shape, model.dtype) for key, a in m.items()}
-    for s in range(steps):
+    def step(s):
         if grid_step(s):
-            _pde_grid_update(model, obj, points, margin, s)
-        loss, _ = obj()
-        st.save_last_finite(model)
-        for l, L in enumerate(model.layers):
-            for n in names[l]:
-                be.adam_step(getattr(L, n), getattr(L, "d" + n), m[l, n], vv[l, n],
-                             lr, beta1, beta2, eps, s + 1)
-        if not be.all_finite(*(getattr(L, n) for l, L in enumerate(model.layers) for n in names[l])):
-            raise _NonFinite(f"the Adam update of step {s + 1} made a parameter not finite")
-        if record(loss, 0.0, None):
-            return
+            guarded_grid_update(model, obj, 0.0, points, margin, s)
+        return obj, None
+
+    adam_loop(model, steps, step, record, st, lr, beta1, beta2, eps)

@@ -320,7 +320,8 @@ class _Progress:
         self.shown = False
         self.tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
-    def update(self, step, train, test, reg, force=False):
+    def update(self, step, fields, force=False):
+        """Show step and ``fields``, (name, value) pairs such as (("train", 0.1), ...)."""
         if not self.every or (step % self.every and not force):
             return
         now = time.perf_counter()
@@ -328,8 +329,8 @@ class _Progress:
             return
         self.last = now
         rate = step / max(now - self.t0, 1e-9)
-        line = (f"step {step:>{len(str(self.steps))}}/{self.steps} | train {train:.3e} | "
-                f"test {test:.3e} | reg {reg:.3e} | {rate:.3g} steps/s")
+        line = " | ".join([f"step {step:>{len(str(self.steps))}}/{self.steps}"]
+                          + [f"{name} {value:.3e}" for name, value in fields] + [f"{rate:.3g} steps/s"])
         sys.stderr.write("\r" + line + " " if self.tty else line + "\n")
         sys.stderr.flush()
         self.shown = self.tty
@@ -341,6 +342,31 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------
+def check_options(opt, steps, lr, update_grid, grid_update_num, start_grid_update_step,
+                  stop_grid_update_step, grid_margin, log, beta1, beta2, eps):
+    """The optimiser and grid-schedule arguments of ``fit`` (and of the fits built on
+    its loops), checked and normalised, in the same order; ValueError or TypeError
+    naming the first bad one."""
+    if opt not in ("LBFGS", "Adam"):
+        raise ValueError(f"opt must be 'LBFGS' or 'Adam', got {opt!r}")
+    steps = v.check_int("steps", steps, 0)
+    lr = None if lr is None else v.check_float("lr", lr, positive=True)
+    if not isinstance(update_grid, (bool, np.bool_)):
+        raise TypeError(f"update_grid must be True or False, got {update_grid!r}")
+    grid_update_num = v.check_int("grid_update_num", grid_update_num, 1)
+    start_grid_update_step = v.check_int("start_grid_update_step", start_grid_update_step)
+    stop_grid_update_step = v.check_int("stop_grid_update_step", stop_grid_update_step, 0)
+    grid_margin = v.check_float("grid_margin", grid_margin, minimum=0)
+    log = v.check_int("log", log, 0)
+    beta1 = v.check_float("beta1", beta1, minimum=0)
+    beta2 = v.check_float("beta2", beta2, minimum=0)
+    if beta1 >= 1 or beta2 >= 1:
+        raise ValueError(f"beta1 and beta2 must be in [0, 1), got {beta1}, {beta2}")
+    eps = v.check_float("eps", eps, positive=True)
+    return (opt, steps, lr, update_grid, grid_update_num, start_grid_update_step,
+            stop_grid_update_step, grid_margin, log, beta1, beta2, eps)
+
+
 def fit(model, dataset, opt="LBFGS", steps=100, lr=None, batch=-1, lamb=0.0, lamb_l1=1.0,
         lamb_entropy=2.0, lamb_coef=0.0, lamb_coefdiff=0.0, update_grid=True, grid_update_num=10,
         start_grid_update_step=-1, stop_grid_update_step=50, loss_fn=None, log=1, callback=None,
@@ -476,27 +502,15 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=None, batch=-1, lamb=0.0, lam
     back, and each L-BFGS run copies the knots to the host once.
     """
     # -- validate everything before touching the model ------------------------
-    if opt not in ("LBFGS", "Adam"):
-        raise ValueError(f"opt must be 'LBFGS' or 'Adam', got {opt!r}")
-    steps = v.check_int("steps", steps, 0)
-    lr = None if lr is None else v.check_float("lr", lr, positive=True)
+    (opt, steps, lr, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step,
+     grid_margin, log, beta1, beta2, eps) = check_options(
+        opt, steps, lr, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step,
+        grid_margin, log, beta1, beta2, eps)
     batch = v.check_int("batch", batch, -1)
     if batch == 0:
         raise ValueError("batch must be -1 (the whole training set) or >= 1, got 0")
     weights = check_weights(lamb, lamb_l1, lamb_entropy, lamb_coef, lamb_coefdiff)
     lamb, weights = weights[0], weights[1:]
-    if not isinstance(update_grid, (bool, np.bool_)):
-        raise TypeError(f"update_grid must be True or False, got {update_grid!r}")
-    grid_update_num = v.check_int("grid_update_num", grid_update_num, 1)
-    start_grid_update_step = v.check_int("start_grid_update_step", start_grid_update_step)
-    stop_grid_update_step = v.check_int("stop_grid_update_step", stop_grid_update_step, 0)
-    grid_margin = v.check_float("grid_margin", grid_margin, minimum=0)
-    log = v.check_int("log", log, 0)
-    beta1 = v.check_float("beta1", beta1, minimum=0)
-    beta2 = v.check_float("beta2", beta2, minimum=0)
-    if beta1 >= 1 or beta2 >= 1:
-        raise ValueError(f"beta1 and beta2 must be in [0, 1), got {beta1}, {beta2}")
-    eps = v.check_float("eps", eps, positive=True)
     for name, fn in (("loss_fn", loss_fn), ("callback", callback)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
@@ -556,7 +570,7 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=None, batch=-1, lamb=0.0, lam
         if obj < st.best_obj:
             st.save_best(model, obj)
         step = len(results["train_loss"])
-        progress.update(step, train, test, reg, force=step == steps)
+        progress.update(step, (("train", train), ("test", test), ("reg", reg)), force=step == steps)
         if callback is None:
             return False
         try:
@@ -685,11 +699,18 @@ def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s):
     of a network this run has not trained yet, and knots placed on them lock
     the hidden values at their initial, narrow spread.
     """
-    obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
+    return guarded_grid_update(model, Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd),
+                               lamb, x, margin, s)
+
+
+def guarded_grid_update(model, obj, lamb, points, margin, s):
+    """``_grid_update``'s rule for any objective: ``update_grid`` on ``points``
+    (host, (N, width[0])) at step s, kept only when ``obj()``'s ``loss + lamb * reg``
+    does not rise beyond rounding; returns (before, after, kept)."""
     loss, reg = obj()
     before = loss + lamb * reg
     saved = [(L.knots, L.coef) for L in model.layers]  # update_grid installs new arrays
-    _update_grid(model, x, margin, hidden=s > 0)
+    _update_grid(model, points, margin, hidden=s > 0)
     try:
         loss, reg = obj()
         after = loss + lamb * reg
@@ -704,17 +725,26 @@ def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s):
 
 def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
               grid_margin, lr, beta1, beta2, eps):
+    def step(s):
+        tr, te = draw()
+        x, y, xd, yd = take("train", tr)
+        if grid_step(s):
+            _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, grid_margin, s)
+        return Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd), te
+
+    adam_loop(model, steps, step, record, st, lr, beta1, beta2, eps)
+
+
+def adam_loop(model, steps, step, record, st, lr, beta1, beta2, eps):
+    """Adam's steps: ``step(s)`` makes step s's grid update and returns (objective,
+    test ids); ``record(loss, reg, test ids)`` returns True to stop."""
     be = model.backend
     names = [trainable_names(model, L) for L in model.layers]
     m = {(l, n): be.zeros(getattr(L, n).shape, model.dtype)
          for l, L in enumerate(model.layers) for n in names[l]}
     vv = {key: be.zeros(a.shape, model.dtype) for key, a in m.items()}
     for s in range(steps):
-        tr, te = draw()
-        x, y, xd, yd = take("train", tr)
-        if grid_step(s):
-            _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, grid_margin, s)
-        obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
+        obj, te = step(s)
         loss, reg = obj()  # raises _NonFinite before its backward pass
         # the parameters were checked after the last update (or at the start)
         # and the objective at them is finite: the step to return to
