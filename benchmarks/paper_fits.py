@@ -14,11 +14,17 @@ that has pykan and torch installed: neither is a dependency of numkan. pykan
 runs its own defaults (``KAN(width, grid=3, k=3, seed)``, ``fit(opt="LBFGS",
 steps=100, lamb=0)``, ``refine(G)``) in float64 on the CPU.
 
-Run:  python benchmarks/paper_fits.py [--pykan] [--quick] [--cases xy,j0] [--seed 0]
+pykan needs tens of minutes for the [100, 1, 1] and [4, 4, 2, 1] ladders on a
+2-core machine. ``--pykan-cache FILE`` keeps its results in a JSON file, keyed
+by case, seed, ladder, steps and a hash of the data set, so numkan can be re-run
+against them; a reused pykan row says "(cached)".
+
+Run:  python benchmarks/paper_fits.py [--pykan] [--pykan-cache FILE] [--quick] [--cases xy,j0] [--seed 0]
 ``--quick`` (under a minute, numkan only unless --pykan is given) runs the
 four small cases on the ladder 3 -> 10 with 20 steps per grid.
 """
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -111,10 +117,39 @@ def run_pykan(python, dataset, width, seed, grids, steps):
     return out["test"], out["seconds"]
 
 
+def _data_hash(dataset):
+    h = hashlib.sha256()
+    for k in sorted(dataset):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(dataset[k], dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_pykan_cached(python, cache, name, dataset, width, seed, grids, steps):
+    """run_pykan, or its stored result for exactly this data, ladder and step count."""
+    if cache is None:
+        return run_pykan(python, dataset, width, seed, grids, steps) + ("pykan",)
+    key = f"{name}|seed={seed}|grids={list(grids)}|steps={steps}|data={_data_hash(dataset)}"
+    store = {}
+    if os.path.exists(cache):
+        with open(cache) as fh:
+            store = json.load(fh)
+    if key in store:
+        return store[key]["test"], store[key]["seconds"], "pykan (cached)"
+    test, sec = run_pykan(python, dataset, width, seed, grids, steps)
+    store[key] = {"test": test, "seconds": sec, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                  "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    with open(cache, "w") as fh:
+        json.dump(store, fh, indent=1)
+    return test, sec, "pykan"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pykan", action="store_true", help="also run pykan on the same data")
     p.add_argument("--pykan-python", default=os.environ.get("PYKAN_PYTHON", "/work/pykan-venv/bin/python"))
+    p.add_argument("--pykan-cache", default=None, metavar="FILE",
+                   help="reuse pykan results stored in FILE for identical data, ladder and steps; store new ones")
     p.add_argument("--quick", action="store_true", help="small cases, ladder 3 -> 10, 20 steps")
     p.add_argument("--cases", default=None, help=f"comma-separated subset of {','.join(CASES)}")
     p.add_argument("--seed", type=int, default=0, help="data and model seed")
@@ -139,7 +174,9 @@ def main(argv=None):
         ds = nk.create_dataset(f, n_var=width[0], train_num=1000, test_num=1000, seed=a.seed)
         rows = [("numkan",) + run_numkan(ds, width, a.seed, grids, steps)]
         if a.pykan:
-            rows.append(("pykan",) + run_pykan(a.pykan_python, ds, width, a.seed, grids, steps))
+            test, sec, lib = run_pykan_cached(a.pykan_python, a.pykan_cache, name, ds, width, a.seed,
+                                              grids, steps)
+            rows.append((lib, test, sec))
         for lib, test, sec in rows:
             vals = " | ".join(f"{v:.2e}" for v in test)
             print(f"| {formula} | {width} | {lib} | {vals} | {min(test):.2e} | {sec:.1f} |", flush=True)
