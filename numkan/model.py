@@ -9,6 +9,7 @@ model for it (``_with_layers``, or ``cls`` for ``load``).
 """
 import copy
 import functools
+import hashlib
 
 import numpy as np
 
@@ -84,6 +85,10 @@ class KAN:
     checkpoints : dict name -> KAN
         In-memory copies made by ``saveckpt``, oldest first (``loadckpt``,
         ``rewind``). Not saved to files, not copied by ``copy``.
+    fit_start : dict or None
+        After a ``fit`` that restarted the model (its ``n_init``): ``seeds``
+        (the draws tried, the model's own first), their training
+        ``objectives`` after the trial steps, and the index ``chosen``.
 
     Example
     -------
@@ -130,6 +135,36 @@ class KAN:
         self.input_id = None
         self.cache_data = None
         self.checkpoints = {}
+        self.fit_start = None
+        # what ``fit``'s restarts need to draw other starts of this model, and
+        # a digest of this draw, to tell whether the model is still as drawn
+        self._draw = dict(width=self.width_spec, mult_arity=self.mult_arity, grid=self.grid,
+                          k=self.k, grid_range=self.grid_range, base_fun=self.base_fun,
+                          noise_scale=noise_scale, scale_base_mu=scale_base_mu,
+                          scale_base_sigma=scale_base_sigma, grid_eps=self.grid_eps,
+                          dtype=self.dtype, device=device, sp_trainable=self.sp_trainable,
+                          sb_trainable=self.sb_trainable)
+        self._drawn = self._digest()
+
+    def _digest(self):
+        """A digest of every layer's knots, parameters, mask and symbolic state."""
+        h = hashlib.sha256()
+        for L in self.layers:
+            for n in ("knots", "coef", "scale_base", "scale_sp", "mask", "symbolic_affine"):
+                h.update(np.ascontiguousarray(self.backend.to_host(getattr(L, n))).tobytes())
+            h.update(np.ascontiguousarray(L.symbolic_mask).tobytes())
+        return h.hexdigest()
+
+    def is_initial(self):
+        """True while the model is exactly as its constructor drew it: made by
+        ``KAN(...)`` (not by pruning, ``refine``, ``copy`` or ``load``) and with
+        no knot, parameter, mask or symbolic edge changed since, by training or
+        by hand. Only such a model gets ``fit``'s restarts (``n_init``)."""
+        return self._draw is not None and self._digest() == self._drawn
+
+    def _redraw(self, seed):
+        """A new model with this model's constructor settings and another seed."""
+        return type(self)(seed=seed, **self._draw)
 
     def _with_layers(self, layers, input_id=None, cache_data=None):
         """A new model of this class with this model's settings and ``layers``
@@ -144,6 +179,7 @@ class KAN:
         new.input_id = None if input_id is None else np.array(input_id, dtype=np.int64)
         new.cache_data = cache_data
         new.checkpoints = {}
+        new._draw = new._drawn = None  # a derived model is not a constructor's draw
         return new
 
     # -- copies and checkpoints -------------------------------------------------
