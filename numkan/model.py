@@ -166,6 +166,16 @@ class KAN:
         """A new model with this model's constructor settings and another seed."""
         return type(self)(seed=seed, **self._draw)
 
+    def _take_start(self, other, record):
+        """``fit``'s restarts: install the knots and parameters of ``other`` (a
+        trained draw of this model, or None to keep this one) and keep ``record``
+        as ``fit_start``."""
+        if other is not None:
+            for L, C in zip(self.layers, other.layers):
+                for n in ("knots",) + tuple(L.param_names()):
+                    setattr(L, n, getattr(C, n))
+        self.fit_start = record
+
     def _with_layers(self, layers, input_id=None, cache_data=None):
         """A new model of this class with this model's settings and ``layers``
         (new ``KANLayer``s, e.g. from ``layer.derive``): how pruning, ``refine``

@@ -671,13 +671,10 @@ def _choose_start(model, n_init, trial, take, lamb, weights, loss_fn):
         objectives.append(obj)
         if np.isfinite(obj) and (best is None or obj < objectives[best[0]]):
             best = (j, cand)
-    model.fit_start = {"seeds": seeds, "objectives": objectives,
-                       "chosen": None if best is None else best[0]}
-    if best is None:  # no draw stayed finite: the fit trains the model's own
-        return
-    for L, C in zip(model.layers, best[1].layers):
-        for n in ("knots",) + tuple(L.param_names()):
-            setattr(L, n, getattr(C, n))
+    # no draw stayed finite (best None): the fit trains the model's own
+    model._take_start(None if best is None else best[1],
+                      {"seeds": seeds, "objectives": objectives,
+                       "chosen": None if best is None else best[0]})
 
 
 def _check_model_finite(model):
