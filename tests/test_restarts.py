@@ -167,3 +167,20 @@ def test_xy_beyond_the_training_box():
             model = model.refine(G, x=data["train_input"])
         best.append(model.fit(data, steps=100, log=0)["test_loss"][-1])
     assert min(best) < 1e-6
+
+
+def test_draws_that_diverge_are_not_chosen(ds):
+    # every draw's loss is NaN: no draw is chosen, the fit goes on from the
+    # model's own draw and stops at its first step with fit's warning
+    model = nk.KAN([2, 1, 1], grid=3, seed=0)
+    before = _params(model)
+
+    def nan_loss(pred, target):
+        return float("nan"), np.full_like(pred, np.nan)
+
+    with pytest.warns(RuntimeWarning, match="fit stopped"):
+        res = model.fit(ds, steps=20, n_init=3, loss_fn=nan_loss, log=0)
+    assert model.fit_start["chosen"] is None
+    assert model.fit_start["objectives"] == [float("inf")] * 3
+    assert res["train_loss"] == []
+    assert _same(_params(model), before)
