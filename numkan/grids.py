@@ -56,11 +56,6 @@ def sample_knots(x, G, k, grid_eps, margin=0.0, dtype=np.float64):
     return t
 
 
-def _spline_values(x, t, coef, k):
-    """s[:, o] = sum_m coef[m, o] B[m,k](x) for one input: x (N,), coef (K, O) -> (N, O)."""
-    return spline.basis_matrix(x, t, k) @ coef
-
-
 def update_grid(model, x, margin=0.0, hidden=True):
     """Adapt every layer's knots to the samples x (B, n_in) and re-fit the coefficients.
 
@@ -114,9 +109,11 @@ def update_grid(model, x, margin=0.0, hidden=True):
             moved.append(i)
         # before any fit on them; the message names x (and margin) as their source
         v.check_knots(f"x (margin={margin}) for layer {l}", t_new, L.k, L.dtype)
-        for i in moved:
-            c_new[i] = spline.fit_coef(xl[:, i], _spline_values(xl[:, i], t_old[i], c_old[i], L.k),
-                                       t_new[i], L.k)
+        # each moved spline keeps its values at the samples: least squares on the new knots
+        old = spline.basis_matrices(xl[:, moved], t_old[moved], L.k)
+        for (m, A_new), (_, A_old) in zip(spline.basis_matrices(xl[:, moved], t_new[moved], L.k), old):
+            i = moved[m]
+            c_new[i] = spline.lstsq_coef(A_new, A_old @ c_old[i])
         if not np.all(np.isfinite(c_new)):
             raise ValueError("update_grid produced non-finite coefficients; the model is unchanged")
         new.append((t_new, c_new))
@@ -190,11 +187,13 @@ def refine(model, new_grid, x=None):
         xl = None if h is None else be.to_host(h).astype(np.float64)
         k = L_old.k
         c_new = np.empty((L_old.in_dim, new_grid + k, L_old.out_dim))
-        for i in range(L_old.in_dim):
-            p = refine_points(t_new[i], k)
-            if xl is not None:
-                p = np.concatenate([p, xl[:, i]])
-            c_new[i] = spline.fit_coef(p, _spline_values(p, t_old[i], c_old[i], k), t_new[i], k)
+        # fit points (P, I): k+1 inside each new interval, then the samples
+        p = np.stack([refine_points(t_new[i], k) for i in range(L_old.in_dim)], axis=1)
+        if xl is not None:
+            p = np.concatenate([p, xl])
+        old = spline.basis_matrices(p, t_old, k)
+        for (i, A_new), (_, A_old) in zip(spline.basis_matrices(p, t_new, k), old):
+            c_new[i] = spline.lstsq_coef(A_new, A_old @ c_old[i])
         layers.append(L_old.derive(knots=t_new, coef=c_new))  # scales, masks, symbolic edges carry over
         if h is not None:
             h = L_old.forward(h, keep=False)

@@ -79,8 +79,9 @@ class KANLayer:
         t = spline.uniform_grid(self.grid_range, G, k, I)
         _validate.check_knots(f"grid_range={self.grid_range} with grid={G}, k={k}", t, k, self.dtype)
         coef = np.empty((I, G + k, O))
-        for i in range(I):  # the spline through the noise at the G+1 interior knots
-            coef[i] = spline.fit_coef(t[i, k:k + G + 1], noise[:, i, :], t[i], k)
+        # each spline through the noise at its G+1 interior knots
+        for i, A in spline.basis_matrices(t[:, k:k + G + 1].T, t, k):
+            coef[i] = spline.lstsq_coef(A, noise[:, i, :])
 
         put = lambda a: backend.asarray(a, self.dtype)
         self.knots = put(t)

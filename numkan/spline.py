@@ -18,22 +18,43 @@ def uniform_grid(grid_range, G, k, n_inputs, dtype=np.float64):
     return np.array(np.broadcast_to(row, (n_inputs, row.size)), dtype=dtype, order="C")
 
 
-def basis_matrix(x, t, k):
-    """Design matrix (N, K) of all K = len(t) - k - 1 bases of order k at x (N,).
+# the local bases of a group of inputs are built in one call of the NumPy
+# recursion (its cost is mostly per call, in its few dozen small array
+# operations, not per element), in groups of at most this many numbers
+_GROUP_ELEMENTS = 1 << 20
 
-    Built from the local bases of ``reference.local_basis``: each row has at
-    most k+1 non-zeros, scattered into their columns.
+
+def basis_matrices(x, t, k):
+    """Design matrices of several inputs: x (N, I) on knots t (I, n) -> (N, K) for each input.
+
+    A generator of (i, A_i), in input order, so that only one matrix at a time
+    need be held. Built from the local bases of ``reference.local_basis``, for a
+    group of inputs at a time: each row of A_i has at most k+1 non-zeros,
+    scattered into their columns.
     """
+    x = np.asarray(x, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    N, I = x.shape
+    K = t.shape[1] - k - 1
+    rows = np.arange(N)
+    group = max(1, _GROUP_ELEMENTS // max(1, N * (k + 1)))
+    for g0 in range(0, I, group):
+        span, B, _ = reference.local_basis(x[:, g0:g0 + group], t[g0:g0 + group], k)
+        for gi in range(span.shape[1]):
+            A = np.zeros((N, K))
+            j = span[:, gi]
+            for s in range(k + 1):
+                a = j - k + s
+                ok = (j >= 0) & (a >= 0) & (a < K)
+                A[rows[ok], a[ok]] += B[ok, gi, s]
+            yield g0 + gi, A
+
+
+def basis_matrix(x, t, k):
+    """Design matrix (N, K) of all K = len(t) - k - 1 bases of order k at x (N,)."""
     x = np.asarray(x, dtype=np.float64).reshape(-1, 1)
     t = np.asarray(t, dtype=np.float64).reshape(1, -1)
-    K = t.shape[1] - k - 1
-    span, N, _ = reference.local_basis(x, t, k)
-    A = np.zeros((x.shape[0], K))
-    for s in range(k + 1):
-        a = span[:, 0] - k + s
-        ok = (span[:, 0] >= 0) & (a >= 0) & (a < K)
-        A[np.nonzero(ok)[0], a[ok]] += N[ok, 0, s]
-    return A
+    return next(basis_matrices(x, t, k))[1]
 
 
 def fit_coef(x, y, t, k, rcond=None):
@@ -43,6 +64,10 @@ def fit_coef(x, y, t, k, rcond=None):
     right-hand sides. Underdetermined systems (N < K) get the minimum-norm
     solution, as ``numpy.linalg.lstsq`` returns.
     """
-    A = basis_matrix(x, t, k)
+    return lstsq_coef(basis_matrix(x, t, k), y, rcond)
+
+
+def lstsq_coef(A, y, rcond=None):
+    """``fit_coef`` on a design matrix A (N, K) already built (``basis_matrices``)."""
     coef, *_ = np.linalg.lstsq(A, np.asarray(y, dtype=np.float64), rcond=rcond)
     return coef

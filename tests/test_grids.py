@@ -15,6 +15,7 @@ import pytest
 
 import numkan as nk
 from numkan import grids, spline
+from numkan.kernels import reference
 
 from conftest import HOST_DEVICES
 
@@ -307,3 +308,23 @@ def test_refine_with_symbolic_edges_keeps_the_output(device):
         assert new.layers[0].symbolic_names[0][1] == "sin"
         err = np.abs(new(x) - y).max()
         assert err <= 1e-9 * max(1.0, np.abs(y).max()), f"refine({G}) moved the output by {err:.3g}"
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_basis_matrices_of_many_inputs_equal_one_input_at_a_time(k, monkeypatch):
+    # groups of inputs share one call of the local recursion; the matrices must be
+    # those of each input alone, bit for bit, across group boundaries and off the knots
+    rng = np.random.default_rng(k)
+    I, N, G = 6, 40, 7
+    t = np.stack([np.sort(rng.uniform(-1, 1, G + 2 * k + 1)) for _ in range(I)])
+    x = rng.uniform(-1.2, 1.2, (N, I))
+    x[0, 1], x[1, 2], x[2, 3] = np.nan, np.inf, -np.inf
+    monkeypatch.setattr(spline, "_GROUP_ELEMENTS", N * (k + 1) * 4)  # groups of 4 inputs
+    got = list(spline.basis_matrices(x, t, k))
+    assert [i for i, _ in got] == list(range(I))
+    for i, A in got:
+        finite = np.isfinite(x[:, i])
+        dense = reference.dense_basis(x[finite, i:i + 1], t[i:i + 1], k)[:, 0, :]
+        np.testing.assert_allclose(A[finite], dense, rtol=0, atol=1e-14)
+        assert not A[~finite].any()
+        assert np.array_equal(A, spline.basis_matrix(x[:, i], t[i], k))
