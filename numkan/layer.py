@@ -167,10 +167,12 @@ class KANLayer:
             y = self._branch_forward(x, y)
         return y
 
-    def backward(self, dz, out=None):
+    def backward(self, dz, out=None, need_dx=True):
         """dx (B, I) from dz (B, n_nodes); adds this layer's parameter gradients into d*.
         ``out``: a backend array (B, I) of the layer's dtype to return dx in (its contents
-        are replaced), as in ``subnodes``; None allocates one."""
+        are replaced), as in ``subnodes``; None allocates one. ``need_dx=False`` (training's
+        first layer, whose input gradient nobody reads) returns None and lets the backend
+        skip dx's work; a layer with symbolic edges computes and returns it anyway."""
         if self._x is None:
             raise RuntimeError("backward() needs a forward() first")
         x = self._x
@@ -185,6 +187,11 @@ class KANLayer:
         if tuple(dy.shape) != (x.shape[0], self.out_dim) or dy.dtype != self.dtype:
             raise ValueError(f"dy must have shape ({x.shape[0]}, {self.out_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(dy.shape)} and dtype {dy.dtype}")
+        if not need_dx and not self.has_symbolic:
+            self.backend.spline_backward(None, self.dcoef, self.dscale_base, self.dscale_sp, dy, x,
+                                         self.knots, self.coef, self.scale_base, self.scale_sp,
+                                         self.mask, self.k, self.base_fun)
+            return None
         if out is None:
             dx = self.backend.zeros(x.shape, self.dtype)
         elif tuple(out.shape) != tuple(x.shape) or out.dtype != self.dtype:

@@ -365,8 +365,8 @@ class KAN:
         y = self._run(x, keep=True)
         g = be.zeros(y.shape, self.dtype)
         loss = float(be.mse_loss_grad(g, y, target))  # the op fit uses
-        for layer in reversed(self.layers):
-            g = layer.backward(g)
+        for l in range(len(self.layers) - 1, -1, -1):  # nothing reads the input's gradient
+            g = self.layers[l].backward(g, need_dx=l > 0)
         return loss, {n: self.backend.to_host(a) for n, a in self.grads.items()}
 
     # -- interpretability: numkan/symbolic.py ------------------------------------

@@ -247,7 +247,8 @@ class Objective:
             raise _NonFinite(f"the training objective is not finite ({f})" if l is None else
                              f"the outputs of layer {l} are not finite")
         for l in range(len(m.layers) - 1, -1, -1):
-            dx = m.layers[l].backward(dy, out=bufs[l][1])
+            # the first layer's input gradient is read only by its regulariser term
+            dx = m.layers[l].backward(dy, out=bufs[l][1], need_dx=l > 0 or self.lamb > 0)
             if self.lamb > 0:
                 regs[l].backward(dx, self.lamb)
             dy = dx

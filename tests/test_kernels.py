@@ -192,6 +192,22 @@ def test_cpu_matches_reference_on_wide_layers(dtype, O):
         check_cpu_against_reference(p, dy, start, f"{np.dtype(dtype).name} B={B} I={I} O={O} G={G} {kind}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("O, k, B", [(1, 3, 150), (4, 1, 70), (5, 5, 33), (70, 3, 90)])
+def test_backward_without_dx_gives_the_same_parameter_gradients(dtype, O, k, B):
+    # dx=None (training's first layer): the parameter gradients are those of the full
+    # backward, bit for bit, on every host backend; narrow (O <= 5) and wide layers
+    p, dy, start = random_layer(O * 100 + k, B, 3, O, 6, k, "nonuniform", np.dtype(dtype), "silu")
+    for backend in (reference, cpu):
+        full = run(backend, p, dy, start)
+        g = {n: start[n].copy() for n in ("dcoef", "dscale_base", "dscale_sp")}
+        backend.spline_backward(None, g["dcoef"], g["dscale_base"], g["dscale_sp"], dy, p["x"],
+                                p["grid"], p["coef"], p["scale_base"], p["scale_sp"], p["mask"],
+                                p["k"], p["base_fun"])
+        for name, a in g.items():
+            np.testing.assert_array_equal(a, full[name], err_msg=f"{backend.name} {name}")
+
+
 def test_cpu_results_do_not_depend_on_threads_or_blocks(monkeypatch):
     """Neither the number of threads nor the forward's blocks of samples (from
     ``cpu.Y_BLOCK_BYTES``) may change a bit of any result, and the results still agree

@@ -12,6 +12,8 @@ A backend is a module with the same functions and signatures:
     spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
     spline_backward(dx, dcoef, dscale_base, dscale_sp,
                     dy, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+                                          dx None: the input gradient is not wanted (a
+                                          backend may then skip the bases' derivatives)
 
     group_product_forward(z, y, offsets)       z[b, n] = product of y[b, offsets[n]:offsets[n+1]]
     group_product_backward(dy, dz, y, offsets) dy[b, s] = dz[b, n] * the other factors of s's group

@@ -779,8 +779,9 @@ def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun):
 
 def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
                     scale_base, scale_sp, mask, k, base_fun):
-    """Compiled ``reference.spline_backward``: adds into dx, dcoef, dscale_base, dscale_sp,
-    which must not overlap one another or the inputs (as in ``spline_forward``).
+    """Compiled ``reference.spline_backward``: adds into dx (None: not wanted), dcoef,
+    dscale_base, dscale_sp, which must not overlap one another or the inputs (as in
+    ``spline_forward``). Only the narrow kernels skip the work of dx when it is None.
 
     The kernel gathers raw sums R[i,m,o] = sum_b g[b,o] B[m,k](x[b,i]) and
     Rb[i,o] = sum_b g[b,o] b(x[b,i]); the parameter gradients follow in
@@ -795,6 +796,8 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
         cpu_narrow.spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale_base, scale_sp,
                                    mask, k, BASE_CODES[base_fun])
         return
+    if dx is None:  # the wide kernel always computes dx: into scratch
+        dx = np.zeros(x.shape, dy.dtype)
     IB = input_block(I)
     nchunk = batch_chunks(B, -(-I // IB))  # one when the input blocks give enough tasks
     backward = _backward_kernel(k, OUTPUT_BLOCK, tile(coef.dtype.itemsize), O % OUTPUT_BLOCK == 0)

@@ -295,11 +295,13 @@ def finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask):
 
 @serial_part(**_jit)
 def backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coef, scale_base, scale_sp, mask,
-                  k, code, CW, b0, b1, last):
+                  k, code, CW, b0, b1, last, wantdx):
     """Rows b0:b1 of ``reference.spline_backward``: adds into dx[b0:b1] and into chunk c's
     raw sums P[c] (I, K, O) += dy * B[m](x), PB[c] (I, O) += dy * b(x); serial. When
     ``last``, then adds the parameter gradients of all chunks' sums (``finish``) into
-    dcoef, dscale_base, dscale_sp (one compiled function for both uses: a shorter cold start)."""
+    dcoef, dscale_base, dscale_sp (one compiled function for both uses: a shorter cold start).
+    Without ``wantdx`` (the input gradient not wanted) dx is not touched, and neither the
+    bases' derivatives nor the per-output spline derivatives are computed."""
     I = x.shape[1]
     O = dy.shape[1]
     K = coef.shape[1]
@@ -318,20 +320,21 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coe
             for o in range(O):
                 GT[o * TILE + u] = dy[t0 + u, o] if u < nb else zero
         for i in range(I):
-            _tile_bases(NB, DB, SV, J, IN, XS, KW, x, t0, nb, knots, i, k, True)
-            _base_lanes(BX, BD, x, t0, nb, i, code, True)
-            # dx[b, i] += sum_o g * (mask * scale_base * b'(x) + mask * scale_sp * s'(x))
-            for u in range(TILE):
-                DX[u] = zero
-            for o in range(O):
-                wb = mask[i, o] * scale_base[i, o]
-                sp = mask[i, o] * scale_sp[i, o]
-                _coef_row(CW, coef, i, o, k)
-                _spline_lanes(TMP, DB, J, IN, CW, k)
+            _tile_bases(NB, DB, SV, J, IN, XS, KW, x, t0, nb, knots, i, k, wantdx)
+            _base_lanes(BX, BD, x, t0, nb, i, code, wantdx)
+            if wantdx:
+                # dx[b, i] += sum_o g * (mask * scale_base * b'(x) + mask * scale_sp * s'(x))
                 for u in range(TILE):
-                    DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * TMP[u])
-            for u in range(nb):
-                dx[t0 + u, i] += DX[u]
+                    DX[u] = zero
+                for o in range(O):
+                    wb = mask[i, o] * scale_base[i, o]
+                    sp = mask[i, o] * scale_sp[i, o]
+                    _coef_row(CW, coef, i, o, k)
+                    _spline_lanes(TMP, DB, J, IN, CW, k)
+                    for u in range(TILE):
+                        DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * TMP[u])
+                for u in range(nb):
+                    dx[t0 + u, i] += DX[u]
             # raw sums: PB over the lanes; P sample by sample (lanes may share a row of P)
             for o in range(O):
                 acc = zero
@@ -363,12 +366,12 @@ def forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW):
 
 @njit(parallel=True, **_jit)
 def backward_chunks(dx, dcoef, dscale_base, dscale_sp, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask,
-                    k, code, CW):
+                    k, code, CW, wantdx):
     B = x.shape[0]
     nchunk = P.shape[0]
     for c in prange(nchunk):
         backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coef, scale_base, scale_sp, mask,
-                      k, code, CW[c], c * B // nchunk, (c + 1) * B // nchunk, False)
+                      k, code, CW[c], c * B // nchunk, (c + 1) * B // nchunk, False, wantdx)
     finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
 
 
@@ -395,17 +398,21 @@ def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
 
 
 def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale_base, scale_sp, mask, k, code):
-    """``reference.spline_backward`` for a narrow layer: adds into dx, dcoef, dscale_base, dscale_sp."""
+    """``reference.spline_backward`` for a narrow layer: adds into dx (None: not wanted),
+    dcoef, dscale_base, dscale_sp."""
     B, I = x.shape
     O = dy.shape[1]
     nchunk = chunks(B, I, O)
     P = np.zeros((nchunk,) + coef.shape, coef.dtype)  # raw sums, one set per chunk
     PB = np.zeros((nchunk,) + scale_base.shape, coef.dtype)
     CW = _coef_rows(nchunk, coef, k)
+    wantdx = dx is not None
+    if not wantdx:  # an array of the same type, never touched: no second compilation
+        dx = np.empty((1, 1), dy.dtype)
     if nchunk == 1:
         backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, 0, dy, x, knots, coef, scale_base, scale_sp, mask,
-                      k, code, CW[0], 0, B, True)
+                      k, code, CW[0], 0, B, True, wantdx)
         return
     with threads_for(B * I * O):
         backward_chunks(dx, dcoef, dscale_base, dscale_sp, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask,
-                        k, code, CW)
+                        k, code, CW, wantdx)

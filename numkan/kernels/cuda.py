@@ -722,11 +722,14 @@ def _backward_config(B, I, O, K, k, itemsize):
 
 def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
                     scale_base, scale_sp, mask, k, base_fun):
-    """CUDA ``reference.spline_backward``: adds into dx, dcoef, dscale_base, dscale_sp.
+    """CUDA ``reference.spline_backward``: adds into dx (None: not wanted), dcoef,
+    dscale_base, dscale_sp.
 
     Two launches: per-(input, batch chunk) partial sums with dx finished in
     place, then the sum over chunks that finishes the parameter gradients.
     """
+    if dx is None:  # not wanted: the kernel computes it into scratch
+        dx = zeros(x.shape, x.dtype)
     # the moments' arguments (ds1, ds2, dxs1, dxs2) are not read: dy stands in for them
     _backward(False, (dx, dcoef, dscale_base, dscale_sp), (dy, dy, dy, dy[0], dy[0]),
               x, knots, coef, scale_base, scale_sp, mask, k, base_fun)

@@ -326,13 +326,16 @@ def _phi(col, spline, scale_base, scale_sp, mask):
 
 def _phi_backward(dcoef, dscale_base, dscale_sp, g, col, spline, dspline, scale_base, scale_sp, mask):
     """Backward of ``_phi`` for input i with g = dL/dphi (B, O): adds into dcoef[i],
-    dscale_base[i] and dscale_sp[i], and returns dL/dx[:, i] (B,) for the caller to add."""
+    dscale_base[i] and dscale_sp[i], and returns dL/dx[:, i] (B,) for the caller to add
+    (None when ``dspline`` is None: dx not wanted)."""
     i = col.i
     for s in range(col.N.shape[1]):  # scatter-add g * B into the coefficient each sample touched
         np.add.at(dcoef[i], col.idx[:, s], _live(col.live[:, s], (mask[i] * scale_sp[i]) * col.N[:, s, None] * g))
     dscale_base[i] += mask[i] * (col.bx @ g)
     # a sample outside the knots has s = 0 exactly and adds nothing (not g * 0)
     dscale_sp[i] += mask[i] * np.sum(_live(col.inside, g * spline), axis=0)
+    if dspline is None:  # dx not wanted
+        return None
     return np.sum(g * ((mask[i] * scale_base[i]) * col.dbx[:, None]
                        + _live(col.inside, (mask[i] * scale_sp[i]) * dspline)), axis=1)
 
@@ -361,11 +364,18 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
         dscale_sp[i,o]    += sum_b g[b,o] * mask[i,o] * s[i,o](x[b,i])
         dx[b,i]           += sum_o g[b,o] * mask[i,o] * (scale_base[i,o] * b'(x[b,i])
                                                         + scale_sp[i,o] * s'[i,o](x[b,i]))
+
+    dx None: the input gradient is not wanted (the first layer in training), and
+    neither the derivatives of the bases nor dx are computed.
     """
-    for col in _columns(x, knots, k, coef.shape[1], base_fun, deriv=True):
-        spline, dspline = _contract(col, coef, col.N), _contract(col, coef, col.dN)
-        dx[:, col.i] += _phi_backward(dcoef, dscale_base, dscale_sp, dy, col, spline, dspline,
-                                      scale_base, scale_sp, mask)
+    want = dx is not None
+    for col in _columns(x, knots, k, coef.shape[1], base_fun, deriv=want):
+        spline = _contract(col, coef, col.N)
+        dspline = _contract(col, coef, col.dN) if want else None
+        d = _phi_backward(dcoef, dscale_base, dscale_sp, dy, col, spline, dspline,
+                          scale_base, scale_sp, mask)
+        if want:
+            dx[:, col.i] += d
 
 
 # ---------------------------------------------------------------------------
