@@ -97,6 +97,14 @@ def test_layer_kernels_match_reference(B, I, O, G, k, dtype, base_fun, knots):
     check("y", yd, y, dtype)
     for name, a, b in zip(("dx", "dcoef", "dscale_base", "dscale_sp"), got, ref):
         check(name, a, b, dtype)
+    # dx=None (the input gradient not wanted): the same parameter gradients
+    dev = [C.asarray(a, dtype) for a in arrays]
+    start = [np.full(arrays[2].shape, -0.25, dtype), np.full((I, O), 0.125, dtype),
+             np.full((I, O), 1.0, dtype)]
+    gd = [C.asarray(a, dtype) for a in start]
+    C.spline_backward(None, *gd, C.asarray(dy, dtype), *dev, k, base_fun)
+    for name, a, b in zip(("dcoef", "dscale_base", "dscale_sp"), gd, ref[1:]):
+        check(name + " (dx=None)", C.to_host(a), b, dtype)
 
 
 def test_backward_with_basis_tiles(monkeypatch):
