@@ -235,16 +235,16 @@ def local_basis(x, knots, k, deriv=False):
     inside = span >= 0
     j = np.where(inside, span, 0)
     rows = np.arange(I)[None, :]
+    # the knots the triangle reads, t[i, j + d] for d = -k .. k+1, gathered once; the
+    # index is clipped into the knots, and callers use a value only where it was in range
+    T = {d: knots[rows, np.clip(j + d, 0, n - 1)] for d in range(-k, k + 2)}
 
-    def t(idx):
-        # t[i, idx[b, i]]; callers only use the value where idx is in range
-        return knots[rows, np.clip(idx, 0, n - 1)]
+    def value(d, r, lo, hi):  # B[a,r] for a = j + d, from lo = B[a,r-1] and hi = B[a+1,r-1]
+        return (_ratio(x - T[d], T[d + r] - T[d]) * lo
+                + _ratio(T[d + r + 1] - x, T[d + r + 1] - T[d + 1]) * hi)
 
-    def value(a, r, lo, hi):  # B[a,r] from lo = B[a,r-1] and hi = B[a+1,r-1]
-        return _ratio(x - t(a), t(a + r) - t(a)) * lo + _ratio(t(a + r + 1) - x, t(a + r + 1) - t(a + 1)) * hi
-
-    def slope(a, r, lo, hi):  # B'[a,r] from the same two
-        return r * (_ratio(lo, t(a + r) - t(a)) - _ratio(hi, t(a + r + 1) - t(a + 1)))
+    def slope(d, r, lo, hi):  # B'[a,r] from the same two
+        return r * (_ratio(lo, T[d + r] - T[d]) - _ratio(hi, T[d + r + 1] - T[d + 1]))
 
     def climb(below, r, rule):
         # order r on the triangle from order r-1 (``below``): slot s holds basis a = j - r + s,
@@ -254,7 +254,7 @@ def local_basis(x, knots, k, deriv=False):
             a = j - r + s
             lo = below[:, :, s - 1] if s >= 1 else 0
             hi = below[:, :, s] if s <= r - 1 else 0
-            out[:, :, s] = np.where((a >= 0) & (a <= n - 2 - r), rule(a, r, lo, hi), 0)
+            out[:, :, s] = np.where((a >= 0) & (a <= n - 2 - r), rule(s - r, r, lo, hi), 0)
         return out
 
     # the placeholder span of a point outside the knots may overflow or give NaN here;
