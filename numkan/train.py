@@ -443,7 +443,7 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=None, batch=-1, lamb=0.0, lam
         test error of an accurate fit: on f = xy with [2, 2, 1], G = 20, the 8
         of 1000 test points outside the training box give 8.6e-5 RMSE against
         3.8e-7 inside. Chosen by measurement among 0, 0.005, 0.01, 0.02 and
-        0.05 (benchmarks/RESULTS.md, "restarts and grid margin").
+        0.05 (benchmarks/RESULTS.md, "Restarts and grid margin").
     n_init, init_steps : int
         Restarts (numkan's; pykan has none). Which basin a KAN trains into is
         settled in its first L-BFGS steps by the initial draw: on
@@ -459,9 +459,10 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=None, batch=-1, lamb=0.0, lam
         training set (loss + lamb * reg) is installed in the model, and the
         fit's ``steps`` continue from it; ``model.fit_start`` records the seeds,
         their objectives and the one chosen. This costs ``n_init *
-        init_steps`` extra steps once per model (12 with the defaults, chosen
-        by measurement: benchmarks/RESULTS.md, "restarts and grid margin"); a model that was
-        trained, pruned, refined, loaded or edited by hand is never re-drawn.
+        init_steps`` extra steps once per model (12 with the defaults, chosen by
+        measurement: benchmarks/RESULTS.md, "Restarts and grid margin"); a
+        model that was trained, pruned, refined, loaded or edited by hand is
+        never re-drawn.
         ``n_init=1`` trains the model's own draw, as pykan does.
     loss_fn : callable or None
         ``loss_fn(pred, target) -> (loss, dloss/dpred)`` on host arrays; None
@@ -607,8 +608,8 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=None, batch=-1, lamb=0.0, lam
             return True
 
     def trial(candidate):
-        return fit(candidate, dataset, opt=opt, steps=init_steps, lr=None if opt == "LBFGS" else lr, batch=batch, lamb=lamb,
-                   lamb_l1=weights[0], lamb_entropy=weights[1], lamb_coef=weights[2],
+        return fit(candidate, dataset, opt=opt, steps=init_steps, lr=None if opt == "LBFGS" else lr,
+                   batch=batch, lamb=lamb, lamb_l1=weights[0], lamb_entropy=weights[1], lamb_coef=weights[2],
                    lamb_coefdiff=weights[3], update_grid=update_grid, grid_update_num=grid_update_num,
                    start_grid_update_step=start_grid_update_step,
                    stop_grid_update_step=stop_grid_update_step, loss_fn=loss_fn, log=0,
