@@ -109,11 +109,8 @@ def update_grid(model, x, margin=0.0, hidden=True):
             moved.append(i)
         # before any fit on them; the message names x (and margin) as their source
         v.check_knots(f"x (margin={margin}) for layer {l}", t_new, L.k, L.dtype)
-        # each moved spline keeps its values at the samples: least squares on the new knots
-        old = spline.basis_matrices(xl[:, moved], t_old[moved], L.k)
-        for (m, A_new), (_, A_old) in zip(spline.basis_matrices(xl[:, moved], t_new[moved], L.k), old):
-            i = moved[m]
-            c_new[i] = spline.lstsq_coef(A_new, A_old @ c_old[i])
+        if moved:  # each moved spline keeps its values at the samples
+            c_new[moved] = spline.refit(xl[:, moved], t_old[moved], c_old[moved], t_new[moved], L.k)
         if not np.all(np.isfinite(c_new)):
             raise ValueError("update_grid produced non-finite coefficients; the model is unchanged")
         new.append((t_new, c_new))
@@ -186,14 +183,11 @@ def refine(model, new_grid, x=None):
         c_old = be.to_host(L_old.coef).astype(np.float64)
         xl = None if h is None else be.to_host(h).astype(np.float64)
         k = L_old.k
-        c_new = np.empty((L_old.in_dim, new_grid + k, L_old.out_dim))
         # fit points (P, I): k+1 inside each new interval, then the samples
         p = np.stack([refine_points(t_new[i], k) for i in range(L_old.in_dim)], axis=1)
         if xl is not None:
             p = np.concatenate([p, xl])
-        old = spline.basis_matrices(p, t_old, k)
-        for (i, A_new), (_, A_old) in zip(spline.basis_matrices(p, t_new, k), old):
-            c_new[i] = spline.lstsq_coef(A_new, A_old @ c_old[i])
+        c_new = spline.refit(p, t_old, c_old, t_new, k)
         layers.append(L_old.derive(knots=t_new, coef=c_new))  # scales, masks, symbolic edges carry over
         if h is not None:
             h = L_old.forward(h, keep=False)

@@ -67,6 +67,17 @@ def fit_coef(x, y, t, k, rcond=None):
     return lstsq_coef(basis_matrix(x, t, k), y, rcond)
 
 
+def refit(x, t_old, coef_old, t_new, k):
+    """Move splines to new knots: coefficients (I, K_new, O) on t_new (I, n_new) whose
+    splines take, by least squares at the points x (N, I), the values of the splines
+    coef_old (I, K_old, O) on t_old (I, n_old). What grid updates and ``refine`` do."""
+    coef = np.empty((x.shape[1], t_new.shape[1] - k - 1, coef_old.shape[2]))
+    old = basis_matrices(x, t_old, k)
+    for (i, A_new), (_, A_old) in zip(basis_matrices(x, t_new, k), old):
+        coef[i] = lstsq_coef(A_new, A_old @ coef_old[i])
+    return coef
+
+
 def lstsq_coef(A, y, rcond=None):
     """``fit_coef`` on a design matrix A (N, K) already built (``basis_matrices``)."""
     coef, *_ = np.linalg.lstsq(A, np.asarray(y, dtype=np.float64), rcond=rcond)
