@@ -116,3 +116,48 @@ def test_wide_kernels_still_match_at_few_outputs(monkeypatch, k):
         p, dy, start = random_layer(seed=50 + 10 * k + O, B=TILE + 21, I=3, O=O, G=6, k=k, kind=kind,
                                     dtype=np.float64, base_fun="silu")
         check_cpu_against_reference(p, dy, start, f"wide O={O} k={k} {kind}")
+
+
+@pytest.mark.parametrize("kind", ["uniform", "nonuniform", "repeated"])
+@pytest.mark.parametrize("k", [1, 2, 3, 5, cpu_narrow.MAX_ORDER])
+def test_span_bases_are_the_local_bases_in_power_form(kind, k):
+    """M of ``span_bases`` evaluated at u = (x - t[j]) / (t[j+1] - t[j]) gives the
+    reference's local bases on every span, the boundary spans (bases that exist only)
+    and the ends of each span included; an empty span (repeated knots) is all zeros."""
+    from test_kernels import random_knots
+    rng = np.random.default_rng(100 * k + len(kind))
+    G = 4 + k
+    knots = np.stack([random_knots(rng, G, k, kind) for _ in range(3)])
+    I, n = knots.shape
+    M = np.empty((I, n - 1, k + 1, k + 1))
+    cpu_narrow.span_bases(M, knots, k)
+    checked = 0
+    for i in range(I):
+        for j in range(n - 1):
+            lo, hi = knots[i, j], knots[i, j + 1]
+            if not lo < hi:
+                assert not M[i, j].any(), f"empty span {j} of input {i} has bases"
+                continue
+            x = np.concatenate([[lo], rng.uniform(lo, hi, 20), [np.nextafter(hi, lo)]])
+            span, N, _ = reference.local_basis(np.tile(x[:, None], (1, I)), knots, k)
+            assert (span[:, i] == j).all()
+            u = (x - lo) / (hi - lo)
+            power = np.einsum("sp,bp->bs", M[i, j], u[:, None] ** np.arange(k + 1))
+            exists = (np.arange(k + 1) + j - k >= 0) & (np.arange(k + 1) + j - k < n - k - 1)
+            np.testing.assert_allclose(power[:, exists], N[:, i, exists], rtol=0, atol=1e-13,
+                                       err_msg=f"{kind} k={k} input {i} span {j}")
+            checked += 1
+    assert checked >= G
+
+
+def test_span_bases_follow_knots_written_in_place():
+    """The kept M is used only while the knot values are those it came from: knots
+    written in place (a grid update) give the new layer's values, as the reference."""
+    p, dy, start = random_layer(seed=11, B=TILE + 5, I=2, O=2, G=5, k=3, kind="nonuniform",
+                                dtype=np.float64, base_fun="silu")
+    check_cpu_against_reference(p, dy, start, "before")
+    M0 = cpu_narrow._span_bases(p["grid"], 3)
+    assert cpu_narrow._span_bases(p["grid"], 3) is M0  # kept
+    p["grid"][:] = np.sort(p["grid"] * 1.1 + 0.05, axis=1)  # same array, new values
+    check_cpu_against_reference(p, dy, start, "after the knots changed")
+    assert cpu_narrow._span_bases(p["grid"], 3) is not M0

@@ -2,52 +2,55 @@
 
 ``cpu.spline_forward`` / ``cpu.spline_backward`` send a layer here when it has
 few outputs and an order up to ``MAX_ORDER`` (``serves``): the [2, 5, 1],
-[4, 4, 2, 1] and [100, 1, 1] models scientists train. Same maths, same non-finite semantics as
-``reference.spline_forward`` / ``spline_backward`` (tested against them in
-tests/test_narrow.py and tests/test_kernels.py). At a few outputs per input,
-the coefficient contraction is almost free; what costs is the span search and
-the k+1 local bases of every (sample, input), and Python around the calls.
+[4, 4, 2, 1] and [100, 1, 1] models scientists train. Same maths, same non-finite
+semantics as ``reference.spline_forward`` / ``spline_backward`` (tested against
+them in tests/test_narrow.py and tests/test_kernels.py), to rounding. At a few
+outputs per input the coefficient contraction is almost free; what costs is the
+k+1 local bases of every (sample, input), and Python around the calls.
+
+The splines in power form. On a knot span [t[j], t[j+1]) every B-spline of
+order k is a polynomial of degree k, so with the span variable
+
+    u = (x - t[j]) / (t[j+1] - t[j])  in [0, 1)
+
+local basis s of span j (B[j-k+s, k]) is sum_p M[j, s, p] u^p, and the spline
+of edge (i, o) is sum_p C[j, p] u^p with C[j, p] = sum_s coef[j-k+s] M[j, s, p].
+M depends on the knots alone: ``span_bases`` runs Cox-de Boor once per span on
+polynomials in u, and it is kept while the knots keep their values
+(``_span_bases``). C is formed at every call (O(I O G k^2), ``span_splines``).
+A sample then costs a span search, one division (u), and per output k+1
+coefficient gathers in a Horner loop: no triangle, no knot gathers, no
+divisions by knot differences. The backward needs no bases either: it sums the
+powers, Q[j, p, o] += dy[b, o] u^p over the samples on span j, and maps them to
+the basis sums R[m, o] = sum_b dy B[m](x) with M once per call (``finish``).
+In u the coefficients stay small: every denominator of a basis that is non-zero
+on span j covers the span, so each step of the recursion multiplies them by at
+most 2 (at most 2^k for order k), and the results agree with the reference's
+recursion to a few ulps times that (tests/test_kernels.py's tolerances).
 
 How the work is laid out: a tile of T samples at a time, one input at a time,
-everything stored "structure of arrays" (one row per basis, one lane per
-sample), and every loop that computes has the lanes innermost, so LLVM
-vectorises it (it vectorises innermost loops only):
+everything stored "structure of arrays" (one lane per sample), and every loop
+that computes has the lanes innermost, so LLVM vectorises it (it vectorises
+innermost loops only):
 
-    XS, J, IN   (T,)       x, its span, 1 if x is inside the knots
-    KW (2k, T)             the 2k knots t[j-k+1 .. j+k] around each lane's span
-    NB, DB (k+1, T)        the local bases B[j-k+s, k](x) and their derivatives
-    SV (T,)                Cox-de Boor's left term of a slot, carried to the next
-    BX, BD (T,)            b(x), b'(x)
-    CW (K + 2k,)           coef[i, :, o] with k zeros either side (``_coef_row``)
-    TMP, DX (T,)           one output's spline term s(x) (or s'(x)); the tile's dx
-    ACC (O, T)             the forward's outputs of the tile, summed over inputs
-    GT (O, T)              the backward's dy of the tile, transposed
-    P (I, K, O), PB (I, O) the backward's raw sums: sum_b dy * B[m](x), sum_b dy * b(x)
+    XS, J, IN     (T,)   x, its span, 1 if x is inside the knots
+    TL, TH, U, H  (T,)   t[j], t[j+1], the span variable u, the span width
+    BX, BD        (T,)   b(x), b'(x)
+    TMP, DX       (T,)   one output's s(x) (or ds/du); the tile's dx
+    ACC (O, T)           the forward's outputs of the tile, summed over inputs
+    GT (O, T)            the backward's dy of the tile, transposed
+    Q (I, G+2k, k+1, O), PB (I, O)   the backward's raw sums
 
 The order k is a run-time argument (its loops are outside the lane loops, so
-nothing needs unrolling): ``forward_rows`` and ``backward_rows`` compile once
-per dtype, about 2 s each, where the wide kernels of ``cpu.py`` take 10-15 s
-per (k, dtype). The scratch is on the stack, sized for ``MAX_ORDER`` and
-``MAX_OUTPUTS``.
-
-Measured (benchmarks/RESULTS.md): at 1 to 5 outputs these kernels run as fast
-as the wide ones per (sample, input), and above 5 outputs slower (each output
-gathers its own coefficients lane by lane), hence ``MAX_OUTPUTS``. What the
-time goes to: the span guess and the 2k knot gathers, the k(k+1)/2 divisions of
-the triangle (about half of the bases), then per output k+1 coefficient
-gathers; the backward recomputes the bases, with their derivatives.
+nothing needs unrolling): each function compiles once per dtype. The scratch
+is on the stack, sized for ``MAX_OUTPUTS``.
 
 The span: the guess uniform knots give, int((x - t[0]) (n-1) / (t[-1] - t[0])),
 clamped as a float (a NaN or inf never becomes an index), checked against the
 knots in the lanes; the lanes where it missed (non-uniform knots, outside the
 knots, non-finite x) get a binary search (``_scalar.find_span``), one by one.
-
-The local triangle on a boundary span reads knots before the first or past
-the last; the reads are clamped to the knot array. That changes only bases
-that do not exist (each existing B[a, r] depends on t[a .. a+r+1] alone), and
-their terms are dropped, as are all spline terms of an x outside the knots,
-whose triangle runs on a placeholder x = t[0] and is never used (a select,
-not a multiplication by 0: a NaN or inf in coef or dy reaches no such term).
+An x outside the knots gets no spline term (a select, not a multiplication by
+0: a NaN or inf in coef or dy reaches no such term), and adds nothing to Q.
 
 Threads and determinism: a batch is cut into chunks whose number depends on
 the shape only (``chunks``); one chunk (every batch up to a few thousand
@@ -66,13 +69,10 @@ from ._scalar import IDENTITY, SILU
 from ._vexp import vexp
 
 TILE = 64             # samples per tile (lanes): 8 AVX-512 registers of float64
-MAX_ORDER = 7         # the largest k served here (the scratch is on the stack, sized for it)
+MAX_ORDER = 7         # the largest k served here (in u, the power form's coefficients grow up to 2^k)
 MAX_OUTPUTS = 5       # the most outputs served here: above, the wide kernels are faster (RESULTS.md)
 CHUNK_SAMPLES = 8192  # samples per parallel chunk, at least (RESULTS.md: launches cost on a busy machine)
-# stack scratch sizes (rows of TILE lanes): bases, knots around the spans, outputs
-_NROWS = (MAX_ORDER + 1) * TILE
-_KWROWS = 2 * MAX_ORDER * TILE
-_OROWS = MAX_OUTPUTS * TILE
+_OROWS = MAX_OUTPUTS * TILE  # stack scratch of (O, T) rows
 
 # 'contract' fuses a*b+c into FMA; no reassociation (the lane loops vectorise without
 # it, and sums keep one order). error_model="numpy": a division by 0 gives inf, not a
@@ -83,7 +83,7 @@ _find_span = njit(**_jit)(_scalar.find_span)
 # per pass, optimised once; a chain of separately compiled functions is optimised again at
 # every level that links it, which doubled the cold start). The kernels are serial parts
 # (``_numba.serial_part``: arguments that do not overlap, no reference counting, so they
-# allocate nothing: their callers hand them the raw sums and a coefficient row). Their
+# allocate nothing: their callers hand them the raw sums and the splines). Their
 # scratch is flat stack arrays (``_numba.local_array``), row r of lane u at r * TILE + u:
 # a constant row stride, and arrays LLVM knows apart from every argument, so the lane
 # loops vectorise.
@@ -104,81 +104,141 @@ def chunks(B, I, O):
     return min(TASKS, B // CHUNK_SAMPLES)
 
 
-@_inline
-def _gather_knots(KW, knots, i, j, u, k):
-    """KW[m, u] = t[j-k+1+m] for m = 0 .. 2k-1, the index clamped to the knots."""
-    n = knots.shape[1]
-    for m in range(2 * k):
-        KW[m * TILE + u] = knots[i, min(max(j - k + 1 + m, 0), n - 1)]
+@serial_part(**_jit)
+def span_bases(M, knots, k):
+    """The local bases in power form on each knot span (see the module docstring):
+    M[i, j, s, p] (float64) such that local basis s of span j, B[j-k+s, k](x), is
+    sum_p M[i, j, s, p] u^p with u = (x - t[j]) / (t[j+1] - t[j]) in [0, 1); all zeros
+    on an empty span (no x falls in it). Serial; allocates nothing."""
+    I, n = knots.shape
+    for i in range(I):
+        for j in range(n - 1):
+            for s in range(k + 1):
+                for p in range(k + 1):
+                    M[i, j, s, p] = 0.0
+            tl = np.float64(knots[i, j])
+            h = np.float64(knots[i, j + 1]) - tl
+            if not h > 0.0:  # empty (or not a valid span): no x falls in it
+                continue
+            # Cox-de Boor on polynomials in u, in place: the new slot s (B[a, r], a = j-r+s)
+            # from the old slots s-1 (B[a, r-1]) and s (B[a+1, r-1]), s descending so that both
+            # are still old when read. x - t[a] = (t[j] - t[a]) + h u and t[a+r+1] - x =
+            # (t[a+r+1] - t[j]) - h u; every denominator of a basis that is non-zero on span
+            # j covers the span, so |coefficients| <= 1 and h / d <= 1: no growth beyond 2^k.
+            # Knot reads are clamped (boundary spans): that changes only bases that do not
+            # exist, whose terms are never used.
+            M[i, j, 0, 0] = 1.0
+            for r in range(1, k + 1):
+                for s in range(r, -1, -1):
+                    a = j - r + s
+                    c0 = c1 = e0 = e1 = 0.0
+                    if s >= 1:
+                        ta = np.float64(knots[i, min(max(a, 0), n - 1)])
+                        d = np.float64(knots[i, min(max(a + r, 0), n - 1)]) - ta
+                        if d > 0.0:
+                            c0 = (tl - ta) / d
+                            c1 = h / d
+                    if s <= r - 1:
+                        tb = np.float64(knots[i, min(max(a + r + 1, 0), n - 1)])
+                        d = tb - np.float64(knots[i, min(max(a + 1, 0), n - 1)])
+                        if d > 0.0:
+                            e0 = (tb - tl) / d
+                            e1 = -h / d
+                    for p in range(r, -1, -1):
+                        v = 0.0
+                        if s >= 1:
+                            v += c0 * M[i, j, s - 1, p]
+                            if p >= 1:
+                                v += c1 * M[i, j, s - 1, p - 1]
+                        if s <= r - 1:
+                            v += e0 * M[i, j, s, p]
+                            if p >= 1:
+                                v += e1 * M[i, j, s, p - 1]
+                        M[i, j, s, p] = v
+
+
+@serial_part(**_jit)
+def span_splines(C, M, coef, k):
+    """C[i, o, j, p] = sum_s coef[i, j-k+s, o] M[i, j, s, p] over the bases that exist
+    (0 <= j-k+s < K): the spline s[i, o] on span j in power form (``span_bases``).
+    Serial; allocates nothing."""
+    I, O, S1, kp1 = C.shape
+    K = coef.shape[1]
+    for i in range(I):
+        for o in range(O):
+            for j in range(S1):
+                for p in range(k + 1):
+                    acc = 0.0
+                    for s in range(max(0, k - j), min(k + 1, K + k - j)):
+                        acc += np.float64(coef[i, j - k + s, o]) * M[i, j, s, p]
+                    C[i, o, j, p] = acc
 
 
 @_inline
-def _tile_bases(NB, DB, SV, J, IN, XS, KW, x, b0, nb, knots, i, k, deriv):
-    """Spans J, inside flags IN and local bases NB (and DB when ``deriv``) of input i
-    for the samples b0 .. b0+nb-1, one lane each (see the module docstring)."""
+def _tile_spans(J, IN, U, H, XS, TL, TH, x, b0, nb, knots, i):
+    """Spans J, inside flags IN, the span variable U = (x - t[j]) / (t[j+1] - t[j]) and the
+    span widths H of input i for the samples b0 .. b0+nb-1, one lane each (see the module
+    docstring). A lane outside the knots (or with a non-finite x) gets IN = 0 and the
+    placeholder j = 0, U = 0, H = 1, never used."""
     T = TILE
     n = knots.shape[1]
     dt = XS.dtype.type
     zero = dt(0)
     one = dt(1)
-    kk = dt(k)
     t0 = knots[i, 0]
     sc = dt(n - 1) / (knots[i, n - 1] - t0)
     last = dt(n - 2)
-    # 1. the guess, clamped as a float (NaN to 0), and the knots around it
-    for u in range(TILE):
+    # 1. the guess, clamped as a float (NaN to 0), and its two knots
+    for u in range(T):
         xv = x[b0 + min(u, nb - 1), i]  # idle lanes repeat the last sample
         g = (xv - t0) * sc
         g = (g if g <= last else last) if g >= zero else zero
         J[u] = np.int64(g)
         XS[u] = xv
-    for m in range(2 * k):
-        for u in range(TILE):
-            KW[m * T + u] = knots[i, min(max(J[u] - k + 1 + m, 0), n - 1)]
+    for u in range(T):
+        TL[u] = knots[i, J[u]]
+        TH[u] = knots[i, J[u] + 1]
     # 2. its check: t[j] <= x < t[j+1]; the misses one by one, by binary search
-    for u in range(TILE):
-        IN[u] = np.int64(KW[(k - 1) * T + u] <= XS[u]) & np.int64(XS[u] < KW[k * T + u])
-    for u in range(TILE):
+    for u in range(T):
+        IN[u] = np.int64(TL[u] <= XS[u]) & np.int64(XS[u] < TH[u])
+    for u in range(T):
         if IN[u] == 0:
             j = _find_span(knots, i, XS[u])
             if j >= 0:
                 IN[u] = 1
-            else:  # outside the knots: a placeholder the triangle can run on, never used
-                j = 0
-                XS[u] = t0
-            J[u] = j
-            _gather_knots(KW, knots, i, j, u, k)
-    # 3. Cox-de Boor on the local triangle (``_scalar.local_basis``'s interior case);
-    # SV holds each slot's left term for the next slot
+                J[u] = j
+                TL[u] = knots[i, j]
+                TH[u] = knots[i, j + 1]
+            else:  # outside the knots: a placeholder, never used
+                J[u] = 0
+                XS[u] = zero
+                TL[u] = zero
+                TH[u] = one
+    for u in range(T):
+        H[u] = TH[u] - TL[u]
+        U[u] = (XS[u] - TL[u]) / H[u]
+
+
+@_inline
+def _poly_lanes(TMP, C, i, o, J, IN, U, k, deriv):
+    """TMP[u] = s(x) on each lane's span (Horner on C[i, o, J[u]], ``span_splines``), or,
+    when ``deriv``, ds/du; 0 where x is outside the knots (a select, never a product with 0)."""
+    dt = TMP.dtype.type
+    zero = dt(0)
+    if deriv:
+        for u in range(TILE):
+            TMP[u] = dt(k) * C[i, o, J[u], k]
+        for p in range(k - 1, 0, -1):
+            for u in range(TILE):
+                TMP[u] = TMP[u] * U[u] + dt(p) * C[i, o, J[u], p]
+    else:
+        for u in range(TILE):
+            TMP[u] = C[i, o, J[u], k]
+        for p in range(k - 1, -1, -1):
+            for u in range(TILE):
+                TMP[u] = TMP[u] * U[u] + C[i, o, J[u], p]
     for u in range(TILE):
-        NB[u] = one
-    for r in range(1, k + 1):
-        for u in range(TILE):
-            SV[u] = zero
-        for s in range(r):
-            R = (k + s) * T   # t[j+1+s]
-            L = (k - r + s) * T  # t[j+1-r+s]
-            S = s * T
-            if deriv and r == k:  # dB[a,k] = k (B[a,k-1] / (t[a+k]-t[a]) - B[a+1,k-1] / (...)): the q's
-                for u in range(TILE):
-                    right = KW[R + u]
-                    left = KW[L + u]
-                    d = right - left
-                    q = NB[S + u] / d if d > zero else zero
-                    DB[S + u] = (-kk * q) if s == 0 else DB[S + u] - kk * q
-                    DB[S + T + u] = kk * q
-                    NB[S + u] = SV[u] + (right - XS[u]) * q
-                    SV[u] = (XS[u] - left) * q
-            else:
-                for u in range(TILE):
-                    right = KW[R + u]
-                    left = KW[L + u]
-                    d = right - left
-                    q = NB[S + u] / d if d > zero else zero
-                    NB[S + u] = SV[u] + (right - XS[u]) * q
-                    SV[u] = (XS[u] - left) * q
-        for u in range(TILE):
-            NB[r * T + u] = SV[u]
+        TMP[u] = TMP[u] if IN[u] != 0 else zero
 
 
 @_inline
@@ -209,60 +269,30 @@ def _base_lanes(BX, BD, x, b0, nb, i, code, deriv):
                 BD[u] = zero * xv
 
 
-@_inline
-def _coef_row(CW, coef, i, o, k):
-    """CW = coef[i, :, o] with k zeros on either side: CW[j + s] is the coefficient of
-    local basis s on span j (index j-k+s), 0 for a basis that does not exist."""
-    K = coef.shape[1]
-    zero = CW.dtype.type(0)
-    for m in range(k):
-        CW[m] = zero
-        CW[K + k + m] = zero
-    for m in range(K):
-        CW[k + m] = coef[i, m, o]
-
-
-@_inline
-def _spline_lanes(TMP, W, J, IN, CW, k):
-    """TMP[u] = sum_s W[s, u] * CW[J[u] + s] (``_coef_row``: the terms of bases that do
-    not exist are 0 * a finite basis value), and 0 where x is outside the knots (those
-    terms are dropped: a select, never a product with 0)."""
-    zero = TMP.dtype.type(0)
-    for u in range(TILE):
-        TMP[u] = zero
-    for s in range(k + 1):
-        S = s * TILE
-        for u in range(TILE):
-            TMP[u] += W[S + u] * CW[J[u] + s]
-    for u in range(TILE):
-        TMP[u] = TMP[u] if IN[u] != 0 else zero
-
-
 @serial_part(**_jit)
-def forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW, b0, b1):
+def forward_rows(y, x, knots, C, scale_base, scale_sp, mask, k, code, b0, b1):
     """Rows b0:b1 of ``reference.spline_forward``: y[b, o] = sum_i phi[i, o](x[b, i]),
-    overwritten; serial."""
+    overwritten, with the splines C of ``span_splines``; serial."""
     I = x.shape[1]
     O = y.shape[1]
     dt = y.dtype
     zero = dt.type(0)
-    NB = local_array(_NROWS, dt)
-    KW = local_array(_KWROWS, dt)
     ACC = local_array(_OROWS, dt)
-    SV, XS, BX, TMP = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
+    XS, TL, TH, U, H = (local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt),
+                        local_array(TILE, dt), local_array(TILE, dt))
+    BX, TMP = local_array(TILE, dt), local_array(TILE, dt)
     J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
     for t0 in range(b0, b1, TILE):
         nb = min(TILE, b1 - t0)
         for u in range(O * TILE):
             ACC[u] = zero
         for i in range(I):
-            _tile_bases(NB, NB, SV, J, IN, XS, KW, x, t0, nb, knots, i, k, False)
+            _tile_spans(J, IN, U, H, XS, TL, TH, x, t0, nb, knots, i)
             _base_lanes(BX, BX, x, t0, nb, i, code, False)
             for o in range(O):
                 wb = mask[i, o] * scale_base[i, o]
                 sp = mask[i, o] * scale_sp[i, o]
-                _coef_row(CW, coef, i, o, k)
-                _spline_lanes(TMP, NB, J, IN, CW, k)
+                _poly_lanes(TMP, C, i, o, J, IN, U, k, False)
                 for u in range(TILE):
                     ACC[o * TILE + u] += BX[u] * wb + sp * TMP[u]
         for u in range(nb):
@@ -271,48 +301,54 @@ def forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW, b0,
 
 
 @_inline
-def finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask):
-    """The parameter gradients from the chunks' raw sums P (C, I, K, O), PB (C, I, O),
-    added chunk by chunk in order: dcoef += R * scale_sp * mask, dscale_base += mask * Rb,
-    dscale_sp += mask * sum_m coef * R (R, Rb: the sums over the chunks)."""
-    C, I, K, O = P.shape
+def finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k):
+    """The parameter gradients from the chunks' raw sums Q (C, I, n-1, k+1, O) and
+    PB (C, I, O), added chunk by chunk in order. The raw sum of basis m,
+    R[i, m, o] = sum_b g[b, o] B[m](x[b, i]), is sum over the spans j where m is local basis
+    s = m - j + k of sum_p M[i, j, s, p] Q[i, j, p, o] (``span_splines``); then
+    dcoef += R * scale_sp * mask, dscale_base += mask * Rb, dscale_sp += mask * sum_m coef * R."""
+    NC, I, S1, kp1, O = Q.shape
+    K = coef.shape[1]
     for i in range(I):
         for o in range(O):
             rb = PB[0, i, o]
-            for c in range(1, C):
+            for c in range(1, NC):
                 rb += PB[c, i, o]
             dscale_base[i, o] += mask[i, o] * rb
             spm = mask[i, o] * scale_sp[i, o]
-            acc = coef.dtype.type(0)
+            acc = 0.0
             for m in range(K):
-                r = P[0, i, m, o]
-                for c in range(1, C):
-                    r += P[c, i, m, o]
+                r = 0.0
+                for s in range(k + 1):
+                    j = m + k - s
+                    for p in range(k + 1):
+                        q = Q[0, i, j, p, o]
+                        for c in range(1, NC):
+                            q += Q[c, i, j, p, o]
+                        r += M[i, j, s, p] * q
                 dcoef[i, m, o] += r * spm
                 acc += coef[i, m, o] * r
             dscale_sp[i, o] += mask[i, o] * acc
 
 
 @serial_part(**_jit)
-def backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coef, scale_base, scale_sp, mask,
-                  k, code, CW, b0, b1, last, wantdx):
+def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, C, coef, scale_base, scale_sp,
+                  mask, k, code, b0, b1, last, wantdx):
     """Rows b0:b1 of ``reference.spline_backward``: adds into dx[b0:b1] and into chunk c's
-    raw sums P[c] (I, K, O) += dy * B[m](x), PB[c] (I, O) += dy * b(x); serial. When
-    ``last``, then adds the parameter gradients of all chunks' sums (``finish``) into
-    dcoef, dscale_base, dscale_sp (one compiled function for both uses: a shorter cold start).
-    Without ``wantdx`` (the input gradient not wanted) dx is not touched, and neither the
-    bases' derivatives nor the per-output spline derivatives are computed."""
+    raw sums Q[c] (I, n-1, k+1, O) += dy * u^p on each sample's span, PB[c] (I, O) +=
+    dy * b(x); serial. When ``last``, then adds the parameter gradients of all chunks' sums
+    (``finish``) into dcoef, dscale_base, dscale_sp (one compiled function for both uses:
+    a shorter cold start). Without ``wantdx`` (the input gradient not wanted) dx is not
+    touched, and neither b'(x) nor the splines' derivatives are computed (C is not read)."""
     I = x.shape[1]
     O = dy.shape[1]
-    K = coef.shape[1]
     dt = dy.dtype
     zero = dt.type(0)
-    NB = local_array(_NROWS, dt)
-    DB = local_array(_NROWS, dt)
-    KW = local_array(_KWROWS, dt)
+    one = dt.type(1)
     GT = local_array(_OROWS, dt)
-    SV, XS, BX, BD = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
-    TMP, DX = local_array(TILE, dt), local_array(TILE, dt)
+    XS, TL, TH, U, H = (local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt),
+                        local_array(TILE, dt), local_array(TILE, dt))
+    BX, BD, TMP, DX = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
     J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
     for t0 in range(b0, b1, TILE):
         nb = min(TILE, b1 - t0)
@@ -320,22 +356,22 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coe
             for o in range(O):
                 GT[o * TILE + u] = dy[t0 + u, o] if u < nb else zero
         for i in range(I):
-            _tile_bases(NB, DB, SV, J, IN, XS, KW, x, t0, nb, knots, i, k, wantdx)
+            _tile_spans(J, IN, U, H, XS, TL, TH, x, t0, nb, knots, i)
             _base_lanes(BX, BD, x, t0, nb, i, code, wantdx)
             if wantdx:
-                # dx[b, i] += sum_o g * (mask * scale_base * b'(x) + mask * scale_sp * s'(x))
+                # dx[b, i] += sum_o g * (mask * scale_base * b'(x) + mask * scale_sp * s'(x)),
+                # s'(x) = (ds/du) / h
                 for u in range(TILE):
                     DX[u] = zero
                 for o in range(O):
                     wb = mask[i, o] * scale_base[i, o]
                     sp = mask[i, o] * scale_sp[i, o]
-                    _coef_row(CW, coef, i, o, k)
-                    _spline_lanes(TMP, DB, J, IN, CW, k)
+                    _poly_lanes(TMP, C, i, o, J, IN, U, k, True)
                     for u in range(TILE):
-                        DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * TMP[u])
+                        DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * (TMP[u] / H[u]))
                 for u in range(nb):
                     dx[t0 + u, i] += DX[u]
-            # raw sums: PB over the lanes; P sample by sample (lanes may share a row of P)
+            # raw sums: PB over the lanes; Q sample by sample (lanes may share a span)
             for o in range(O):
                 acc = zero
                 for u in range(nb):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
@@ -343,43 +379,75 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coe
                 PB[c, i, o] += acc
             for u in range(nb):
                 if IN[u] != 0:
-                    a = J[u] - k
-                    for s in range(max(0, -a), min(k + 1, K - a)):
-                        v = NB[s * TILE + u]
+                    j = J[u]
+                    w = one
+                    for p in range(k + 1):
                         for o in range(O):
-                            P[c, i, a + s, o] += v * GT[o * TILE + u]
+                            Q[c, i, j, p, o] += w * GT[o * TILE + u]
+                        w *= U[u]
     if last:
-        finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
+        finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k)
 
 
 # The parallel versions (large batches only, compiled at their first use): a prange over
 # the chunks, each a call of the serial function (a call, not inlined: the parallel
 # function stays a few lines, quick to compile).
 @njit(parallel=True, **_jit)
-def forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW):
+def forward_chunks(y, x, knots, C, scale_base, scale_sp, mask, k, code, nchunk):
     B = x.shape[0]
-    nchunk = CW.shape[0]
     for c in prange(nchunk):
-        forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW[c], c * B // nchunk,
-                     (c + 1) * B // nchunk)
+        forward_rows(y, x, knots, C, scale_base, scale_sp, mask, k, code, c * B // nchunk, (c + 1) * B // nchunk)
 
 
 @njit(parallel=True, **_jit)
-def backward_chunks(dx, dcoef, dscale_base, dscale_sp, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask,
-                    k, code, CW, wantdx):
+def backward_chunks(dx, dcoef, dscale_base, dscale_sp, Q, PB, dy, x, knots, M, C, coef, scale_base, scale_sp, mask,
+                    k, code, wantdx):
     B = x.shape[0]
-    nchunk = P.shape[0]
+    nchunk = Q.shape[0]
     for c in prange(nchunk):
-        backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, c, dy, x, knots, coef, scale_base, scale_sp, mask,
-                      k, code, CW[c], c * B // nchunk, (c + 1) * B // nchunk, False, wantdx)
-    finish(dcoef, dscale_base, dscale_sp, P, PB, coef, scale_sp, mask)
+        backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, C, coef, scale_base, scale_sp,
+                      mask, k, code, c * B // nchunk, (c + 1) * B // nchunk, False, wantdx)
+    finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k)
 
 
-def _coef_rows(nchunk, coef, k):
-    """Room for one padded coefficient row (``_coef_row``) per chunk: the serial parts
-    allocate nothing (compiled without reference counting, ``_numba.serial_part``,
-    whose calls would otherwise sit in the loops over inputs and outputs)."""
-    return np.empty((nchunk, coef.shape[1] + 2 * k), coef.dtype)
+# M depends on the knots alone, which change only when a grid does: it is kept for the
+# knot arrays last seen, and used only while their values are still those it was computed
+# from (compared in full at every call: a knot array written in place gets a new M).
+_BASES = {}
+_BASES_KEPT = 16  # entries, at most (each I (G + 2k) (k+1)^2 float64 values and a knots copy)
+
+
+@njit(**_jit)
+def _same_values(a, b):
+    """Whether the 2-D arrays a and b (of one shape) hold the same values (NaN never does)."""
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            if a[i, j] != b[i, j]:
+                return False
+    return True
+
+
+def _span_bases(knots, k):
+    """``span_bases`` of a layer's knots: M (I, n-1, k+1, k+1), float64."""
+    key = (id(knots), k)
+    kept = _BASES.get(key)
+    if (kept is not None and kept[0].shape == knots.shape and kept[0].dtype == knots.dtype
+            and _same_values(kept[0], knots)):
+        return kept[1]
+    I, n = knots.shape
+    M = np.empty((I, n - 1, k + 1, k + 1))
+    span_bases(M, knots, k)
+    if len(_BASES) >= _BASES_KEPT:
+        _BASES.clear()
+    _BASES[key] = (knots.copy(), M)
+    return M
+
+
+def _span_splines(M, coef, k):
+    """``span_splines``: C (I, O, n-1, k+1) in coef's dtype."""
+    C = np.empty((coef.shape[0], coef.shape[2], M.shape[1], k + 1), coef.dtype)
+    span_splines(C, M, coef, k)
+    return C
 
 
 def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
@@ -388,12 +456,12 @@ def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
     B, I = x.shape
     O = y.shape[1]
     nchunk = chunks(B, I, O)
-    CW = _coef_rows(nchunk, coef, k)
+    C = _span_splines(_span_bases(knots, k), coef, k)
     if nchunk == 1:
-        forward_rows(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW[0], 0, B)
+        forward_rows(y, x, knots, C, scale_base, scale_sp, mask, k, code, 0, B)
     else:
         with threads_for(B * I * O):
-            forward_chunks(y, x, knots, coef, scale_base, scale_sp, mask, k, code, CW)
+            forward_chunks(y, x, knots, C, scale_base, scale_sp, mask, k, code, nchunk)
     return y
 
 
@@ -403,16 +471,17 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale
     B, I = x.shape
     O = dy.shape[1]
     nchunk = chunks(B, I, O)
-    P = np.zeros((nchunk,) + coef.shape, coef.dtype)  # raw sums, one set per chunk
-    PB = np.zeros((nchunk,) + scale_base.shape, coef.dtype)
-    CW = _coef_rows(nchunk, coef, k)
     wantdx = dx is not None
+    M = _span_bases(knots, k)
+    C = _span_splines(M, coef, k) if wantdx else np.empty((1, 1, 1, 1), coef.dtype)  # C: read for dx only
+    Q = np.zeros((nchunk, I, knots.shape[1] - 1, k + 1, O), coef.dtype)  # raw sums, one set per chunk
+    PB = np.zeros((nchunk,) + scale_base.shape, coef.dtype)
     if not wantdx:  # an array of the same type, never touched: no second compilation
         dx = np.empty((1, 1), dy.dtype)
     if nchunk == 1:
-        backward_rows(dx, dcoef, dscale_base, dscale_sp, P, PB, 0, dy, x, knots, coef, scale_base, scale_sp, mask,
-                      k, code, CW[0], 0, B, True, wantdx)
+        backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, 0, dy, x, knots, M, C, coef, scale_base, scale_sp,
+                      mask, k, code, 0, B, True, wantdx)
         return
     with threads_for(B * I * O):
-        backward_chunks(dx, dcoef, dscale_base, dscale_sp, P, PB, dy, x, knots, coef, scale_base, scale_sp, mask,
-                        k, code, CW, wantdx)
+        backward_chunks(dx, dcoef, dscale_base, dscale_sp, Q, PB, dy, x, knots, M, C, coef, scale_base, scale_sp,
+                        mask, k, code, wantdx)
