@@ -39,7 +39,7 @@ innermost loops only):
     TMP, DX       (T,)   one output's s(x) (or ds/du); the tile's dx
     ACC (O, T)           the forward's outputs of the tile, summed over inputs
     GT (O, T)            the backward's dy of the tile, transposed
-    Q (I, G+2k, k+1, O), PB (I, O)   the backward's raw sums
+    Q (I, G+2k, k+1, O), PB (I, O, T)   the backward's raw sums
 
 The order k is a run-time argument (its loops are outside the lane loops, so
 nothing needs unrolling): each function compiles once per dtype. The scratch
@@ -303,7 +303,7 @@ def forward_rows(y, x, knots, C, scale_base, scale_sp, mask, k, code, b0, b1):
 @_inline
 def finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k):
     """The parameter gradients from the chunks' raw sums Q (C, I, n-1, k+1, O) and
-    PB (C, I, O), added chunk by chunk in order. The raw sum of basis m,
+    PB (C, I, O, TILE), added chunk by chunk and lane by lane in order. The raw sum of basis m,
     R[i, m, o] = sum_b g[b, o] B[m](x[b, i]), is sum over the spans j where m is local basis
     s = m - j + k of sum_p M[i, j, s, p] Q[i, j, p, o] (``span_splines``); then
     dcoef += R * scale_sp * mask, dscale_base += mask * Rb, dscale_sp += mask * sum_m coef * R."""
@@ -311,9 +311,10 @@ def finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k):
     K = coef.shape[1]
     for i in range(I):
         for o in range(O):
-            rb = PB[0, i, o]
-            for c in range(1, NC):
-                rb += PB[c, i, o]
+            rb = PB[0, i, o, 0]
+            for c in range(NC):
+                for u in range(1 if c == 0 else 0, TILE):
+                    rb += PB[c, i, o, u]
             dscale_base[i, o] += mask[i, o] * rb
             spm = mask[i, o] * scale_sp[i, o]
             acc = 0.0
@@ -335,8 +336,8 @@ def finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k):
 def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, C, coef, scale_base, scale_sp,
                   mask, k, code, b0, b1, last, wantdx):
     """Rows b0:b1 of ``reference.spline_backward``: adds into dx[b0:b1] and into chunk c's
-    raw sums Q[c] (I, n-1, k+1, O) += dy * u^p on each sample's span, PB[c] (I, O) +=
-    dy * b(x); serial. When ``last``, then adds the parameter gradients of all chunks' sums
+    raw sums Q[c] (I, n-1, k+1, O) += dy * u^p on each sample's span, PB[c] (I, O, TILE) +=
+    dy * b(x) in the sample's lane; serial. When ``last``, then adds the parameter gradients of all chunks' sums
     (``finish``) into dcoef, dscale_base, dscale_sp (one compiled function for both uses:
     a shorter cold start). Without ``wantdx`` (the input gradient not wanted) dx is not
     touched, and neither b'(x) nor the splines' derivatives are computed (C is not read)."""
@@ -371,12 +372,11 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, 
                         DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * (TMP[u] / H[u]))
                 for u in range(nb):
                     dx[t0 + u, i] += DX[u]
-            # raw sums: PB over the lanes; Q sample by sample (lanes may share a span)
+            # raw sums: PB lane by lane (a sum over the lanes would be one chain of
+            # dependent additions); Q sample by sample (lanes may share a span)
             for o in range(O):
-                acc = zero
-                for u in range(nb):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
-                    acc += BX[u] * GT[o * TILE + u]
-                PB[c, i, o] += acc
+                for u in range(TILE):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
+                    PB[c, i, o, u] += BX[u] * GT[o * TILE + u] if u < nb else zero
             for u in range(nb):
                 if IN[u] != 0:
                     j = J[u]
@@ -475,7 +475,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale
     M = _span_bases(knots, k)
     C = _span_splines(M, coef, k) if wantdx else np.empty((1, 1, 1, 1), coef.dtype)  # C: read for dx only
     Q = np.zeros((nchunk, I, knots.shape[1] - 1, k + 1, O), coef.dtype)  # raw sums, one set per chunk
-    PB = np.zeros((nchunk,) + scale_base.shape, coef.dtype)
+    PB = np.zeros((nchunk,) + scale_base.shape + (TILE,), coef.dtype)
     if not wantdx:  # an array of the same type, never touched: no second compilation
         dx = np.empty((1, 1), dy.dtype)
     if nchunk == 1:
