@@ -270,9 +270,12 @@ def _base_lanes(BX, BD, x, b0, nb, i, code, deriv):
 
 
 @serial_part(**_jit)
-def forward_rows(y, x, knots, C, scale_base, scale_sp, mask, k, code, b0, b1):
+def forward_rows(y, x, knots, M, C, coef, scale_base, scale_sp, mask, k, code, b0, b1, fill):
     """Rows b0:b1 of ``reference.spline_forward``: y[b, o] = sum_i phi[i, o](x[b, i]),
-    overwritten, with the splines C of ``span_splines``; serial."""
+    overwritten, with the splines C of ``span_splines`` (formed here first when ``fill``:
+    one compiled call for a batch of one chunk); serial."""
+    if fill:
+        span_splines(C, M, coef, k)
     I = x.shape[1]
     O = y.shape[1]
     dt = y.dtype
@@ -334,13 +337,17 @@ def finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k):
 
 @serial_part(**_jit)
 def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, C, coef, scale_base, scale_sp,
-                  mask, k, code, b0, b1, last, wantdx):
+                  mask, k, code, b0, b1, last, wantdx, fill):
     """Rows b0:b1 of ``reference.spline_backward``: adds into dx[b0:b1] and into chunk c's
     raw sums Q[c] (I, n-1, k+1, O) += dy * u^p on each sample's span, PB[c] (I, O, TILE) +=
     dy * b(x) in the sample's lane; serial. When ``last``, then adds the parameter gradients of all chunks' sums
     (``finish``) into dcoef, dscale_base, dscale_sp (one compiled function for both uses:
     a shorter cold start). Without ``wantdx`` (the input gradient not wanted) dx is not
-    touched, and neither b'(x) nor the splines' derivatives are computed (C is not read)."""
+    touched, and neither b'(x) nor the splines' derivatives are computed (C is not read).
+    Chunk c's raw sums are zeroed here, and C is formed here first when ``fill`` (as in
+    ``forward_rows``)."""
+    if fill:
+        span_splines(C, M, coef, k)
     I = x.shape[1]
     O = dy.shape[1]
     dt = dy.dtype
@@ -351,6 +358,10 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, 
                         local_array(TILE, dt), local_array(TILE, dt))
     BX, BD, TMP, DX = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
     J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
+    Qc = Q[c]
+    PBc = PB[c]
+    Qc[...] = zero
+    PBc[...] = zero
     for t0 in range(b0, b1, TILE):
         nb = min(TILE, b1 - t0)
         for u in range(TILE):  # idle lanes get g = 0
@@ -393,10 +404,12 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, 
 # the chunks, each a call of the serial function (a call, not inlined: the parallel
 # function stays a few lines, quick to compile).
 @njit(parallel=True, **_jit)
-def forward_chunks(y, x, knots, C, scale_base, scale_sp, mask, k, code, nchunk):
+def forward_chunks(y, x, knots, M, C, coef, scale_base, scale_sp, mask, k, code, nchunk):
     B = x.shape[0]
+    span_splines(C, M, coef, k)
     for c in prange(nchunk):
-        forward_rows(y, x, knots, C, scale_base, scale_sp, mask, k, code, c * B // nchunk, (c + 1) * B // nchunk)
+        forward_rows(y, x, knots, M, C, coef, scale_base, scale_sp, mask, k, code, c * B // nchunk,
+                     (c + 1) * B // nchunk, False)
 
 
 @njit(parallel=True, **_jit)
@@ -404,9 +417,11 @@ def backward_chunks(dx, dcoef, dscale_base, dscale_sp, Q, PB, dy, x, knots, M, C
                     k, code, wantdx):
     B = x.shape[0]
     nchunk = Q.shape[0]
+    if wantdx:
+        span_splines(C, M, coef, k)
     for c in prange(nchunk):
         backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, C, coef, scale_base, scale_sp,
-                      mask, k, code, c * B // nchunk, (c + 1) * B // nchunk, False, wantdx)
+                      mask, k, code, c * B // nchunk, (c + 1) * B // nchunk, False, wantdx, False)
     finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k)
 
 
@@ -443,11 +458,9 @@ def _span_bases(knots, k):
     return M
 
 
-def _span_splines(M, coef, k):
-    """``span_splines``: C (I, O, n-1, k+1) in coef's dtype."""
-    C = np.empty((coef.shape[0], coef.shape[2], M.shape[1], k + 1), coef.dtype)
-    span_splines(C, M, coef, k)
-    return C
+def _splines_room(M, coef, k):
+    """Room for ``span_splines``'s C (I, O, n-1, k+1), in coef's dtype."""
+    return np.empty((coef.shape[0], coef.shape[2], M.shape[1], k + 1), coef.dtype)
 
 
 def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
@@ -456,12 +469,13 @@ def spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, code):
     B, I = x.shape
     O = y.shape[1]
     nchunk = chunks(B, I, O)
-    C = _span_splines(_span_bases(knots, k), coef, k)
+    M = _span_bases(knots, k)
+    C = _splines_room(M, coef, k)
     if nchunk == 1:
-        forward_rows(y, x, knots, C, scale_base, scale_sp, mask, k, code, 0, B)
+        forward_rows(y, x, knots, M, C, coef, scale_base, scale_sp, mask, k, code, 0, B, True)
     else:
         with threads_for(B * I * O):
-            forward_chunks(y, x, knots, C, scale_base, scale_sp, mask, k, code, nchunk)
+            forward_chunks(y, x, knots, M, C, coef, scale_base, scale_sp, mask, k, code, nchunk)
     return y
 
 
@@ -473,14 +487,14 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale
     nchunk = chunks(B, I, O)
     wantdx = dx is not None
     M = _span_bases(knots, k)
-    C = _span_splines(M, coef, k) if wantdx else np.empty((1, 1, 1, 1), coef.dtype)  # C: read for dx only
-    Q = np.zeros((nchunk, I, knots.shape[1] - 1, k + 1, O), coef.dtype)  # raw sums, one set per chunk
-    PB = np.zeros((nchunk,) + scale_base.shape + (TILE,), coef.dtype)
+    C = _splines_room(M, coef, k) if wantdx else np.empty((1, 1, 1, 1), coef.dtype)  # C: for dx only
+    Q = np.empty((nchunk, I, knots.shape[1] - 1, k + 1, O), coef.dtype)  # raw sums, one set per chunk
+    PB = np.empty((nchunk,) + scale_base.shape + (TILE,), coef.dtype)
     if not wantdx:  # an array of the same type, never touched: no second compilation
         dx = np.empty((1, 1), dy.dtype)
     if nchunk == 1:
         backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, 0, dy, x, knots, M, C, coef, scale_base, scale_sp,
-                      mask, k, code, 0, B, True, wantdx)
+                      mask, k, code, 0, B, True, wantdx, wantdx)
         return
     with threads_for(B * I * O):
         backward_chunks(dx, dcoef, dscale_base, dscale_sp, Q, PB, dy, x, knots, M, C, coef, scale_base, scale_sp,
