@@ -17,7 +17,10 @@ A script, not a test. Three parts (``--parts``, default all three):
   (``--pykan-python``, default $PYKAN_PYTHON or /work/pykan-venv/bin/python)
   on the same data in a separate process, in the same run
   (``paper_fits.run_pykan``): seconds, ratio, and the test RMSE after each grid
-  side by side. Target: >= 30x pykan's speed at no worse test RMSE. pykan runs
+  side by side. Target: >= 30x pykan's speed at no worse test RMSE. With
+  ``--ladder-seeds 0,1,2`` both libraries run each model seed on the same data,
+  and a last row gives the medians (the test RMSE of a single seed varies
+  about 2x from seed to seed, in both libraries). pykan runs
   with ``--pykan-threads`` torch threads (default 1: numkan's kernels run on one
   thread at this size, and on a shared machine torch's thread pool, waiting on
   busy cores, made pykan 9x slower in one run).
@@ -232,7 +235,8 @@ def ladder_table(args):
         "",
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {_machine()}. [2, 5, 1], "
         "exp(sin(pi x) + y^2), 1000 train / 1000 test points (the same for both), float64, "
-        f"G = {' -> '.join(map(str, grids))}, L-BFGS, fit's defaults (grid updates on), seed 0; "
+        f"G = {' -> '.join(map(str, grids))}, L-BFGS, fit's defaults (grid updates on), model seed(s) "
+        f"{', '.join(map(str, args.ladder_seeds))}; "
         f"pykan 0.2.8 (torch, CPU, {args.pykan_threads or 'default'} thread(s)) in its own process, in the "
         "same run; numkan's kernels run on one thread at this size. Test RMSE after each grid.",
         "",
@@ -243,18 +247,32 @@ def ladder_table(args):
     if args.pykan_threads:  # inherited by the pykan process (numkan's threads are set already)
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.pykan_threads)
     rows = []
+    run_numkan(ds, [2, 5, 1], 0, grids[:1], 1)  # compiles outside the timing
     for steps in args.ladder_steps:
-        run_numkan(ds, [2, 5, 1], 0, grids[:1], 1)  # compiles outside the timing
-        ours, t_ours = run_numkan(ds, [2, 5, 1], 0, grids, steps)
-        theirs, t_theirs = (None, float("nan"))
-        if args.pykan_python and os.path.exists(args.pykan_python):
-            theirs, t_theirs = run_pykan(args.pykan_python, ds, [2, 5, 1], 0, grids, steps)
-        fmt = lambda v: " | ".join(f"{a:.2e}" for a in v)
-        out = [f"| {steps} | numkan | {t_ours:.2f} | {t_theirs / t_ours:.1f}x | {fmt(ours)} |"]
-        if theirs is not None:
-            out.append(f"| {steps} | pykan | {t_theirs:.2f} | 1x | {fmt(theirs)} |")
-        rows += out
-        print("\n".join(out), flush=True)
+        ratios, ours_all, theirs_all = [], [], []
+        for seed in args.ladder_seeds:
+            ours, t_ours = run_numkan(ds, [2, 5, 1], seed, grids, steps)
+            theirs, t_theirs = (None, float("nan"))
+            if args.pykan_python and os.path.exists(args.pykan_python):
+                theirs, t_theirs = run_pykan(args.pykan_python, ds, [2, 5, 1], seed, grids, steps)
+            fmt = lambda v: " | ".join(f"{a:.2e}" for a in v)
+            tag = f" (seed {seed})" if len(args.ladder_seeds) > 1 else ""
+            out = [f"| {steps} | numkan{tag} | {t_ours:.2f} | {t_theirs / t_ours:.1f}x | {fmt(ours)} |"]
+            if theirs is not None:
+                out.append(f"| {steps} | pykan{tag} | {t_theirs:.2f} | 1x | {fmt(theirs)} |")
+                ratios.append(t_theirs / t_ours)
+                theirs_all.append(theirs)
+            ours_all.append(ours)
+            rows += out
+            print("\n".join(out), flush=True)
+        if len(args.ladder_seeds) > 1 and theirs_all:
+            # the test RMSE of one seed is one draw of a noisy quantity: the medians over the seeds
+            med = lambda runs: " | ".join(f"{statistics.median(v):.2e}" for v in zip(*runs))
+            out = [f"| {steps} | numkan, median of {len(ratios)} | | {statistics.median(ratios):.1f}x | "
+                   f"{med(ours_all)} |",
+                   f"| {steps} | pykan, median of {len(ratios)} | | 1x | {med(theirs_all)} |"]
+            rows += out
+            print("\n".join(out), flush=True)
     return lines + rows
 
 
@@ -364,6 +382,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=7, help="lag: rounds of calls")
     ap.add_argument("--ladder-steps", type=lambda s: [int(v) for v in s.split(",")], default=[50, 200],
                     help="ladder: L-BFGS steps per grid (comma-separated)")
+    ap.add_argument("--ladder-seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0],
+                    help="ladder: model seeds (comma-separated; several add a row of medians)")
     ap.add_argument("--pykan-python", default=os.environ.get("PYKAN_PYTHON", "/work/pykan-venv/bin/python"))
     ap.add_argument("--pykan-threads", type=int, default=1,
                     help="ladder: torch threads of the pykan process (OMP_NUM_THREADS; 0 = torch's default)")
