@@ -161,3 +161,25 @@ def test_span_bases_follow_knots_written_in_place():
     p["grid"][:] = np.sort(p["grid"] * 1.1 + 0.05, axis=1)  # same array, new values
     check_cpu_against_reference(p, dy, start, "after the knots changed")
     assert cpu_narrow._span_bases(p["grid"], 3) is not M0
+
+
+def test_kept_span_bases_are_bounded(monkeypatch):
+    """The bases kept for knot arrays stay within their entry and byte limits, and a
+    layer too large to keep still gets its own (correct) bases."""
+    monkeypatch.setattr(cpu_narrow, "_BASES", {})
+    rng = np.random.default_rng(5)
+    grids = [np.sort(rng.uniform(-1, 1, (2, 12)), axis=1) for _ in range(cpu_narrow._BASES_KEPT + 3)]
+    for g in grids:
+        cpu_narrow._span_bases(g, 3)
+        assert len(cpu_narrow._BASES) <= cpu_narrow._BASES_KEPT
+    monkeypatch.setattr(cpu_narrow, "_BASES_BYTES", 2 * 11 * 16 * 8 * 3)  # room for three of them
+    cpu_narrow._BASES.clear()
+    for g in grids[:5]:
+        cpu_narrow._span_bases(g, 3)
+        assert sum(v[1].nbytes for v in cpu_narrow._BASES.values()) <= cpu_narrow._BASES_BYTES
+    big = np.sort(rng.uniform(-1, 1, (8, 12)), axis=1)  # 8 inputs: over the byte limit alone
+    M = cpu_narrow._span_bases(big, 3)
+    assert all(v[1] is not M for v in cpu_narrow._BASES.values())
+    ref = np.empty_like(M)
+    cpu_narrow.span_bases(ref, big, 3)
+    np.testing.assert_array_equal(M, ref)

@@ -429,7 +429,8 @@ def backward_chunks(dx, dcoef, dscale_base, dscale_sp, Q, PB, dy, x, knots, M, C
 # knot arrays last seen, and used only while their values are still those it was computed
 # from (compared in full at every call: a knot array written in place gets a new M).
 _BASES = {}
-_BASES_KEPT = 16  # entries, at most (each I (G + 2k) (k+1)^2 float64 values and a knots copy)
+_BASES_KEPT = 16        # entries, at most
+_BASES_BYTES = 1 << 26  # and 64 MiB of M in all (each is I (G + 2k) (k+1)^2 float64 values)
 
 
 @njit(**_jit)
@@ -452,7 +453,9 @@ def _span_bases(knots, k):
     I, n = knots.shape
     M = np.empty((I, n - 1, k + 1, k + 1))
     span_bases(M, knots, k)
-    if len(_BASES) >= _BASES_KEPT:
+    if M.nbytes > _BASES_BYTES:  # computed at every call rather than held
+        return M
+    if len(_BASES) >= _BASES_KEPT or sum(v[1].nbytes for v in _BASES.values()) + M.nbytes > _BASES_BYTES:
         _BASES.clear()
     _BASES[key] = (knots.copy(), M)
     return M
