@@ -335,6 +335,50 @@ def finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k):
             dscale_sp[i, o] += mask[i, o] * acc
 
 
+@_inline
+def _add_powers(Q, c, i, j, o, g, w, k):
+    """Q[c, i, j, p, o] += g w^p for p = 0 .. k (k <= MAX_ORDER = 7), written out: a loop
+    with a run-time trip count this short (Numba cannot unroll it) cost about three times
+    as much in its control as in its additions."""
+    Q[c, i, j, 0, o] += g
+    if k >= 1:
+        g *= w
+        Q[c, i, j, 1, o] += g
+    if k >= 2:
+        g *= w
+        Q[c, i, j, 2, o] += g
+    if k >= 3:
+        g *= w
+        Q[c, i, j, 3, o] += g
+    if k >= 4:
+        g *= w
+        Q[c, i, j, 4, o] += g
+    if k >= 5:
+        g *= w
+        Q[c, i, j, 5, o] += g
+    if k >= 6:
+        g *= w
+        Q[c, i, j, 6, o] += g
+    if k >= 7:
+        g *= w
+        Q[c, i, j, 7, o] += g
+
+
+@_inline
+def _add_tile_powers(Q, c, i, J, IN, GT, U, nb, O, k):
+    """``_add_powers`` for the tile's samples inside the knots, in sample order (lanes may
+    share a span), for every output."""
+    if O == 1:  # the common case, without the loop over outputs
+        for u in range(nb):
+            if IN[u] != 0:
+                _add_powers(Q, c, i, J[u], 0, GT[u], U[u], k)
+    else:
+        for u in range(nb):
+            if IN[u] != 0:
+                for o in range(O):
+                    _add_powers(Q, c, i, J[u], o, GT[o * TILE + u], U[u], k)
+
+
 @serial_part(**_jit)
 def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, C, coef, scale_base, scale_sp,
                   mask, k, code, b0, b1, last, wantdx, fill):
@@ -388,14 +432,10 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, 
             for o in range(O):
                 for u in range(TILE):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
                     PB[c, i, o, u] += BX[u] * GT[o * TILE + u] if u < nb else zero
-            for u in range(nb):
-                if IN[u] != 0:
-                    j = J[u]
-                    w = one
-                    for p in range(k + 1):
-                        for o in range(O):
-                            Q[c, i, j, p, o] += w * GT[o * TILE + u]
-                        w *= U[u]
+            if k == 3:  # the common order: a constant, and _add_powers is straight-line code
+                _add_tile_powers(Q, c, i, J, IN, GT, U, nb, O, 3)
+            else:
+                _add_tile_powers(Q, c, i, J, IN, GT, U, nb, O, k)
     if last:
         finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k)
 
