@@ -8,12 +8,15 @@ particular to them:
 - they are the ones a narrow layer runs (the dispatch), and a layer they do
   not serve (more outputs, a higher order) still matches the reference, as do
   the wide kernels at the narrow shapes they no longer get, at every order;
-- O = 1, 2, 3, 5; k = 1..5; batches that end inside a tile, on a tile and
+- O = 1, 2, 3, 5; k = 1..5 (and float32 at k = 6, 7, the highest orders
+  served); batches that end inside a tile, on a tile and
   just after one (the idle lanes of the last tile); uniform, non-uniform and
   repeated knots; masks; every base function; float64 and float32;
 - non-finite inputs with one output (the reference's NaN and inf, entry by entry);
 - the chunked (parallel) path of large batches: the same bits for any number
-  of threads, and the reference's values.
+  of threads, and the reference's values;
+- the power form itself: each span's M gives the reference's local bases, a
+  knot array written in place gets a new M, and the kept M stay bounded.
 """
 import numba
 import numpy as np
@@ -183,3 +186,14 @@ def test_kept_span_bases_are_bounded(monkeypatch):
     ref = np.empty_like(M)
     cpu_narrow.span_bases(ref, big, 3)
     np.testing.assert_array_equal(M, ref)
+
+
+@pytest.mark.parametrize("k", [6, cpu_narrow.MAX_ORDER])
+def test_narrow_high_orders_float32(k):
+    """The highest orders served: the power form's coefficients grow up to 2^k in u, and
+    float32 must still agree with the reference to its tolerance."""
+    for c, kind in enumerate(("uniform", "nonuniform", "repeated")):
+        for O in (1, 3):
+            p, dy, start = random_layer(seed=77 + k + 10 * c + O, B=2 * TILE + 9, I=3, O=O, G=6, k=k, kind=kind,
+                                        dtype=np.float32, base_fun="silu")
+            check_cpu_against_reference(p, dy, start, f"float32 k={k} {kind} O={O}")
