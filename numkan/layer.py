@@ -98,6 +98,7 @@ class KANLayer:
         self.symbolic_mask = np.zeros((I, O))
         self.symbolic_names = [["0"] * O for _ in range(I)]
         self._x = None
+        self._fixed = None  # the fixed input of the last kept forward (``subnodes``), if any
         self._y = None  # the subnodes of the last kept forward, when there are product nodes
 
     # -- product nodes ------------------------------------------------------------
@@ -139,20 +140,24 @@ class KANLayer:
         return z
 
     # -- the pass -------------------------------------------------------------
-    def forward(self, x, keep=True, out=None):
+    def forward(self, x, keep=True, out=None, fixed=None):
         """Outputs (B, n_nodes) from x (B, I), both backend arrays; keeps x for backward
-        when ``keep``. ``out``: see ``subnodes``."""
-        y = self.subnodes(x, out)
+        when ``keep``. ``out``, ``fixed``: see ``subnodes``."""
+        y = self.subnodes(x, out, fixed)
         if keep:
             self._x = x
+            self._fixed = fixed
             self._y = y if self.mult_arity else None
         return self._products(y) if self.mult_arity else y
 
-    def subnodes(self, x, out=None):
+    def subnodes(self, x, out=None, fixed=None):
         """The edge sums y (B, O) before any product node (the outputs when there are none).
 
         ``out``: a backend array (B, O) of the layer's dtype that the sums are written
-        into (a training loop's buffer, reused from call to call); None allocates one."""
+        into (a training loop's buffer, reused from call to call); None allocates one.
+        ``fixed``: the backend's ``fixed_input(x)`` of this same x, when the caller passes
+        one batch again and again (fit's batch through the first layer): the backend may
+        keep in it what depends on x alone. ``backward`` uses it too."""
         if tuple(x.shape[1:]) != (self.in_dim,) or x.dtype != self.dtype:
             raise ValueError(f"x must have shape (batch, {self.in_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(x.shape)} and dtype {x.dtype}")
@@ -161,8 +166,12 @@ class KANLayer:
             raise ValueError(f"out must have shape {shape} and dtype {self.dtype}, "
                              f"got shape {tuple(out.shape)} and dtype {out.dtype}")
         y = self.backend.zeros(shape, self.dtype) if out is None else out  # overwritten by the kernel
-        self.backend.spline_forward(y, x, self.knots, self.coef, self.scale_base, self.scale_sp,
-                                    self.mask, self.k, self.base_fun)
+        if fixed is not None and fixed.x is x:
+            self.backend.fixed_forward(y, fixed, self.knots, self.coef, self.scale_base, self.scale_sp,
+                                       self.mask, self.k, self.base_fun)
+        else:
+            self.backend.spline_forward(y, x, self.knots, self.coef, self.scale_base, self.scale_sp,
+                                        self.mask, self.k, self.base_fun)
         if self.has_symbolic:  # evaluated on the host, only when some edge is symbolic
             y = self._branch_forward(x, y)
         return y
@@ -187,6 +196,11 @@ class KANLayer:
         if tuple(dy.shape) != (x.shape[0], self.out_dim) or dy.dtype != self.dtype:
             raise ValueError(f"dy must have shape ({x.shape[0]}, {self.out_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(dy.shape)} and dtype {dy.dtype}")
+        if not need_dx and not self.has_symbolic and self._fixed is not None:
+            self.backend.fixed_backward(self.dcoef, self.dscale_base, self.dscale_sp, dy, self._fixed,
+                                        self.knots, self.coef, self.scale_base, self.scale_sp,
+                                        self.mask, self.k, self.base_fun)
+            return None
         if not need_dx and not self.has_symbolic:
             self.backend.spline_backward(None, self.dcoef, self.dscale_base, self.dscale_sp, dy, x,
                                          self.knots, self.coef, self.scale_base, self.scale_sp,
@@ -307,7 +321,7 @@ class KANLayer:
         new._y = None
         for n in PARAM_NAMES + ("symbolic_affine",):
             setattr(new, "d" + n, be.zeros(getattr(new, n).shape, dt))
-        new._x = None
+        new._x = new._fixed = None
         return new
 
     def subset(self, ins, nodes):
@@ -341,7 +355,7 @@ class KANLayer:
     def _install(self, backend, arrays):
         for n, a in arrays.items():
             setattr(self, n, a)
-        self.backend, self._x, self._y = backend, None, None
+        self.backend, self._x, self._fixed, self._y = backend, None, None, None
         return self
 
     def param_names(self):

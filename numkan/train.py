@@ -201,6 +201,9 @@ class Objective:
         self.y = be.asarray(y, model.dtype) if yd is None else yd
         self.frozen = _frozen_names(model)
         self._bufs = None  # what the passes write into (``_buffers``)
+        # the batch through the first layer is the same at every evaluation: the backend
+        # may keep what depends on it alone (the compiled CPU backend: each sample's span)
+        self.fixed = be.fixed_input(self.x)
 
     def _buffers(self):
         """Backend arrays the passes write into, allocated at the first call and reused by
@@ -228,7 +231,7 @@ class Objective:
                 r = LayerReg(L, *self.weights)
                 reg += r.forward(h)
                 regs.append(r)
-            h = L.forward(h, keep=True, out=ybuf)
+            h = L.forward(h, keep=True, out=ybuf, fixed=self.fixed if h is self.x else None)
             hidden.append(h)
         if self.loss_fn is None:
             loss = be.mse_loss_grad(dy, h, self.y)

@@ -16,7 +16,10 @@ particular to them:
 - the chunked (parallel) path of large batches: the same bits for any number
   of threads, and the reference's values;
 - the power form itself: each span's M gives the reference's local bases, a
-  knot array written in place gets a new M, and the kept M stay bounded.
+  knot array written in place gets a new M, and the kept M stay bounded;
+- a fixed input (``FixedInput``, fit's batch through the first layer): the
+  reference's values from its kept design, which follows the knots, order and
+  base function, and the per-call kernels beyond its limits.
 """
 import numba
 import numpy as np
@@ -197,3 +200,134 @@ def test_narrow_high_orders_float32(k):
             p, dy, start = random_layer(seed=77 + k + 10 * c + O, B=2 * TILE + 9, I=3, O=O, G=6, k=k, kind=kind,
                                         dtype=np.float32, base_fun="silu")
             check_cpu_against_reference(p, dy, start, f"float32 k={k} {kind} O={O}")
+
+
+# ---------------------------------------------------------------------------
+# a fixed input (fit's batch through the first layer): cpu_narrow.FixedInput
+def run_fixed(backend, F, p, dy, start, calls=3):
+    """``fixed_forward`` and ``fixed_backward`` of one backend, ``calls`` times (the CPU
+    backend builds its design at the third); the last call's results."""
+    B, O = dy.shape
+    for _ in range(calls):
+        y = np.full((B, O), np.nan, dtype=dy.dtype)
+        backend.fixed_forward(y, F, p["grid"], p["coef"], p["scale_base"], p["scale_sp"], p["mask"], p["k"],
+                              p["base_fun"])
+        g = {n: start[n].copy() for n in ("dcoef", "dscale_base", "dscale_sp")}
+        backend.fixed_backward(g["dcoef"], g["dscale_base"], g["dscale_sp"], dy, F, p["grid"], p["coef"],
+                               p["scale_base"], p["scale_sp"], p["mask"], p["k"], p["base_fun"])
+    return dict(y=y, **g)
+
+
+def check_fixed(F, p, dy, start, label, built=True):
+    """The CPU backend's passes on F give the reference's ``spline_forward`` and
+    ``spline_backward`` without dx (TOL), from its kept design when ``built``."""
+    ref = run(reference, p, dy, start)
+    fast = run_fixed(cpu, F, p, dy, start)
+    assert (F._design is not None) == built, f"{label}: design kept {F._design is not None}, expected {built}"
+    tol = TOL[dy.dtype]
+    for name, a in fast.items():
+        assert a.dtype == dy.dtype
+        assert_same_nonfinite(f"{label} {name}", a, ref[name])
+        both = np.isfinite(ref[name])
+        scale = max(float(np.max(np.abs(ref[name][both]), initial=0.0)), 1.0)
+        assert_close(f"{label} {name}", np.where(both, a, 0), np.where(both, ref[name], 0), tol["rtol"],
+                     tol["floor"] * scale)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, on the NaN and inf meant here
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("O", [1, 2, 5])
+def test_fixed_input_matches_reference(dtype, O):
+    """Orders 1..5, every knot kind and base function, batches around the tile, and
+    non-finite inputs (outside the knots: no spline term, b(x) as the reference); at the
+    highest orders served, the per-call narrow kernels' values (their own accuracy there
+    is tested above)."""
+    for k in (6, 7):
+        p, dy, start = random_layer(seed=40 + k + O, B=2 * TILE + 9, I=3, O=O, G=6, k=k, kind="repeated",
+                                    dtype=dtype, base_fun="silu")
+        fast = run_fixed(cpu, cpu.fixed_input(p["x"]), p, dy, start)
+        per_call = run(cpu, p, dy, start)
+        for name, a in fast.items():
+            scale = max(float(np.max(np.abs(per_call[name]))), 1.0)
+            tol = TOL[np.dtype(dtype)]
+            assert_close(f"k={k} {name}", a, per_call[name], tol["rtol"], tol["floor"] * scale)
+    for k in (1, 2, 3, 4, 5):
+        for c, (kind, base_fun) in enumerate((kind, b) for kind in ("uniform", "nonuniform", "repeated")
+                                             for b in BASE_FUNS):
+            B = (1, TILE - 1, TILE, TILE + 1, 3 * TILE + 37)[(k + c) % 5]
+            p, dy, start = random_layer(seed=500 * O + 10 * k + c, B=B, I=1 + c % 4, O=O, G=1 + (3 * k + c) % 9,
+                                        k=k, kind=kind, dtype=dtype, base_fun=base_fun)
+            if c % 3 == 0 and B > 8:
+                p["x"][:7, 0] = [np.nan, np.inf, -np.inf, 1e30, -1e30, p["grid"][0, 0], p["grid"][0, -1]]
+            check_fixed(cpu.fixed_input(p["x"]), p, dy, start, f"{np.dtype(dtype).name} O={O} k={k} B={B} "
+                                                              f"{kind} {base_fun}")
+
+
+def test_fixed_input_follows_its_arguments():
+    """The kept design is used only for the knots, order and base function it was built
+    for: knots written in place, another base function or another knot array give the
+    reference's values for those; a fresh F keeps nothing for two calls."""
+    p, dy, start = random_layer(seed=4, B=3 * TILE + 5, I=3, O=2, G=5, k=3, kind="nonuniform",
+                                dtype=np.float64, base_fun="silu")
+    F = cpu.fixed_input(p["x"])
+    run_fixed(cpu, F, p, dy, start, calls=1)
+    assert F._design is None  # one evaluation (forward and backward) builds nothing
+    check_fixed(F, p, dy, start, "built")
+    kept = F._design
+    check_fixed(F, p, dy, start, "kept")
+    assert F._design is kept
+    p["grid"][:] = np.sort(p["grid"] * 1.1 + 0.05, axis=1)  # same array, new values
+    check_fixed(F, p, dy, start, "knots written in place")
+    assert F._design is not kept
+    p["base_fun"] = "identity"
+    check_fixed(F, p, dy, start, "another base function")
+    p["grid"] = p["grid"].copy()
+    p["grid"][1] += 0.01
+    check_fixed(F, p, dy, start, "another knot array")
+
+
+def test_fixed_input_beyond_its_limits_runs_the_per_call_kernels(monkeypatch):
+    """A batch over FIXED_MAX samples x inputs, or large enough for several chunks, keeps
+    nothing and still gives the reference's values; so does a layer the narrow kernels
+    do not serve, and the reference backend's own fixed input."""
+    monkeypatch.setattr(cpu_narrow, "FIXED_MAX", 100)
+    p, dy, start = random_layer(seed=8, B=60, I=2, O=1, G=4, k=3, kind="uniform", dtype=np.float64,
+                                base_fun="silu")
+    check_fixed(cpu.fixed_input(p["x"]), p, dy, start, "over FIXED_MAX", built=False)
+    monkeypatch.undo()
+    B = 2 * cpu_narrow.CHUNK_SAMPLES + 5
+    I = -(-cpu_narrow.SERIAL_EDGES // B) + 1
+    assert cpu_narrow.chunks(B, I, 1) > 1
+    p, dy, start = random_layer(seed=9, B=B, I=I, O=1, G=4, k=3, kind="uniform", dtype=np.float64,
+                                base_fun="silu")
+    check_fixed(cpu.fixed_input(p["x"]), p, dy, start, "chunked", built=False)
+    p, dy, start = random_layer(seed=10, B=90, I=2, O=cpu_narrow.MAX_OUTPUTS + 1, G=4, k=3, kind="uniform",
+                                dtype=np.float64, base_fun="silu")
+    check_fixed(cpu.fixed_input(p["x"]), p, dy, start, "wide", built=False)
+    ref = run(reference, p, dy, start)
+    again = run_fixed(reference, reference.fixed_input(p["x"]), p, dy, start)
+    for name, a in again.items():
+        np.testing.assert_array_equal(a, ref[name])
+
+
+# ---------------------------------------------------------------------------
+# the bases grid updates fit on (kernels' local_bases)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's numpy, on the NaN and inf meant here
+@pytest.mark.parametrize("kind", ["uniform", "nonuniform", "repeated"])
+def test_local_bases_match_reference(kind):
+    """cpu.local_bases: the reference's spans exactly and its bases to a few ulps times
+    2^k (every order served; non-finite x, x on the first and last knot, outside);
+    above MAX_ORDER the reference's own."""
+    rng = np.random.default_rng(len(kind))
+    for k in list(range(1, cpu_narrow.MAX_ORDER + 1)) + [cpu_narrow.MAX_ORDER + 1]:
+        p, _, _ = random_layer(seed=k, B=300, I=3, O=1, G=1 + k % 6, k=k, kind=kind, dtype=np.float64,
+                               base_fun="silu")
+        x, t = p["x"], p["grid"]
+        x[:8, 0] = [np.nan, np.inf, -np.inf, t[0, 0], t[0, -1], t[0, 0] - 1, t[0, -1] + 1, 1e300]
+        x[8:, 1] = rng.choice(t[1], size=x.shape[0] - 8)  # on the knots themselves
+        span, N = cpu.local_bases(x, t, k)
+        span_ref, N_ref = reference.local_bases(x, t, k)
+        np.testing.assert_array_equal(span, span_ref, err_msg=f"{kind} k={k}")
+        assert N.dtype == np.float64 and N.shape == N_ref.shape
+        np.testing.assert_allclose(N, N_ref, rtol=0, atol=2.0 ** k * 4e-16, err_msg=f"{kind} k={k}")
+        assert not N[span < 0].any()

@@ -15,6 +15,18 @@ A backend is a module with the same functions and signatures:
                                           dx None: the input gradient is not wanted (a
                                           backend may then skip the bases' derivatives)
 
+    fixed_input(x) -> F                   x (B, I) that the caller passes again and again and does
+                                          not change (fit's batch through the first layer); F.x is x
+    fixed_forward(y, F, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+    fixed_backward(dcoef, dscale_base, dscale_sp, dy, F, knots, coef, scale_base, scale_sp,
+                   mask, k, base_fun)     spline_forward / spline_backward (without dx) of F.x:
+                                          a backend may keep in F what depends on x alone (the
+                                          compiled CPU backend: each sample's span, u and b(x))
+
+    local_bases(x, knots, k) -> (span, N) reference.local_basis's span (B, I) and bases
+                                          (B, I, k+1) without derivatives, for host float64 x
+                                          and knots: what grid updates fit on (spline.py)
+
     group_product_forward(z, y, offsets)       z[b, n] = product of y[b, offsets[n]:offsets[n+1]]
     group_product_backward(dy, dz, y, offsets) dy[b, s] = dz[b, n] * the other factors of s's group
                                           (multiplication nodes; offsets an int64 backend array)

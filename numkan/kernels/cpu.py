@@ -87,7 +87,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from . import _host, _scalar, cpu_narrow
+from . import _host, _scalar, cpu_narrow, reference
 from ._host import all_finite, copy_into, fill, to_host  # noqa: F401  (host storage, shared with the reference)
 from ._numba import cache_key, local_array, serial_part, with_globals
 from ._parallel import TASKS, batch_chunks, input_block, threads_for
@@ -805,6 +805,49 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
         backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale_base, scale_sp, mask,
                  BASE_CODES[base_fun], nchunk, IB)
 
+
+
+
+# ---------------------------------------------------------------------------
+# a fixed input (fit's batch through the first layer): see cpu_narrow's FixedInput
+def fixed_input(x):
+    """x (B, I), a batch the caller will not change, for repeated passes."""
+    return cpu_narrow.FixedInput(x)
+
+
+def fixed_forward(y, F, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """``spline_forward(y, F.x, ...)``; a narrow layer of a batch of one chunk runs from
+    what F keeps (``cpu_narrow.fixed_forward``), every other through ``spline_forward``."""
+    if not (cpu_narrow.serves(y.shape[1], k) and
+            cpu_narrow.fixed_forward(y, F, knots, coef, scale_base, scale_sp, mask, k, BASE_CODES[base_fun])):
+        spline_forward(y, F.x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+    return y
+
+
+def fixed_backward(dcoef, dscale_base, dscale_sp, dy, F, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """``spline_backward(None, ..., dy, F.x, ...)`` (no input gradient), as ``fixed_forward``."""
+    if not (cpu_narrow.serves(dy.shape[1], k) and
+            cpu_narrow.fixed_backward(dcoef, dscale_base, dscale_sp, dy, F, knots, coef, scale_sp, mask, k,
+                                      BASE_CODES[base_fun])):
+        spline_backward(None, dcoef, dscale_base, dscale_sp, dy, F.x, knots, coef, scale_base, scale_sp, mask, k,
+                        base_fun)
+
+
+
+def local_bases(x, knots, k):
+    """Compiled ``reference.local_bases`` (host float64 arrays; the values to a few ulps,
+    from the bases in power form on each span, ``cpu_narrow.span_bases``; above the
+    orders the narrow kernels serve, whose power form grows up to 2^k, the reference)."""
+    if k > cpu_narrow.MAX_ORDER:
+        return reference.local_bases(x, knots, k)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    knots = np.ascontiguousarray(knots, dtype=np.float64)
+    M = np.empty((knots.shape[0], knots.shape[1] - 1, k + 1, k + 1))
+    cpu_narrow.span_bases(M, knots, k)
+    span = np.empty(x.shape, np.int64)
+    N = np.empty(x.shape + (k + 1,))
+    cpu_narrow.local_bases(span, N, x, knots, M, k)
+    return span, N
 
 
 # ---------------------------------------------------------------------------

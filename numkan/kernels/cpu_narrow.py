@@ -526,3 +526,272 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale
     with threads_for(B * I * O):
         backward_chunks(dx, dcoef, dscale_base, dscale_sp, Q, PB, dy, x, knots, M, C, coef, scale_base, scale_sp,
                         mask, k, code, wantdx)
+
+
+# ---------------------------------------------------------------------------
+# A fixed input: fit's batch through the first layer.
+#
+# L-BFGS evaluates the network hundreds of times on one batch, and between two grid
+# updates the first layer's knots do not move either: every sample's span, its u and
+# b(x) are then the same at every evaluation. ``FixedInput`` computes them once per
+# set of knots and keeps them with the samples of each input sorted by span (a
+# counting sort, stable: within a span the samples keep their order). A pass then
+# walks each span's samples together: the span's coefficients C[i, o, j] are the same
+# for all of them (no gathers), and the backward's raw sums Q[i, j, :, o] are
+# accumulated in registers and stored once per span, where the sample-by-sample
+# additions into Q chain through memory (``_add_tile_powers``). The arithmetic is the
+# same as ``forward_rows`` / ``backward_rows`` without dx, in the same order (Horner on
+# C; Q's additions in sample order within each span; b(x) sums lane by lane), so
+# results are the same numbers the per-call kernels give (tests/test_narrow.py).
+FIXED_MAX = 1 << 20  # samples x inputs kept at most (41 bytes each); above, the per-call kernels
+
+
+@njit(**_jit)
+def fixed_design(JF, INF, UO, perm, start, UF, BXF, x, knots, k, code):
+    """For each input i, in sample order: JF[i, b] the span of x[b, i], INF[i, b] 1 if it
+    is inside the knots, UO[i, b] its span variable u, BXF[i, b] = b(x[b, i]) (what
+    ``_tile_spans`` and ``_base_lanes`` give); and sorted by span (stable): perm[i] the
+    samples, those of span j at perm[i, start[i, j]:start[i, j+1]] and those outside the
+    knots at perm[i, start[i, n-1]:], UF[i, q] the u of sample perm[i, q]."""
+    B, I = x.shape
+    n = knots.shape[1]
+    dt = UF.dtype
+    XS, TL, TH, U, H = (local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt),
+                        local_array(TILE, dt), local_array(TILE, dt))
+    BX = local_array(TILE, dt)
+    J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
+    js = np.empty(B, np.int64)  # each sample's span, n - 1 outside the knots
+    us = np.empty(B, dt)
+    count = np.empty(n, np.int64)
+    for i in range(I):
+        for t0 in range(0, B, TILE):
+            nb = min(TILE, B - t0)
+            _tile_spans(J, IN, U, H, XS, TL, TH, x, t0, nb, knots, i)
+            _base_lanes(BX, BX, x, t0, nb, i, code, False)
+            for u in range(nb):
+                js[t0 + u] = J[u] if IN[u] != 0 else n - 1
+                us[t0 + u] = U[u]
+                JF[i, t0 + u] = J[u]
+                INF[i, t0 + u] = IN[u]
+                UO[i, t0 + u] = U[u]
+                BXF[i, t0 + u] = BX[u]
+        count[:] = 0
+        for b in range(B):
+            count[js[b]] += 1
+        pos = 0
+        for j in range(n):
+            start[i, j] = pos
+            pos += count[j]
+            count[j] = start[i, j]  # now the next free place of span j
+        for b in range(B):
+            q = count[js[b]]
+            count[js[b]] = q + 1
+            perm[i, q] = b
+            UF[i, q] = us[b]
+
+
+@serial_part(**_jit)
+def fixed_forward_rows(y, JF, INF, UO, BXF, M, C, coef, scale_base, scale_sp, mask, k):
+    """``forward_rows`` on a fixed input (``fixed_design``): the same lanes and sums,
+    with the spans, u and b(x) read instead of computed; y (B, O) overwritten."""
+    span_splines(C, M, coef, k)
+    B, O = y.shape
+    I = JF.shape[0]
+    dt = y.dtype
+    zero = dt.type(0)
+    ACC = local_array(_OROWS, dt)
+    U, BX, TMP = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
+    J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
+    for t0 in range(0, B, TILE):
+        nb = min(TILE, B - t0)
+        for u in range(O * TILE):
+            ACC[u] = zero
+        for i in range(I):
+            if nb == TILE:  # plain copies (the clamped index below would make them gathers)
+                for u in range(TILE):
+                    J[u] = JF[i, t0 + u]
+                for u in range(TILE):
+                    IN[u] = INF[i, t0 + u]
+                for u in range(TILE):
+                    U[u] = UO[i, t0 + u]
+                for u in range(TILE):
+                    BX[u] = BXF[i, t0 + u]
+            else:
+                for u in range(TILE):
+                    b = t0 + min(u, nb - 1)  # idle lanes repeat the last sample
+                    J[u] = JF[i, b]
+                    IN[u] = INF[i, b]
+                    U[u] = UO[i, b]
+                    BX[u] = BXF[i, b]
+            for o in range(O):
+                wb = mask[i, o] * scale_base[i, o]
+                sp = mask[i, o] * scale_sp[i, o]
+                _poly_lanes(TMP, C, i, o, J, IN, U, k, False)
+                for u in range(TILE):
+                    ACC[o * TILE + u] += BX[u] * wb + sp * TMP[u]
+        for u in range(nb):
+            for o in range(O):
+                y[t0 + u, o] = ACC[o * TILE + u]
+
+
+@_inline
+def _span_sums(Q, i, j, o, dy, perm, UF, q0, q1, k):
+    """Q[0, i, j, p, o] = sum over span j's samples (sample order) of dy[b, o] u^p, in
+    registers, in dy's dtype (k <= MAX_ORDER; with k a constant the unused ones vanish)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = dy.dtype.type(0)
+    for q in range(q0, q1):
+        g = dy[perm[q], o]
+        w = UF[q]
+        a0 += g
+        g *= w
+        a1 += g
+        if k >= 2:
+            g *= w
+            a2 += g
+        if k >= 3:
+            g *= w
+            a3 += g
+        if k >= 4:
+            g *= w
+            a4 += g
+        if k >= 5:
+            g *= w
+            a5 += g
+        if k >= 6:
+            g *= w
+            a6 += g
+        if k >= 7:
+            g *= w
+            a7 += g
+    Q[0, i, j, 0, o] = a0
+    Q[0, i, j, 1, o] = a1
+    if k >= 2:
+        Q[0, i, j, 2, o] = a2
+    if k >= 3:
+        Q[0, i, j, 3, o] = a3
+    if k >= 4:
+        Q[0, i, j, 4, o] = a4
+    if k >= 5:
+        Q[0, i, j, 5, o] = a5
+    if k >= 6:
+        Q[0, i, j, 6, o] = a6
+    if k >= 7:
+        Q[0, i, j, 7, o] = a7
+
+
+@serial_part(**_jit)
+def fixed_backward_rows(dcoef, dscale_base, dscale_sp, Q, PB, dy, perm, start, UF, BXF, M, coef, scale_sp,
+                        mask, k):
+    """``backward_rows`` without dx on a fixed input (``fixed_design``), one chunk: adds
+    the parameter gradients into dcoef, dscale_base, dscale_sp (Q and PB: its raw sums'
+    room, (1, I, n-1, k+1, O) and (1, I, O, TILE))."""
+    B, O = dy.shape
+    I, n = start.shape
+    zero = dy.dtype.type(0)
+    for i in range(I):
+        for j in range(n - 1):
+            for o in range(O):
+                if k == 3:  # the common order, a constant
+                    _span_sums(Q, i, j, o, dy, perm[i], UF[i], start[i, j], start[i, j + 1], 3)
+                else:
+                    _span_sums(Q, i, j, o, dy, perm[i], UF[i], start[i, j], start[i, j + 1], k)
+        # b(x) sums lane by lane, in sample order (as backward_rows)
+        for o in range(O):
+            for u in range(TILE):
+                PB[0, i, o, u] = zero
+        for t0 in range(0, B, TILE):
+            nb = min(TILE, B - t0)
+            for o in range(O):
+                for u in range(TILE):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
+                    PB[0, i, o, u] += BXF[i, t0 + u] * dy[t0 + u, o] if u < nb else zero
+    finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k)
+
+
+class FixedInput:
+    """An input batch x (B, I) that a training loop passes again and again (``fit``'s
+    batch through the first layer): ``kernels``' ``fixed_input``. Keeps, for the knots,
+    order and base function it was last used with, ``fixed_design``'s arrays and the
+    bases M: built at the third call with the same knots (a batch used for one
+    evaluation, forward and backward, costs nothing more), used while the knots keep
+    their values (compared in full at every call), rebuilt when they change."""
+
+    def __init__(self, x):
+        self.x = x
+        self._key = None     # (knots copy, k, code) of the last calls
+        self._uses = 0       # calls with that key
+        self._design = None  # (JF, INF, UO, perm, start, UF, BXF, M) for that key, once built
+
+    def design(self, knots, k, code):
+        """The design for these knots, order and base function, or None (not built yet,
+        or a batch too large to keep it: ``FIXED_MAX``)."""
+        B, I = self.x.shape
+        if B * I > FIXED_MAX or knots.dtype != self.x.dtype:
+            return None
+        key = self._key
+        if not (key is not None and key[1] == k and key[2] == code and key[0].shape == knots.shape
+                and _same_values(key[0], knots)):
+            self._key, self._uses, self._design = (knots.copy(), k, code), 0, None
+        self._uses += 1
+        if self._design is None and self._uses >= 3:
+            n = knots.shape[1]
+            dt = self.x.dtype
+            JF, INF, UO = np.empty((I, B), np.int64), np.empty((I, B), np.int8), np.empty((I, B), dt)
+            perm, start = np.empty((I, B), np.int64), np.empty((I, n), np.int64)
+            UF, BXF = np.empty((I, B), dt), np.empty((I, B), dt)
+            fixed_design(JF, INF, UO, perm, start, UF, BXF, self.x, knots, k, code)
+            M = np.empty((I, n - 1, k + 1, k + 1))
+            span_bases(M, knots, k)
+            self._design = (JF, INF, UO, perm, start, UF, BXF, M)
+        return self._design
+
+
+def fixed_forward(y, F, knots, coef, scale_base, scale_sp, mask, k, code):
+    """``spline_forward`` on the fixed input F (``FixedInput``) from its kept design;
+    False (nothing written) where it has none: the caller runs ``spline_forward``."""
+    B, I = F.x.shape
+    d = F.design(knots, k, code) if chunks(B, I, y.shape[1]) == 1 else None
+    if d is None:
+        return False
+    JF, INF, UO, perm, start, UF, BXF, M = d
+    fixed_forward_rows(y, JF, INF, UO, BXF, M, _splines_room(M, coef, k), coef, scale_base, scale_sp, mask, k)
+    return True
+
+
+def fixed_backward(dcoef, dscale_base, dscale_sp, dy, F, knots, coef, scale_sp, mask, k, code):
+    """``spline_backward`` without dx on the fixed input F, as ``fixed_forward``."""
+    B, I = F.x.shape
+    O = dy.shape[1]
+    d = F.design(knots, k, code) if chunks(B, I, O) == 1 else None
+    if d is None:
+        return False
+    JF, INF, UO, perm, start, UF, BXF, M = d
+    Q = np.empty((1, I, knots.shape[1] - 1, k + 1, O), coef.dtype)
+    PB = np.empty((1, I, O, TILE), coef.dtype)
+    fixed_backward_rows(dcoef, dscale_base, dscale_sp, Q, PB, dy, perm, start, UF, BXF, M, coef, scale_sp, mask, k)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# the local bases for grid updates' least squares (host, float64): kernels' local_bases
+@njit(**_jit)
+def local_bases(span, N, x, knots, M, k):
+    """span[b, i] (-1 outside the knots) and N[b, i, s] = B[span-k+s, k](x[b, i]) from the
+    span polynomials M (``span_bases``); 0 for a basis that does not exist (index outside
+    0..K-1) and everywhere outside the knots (``reference.local_basis``'s values)."""
+    B, I = x.shape
+    K = knots.shape[1] - k - 1
+    for i in range(I):
+        for b in range(B):
+            xv = x[b, i]
+            j = _find_span(knots, i, xv)
+            span[b, i] = j
+            for s in range(k + 1):
+                N[b, i, s] = 0.0
+            if j < 0:
+                continue
+            u = (xv - knots[i, j]) / (knots[i, j + 1] - knots[i, j])
+            for s in range(max(0, k - j), min(k + 1, K + k - j)):
+                v = M[i, j, s, k]
+                for p in range(k - 1, -1, -1):
+                    v = v * u + M[i, j, s, p]
+                N[b, i, s] = v

@@ -97,7 +97,7 @@ from functools import lru_cache
 import numpy as np
 from numba import config, cuda, from_dtype
 
-from . import _scalar
+from . import _scalar, reference
 from ._scalar import BASE_CODES
 
 name = "cuda"
@@ -733,6 +733,26 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
     # the moments' arguments (ds1, ds2, dxs1, dxs2) are not read: dy stands in for them
     _backward(False, (dx, dcoef, dscale_base, dscale_sp), (dy, dy, dy, dy[0], dy[0]),
               x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+
+
+# the grid updates' bases are computed on the host
+local_bases = reference.local_bases
+
+
+# a fixed input: nothing kept beyond x on the device (the generic passes of ``reference``)
+FixedInput = reference.FixedInput
+fixed_input = reference.fixed_input
+
+
+def fixed_forward(y, F, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """``spline_forward(y, F.x, ...)``."""
+    return spline_forward(y, F.x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+
+
+def fixed_backward(dcoef, dscale_base, dscale_sp, dy, F, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """``spline_backward(None, ..., dy, F.x, ...)``: no input gradient."""
+    spline_backward(None, dcoef, dscale_base, dscale_sp, dy, F.x, knots, coef, scale_base, scale_sp, mask, k,
+                    base_fun)
 
 
 def _backward(moments, grads, upstream, x, knots, coef, scale_base, scale_sp, mask, k, base_fun):

@@ -270,6 +270,13 @@ def local_basis(x, knots, k, deriv=False):
     return span, np.where(inside[:, :, None], N, 0), dN
 
 
+def local_bases(x, knots, k):
+    """(span, N) of ``local_basis`` without derivatives, on host float64 arrays: the
+    bases the grid updates' least squares are built from (``spline.basis_matrices``)."""
+    span, N, _ = local_basis(np.asarray(x, dtype=np.float64), np.asarray(knots, dtype=np.float64), k)
+    return span, N
+
+
 # ---------------------------------------------------------------------------
 # one input at a time: the contraction with coef, and its transpose
 class _Column(NamedTuple):
@@ -376,6 +383,33 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
                           scale_base, scale_sp, mask)
         if want:
             dx[:, col.i] += d
+
+
+# ---------------------------------------------------------------------------
+# a fixed input: one batch passed again and again (fit's batch through the first layer)
+class FixedInput:
+    """x (B, I) wrapped for ``fixed_forward`` / ``fixed_backward``. A backend may keep
+    in it what depends on x alone (the compiled CPU backend keeps each sample's span);
+    here it is x itself, and the passes are ``spline_forward`` / ``spline_backward``."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+def fixed_input(x):
+    """x (B, I), a batch the caller will not change, for repeated passes."""
+    return FixedInput(x)
+
+
+def fixed_forward(y, F, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """``spline_forward(y, F.x, ...)``."""
+    return spline_forward(y, F.x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+
+
+def fixed_backward(dcoef, dscale_base, dscale_sp, dy, F, knots, coef, scale_base, scale_sp, mask, k, base_fun):
+    """``spline_backward(None, dcoef, dscale_base, dscale_sp, dy, F.x, ...)``: no input gradient."""
+    spline_backward(None, dcoef, dscale_base, dscale_sp, dy, F.x, knots, coef, scale_base, scale_sp, mask, k,
+                    base_fun)
 
 
 # ---------------------------------------------------------------------------
