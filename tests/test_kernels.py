@@ -442,3 +442,24 @@ def test_bases_sum_to_one_on_interior_grid(k):
             scale = float(np.max(np.abs(dN)))
             assert_close(f"{kind} k={k} G={G} sum of derivatives", dN.sum(axis=2)[:, 0],
                          np.zeros_like(total), 1e-12, scale)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, on the inf - inf meant here
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cpu_mse_loss_grad_matches_reference(dtype):
+    """The compiled loss: the reference's dy bit for bit, its loss to rounding (summed in
+    another order), a Python float; NaN where a prediction is not finite."""
+    rng = np.random.default_rng(3)
+    for B, O in ((1, 1), (7, 3), (1000, 1), (333, 5)):
+        y = rng.normal(0, 2, (B, O)).astype(dtype)
+        t = rng.normal(0, 2, (B, O)).astype(dtype)
+        dy, dy_ref = np.full_like(y, np.nan), np.full_like(y, np.nan)
+        loss, loss_ref = cpu.mse_loss_grad(dy, y, t), reference.mse_loss_grad(dy_ref, y, t)
+        assert type(loss) is float
+        np.testing.assert_array_equal(dy, dy_ref)
+        assert abs(loss - loss_ref) <= 1e-13 * loss_ref, (B, O, loss, loss_ref)
+    y[3, 1], y[5, 0] = np.nan, np.inf
+    dy = np.zeros_like(y)
+    assert np.isnan(cpu.mse_loss_grad(dy, y, t))
+    assert np.isnan(dy[3, 1]) and np.isinf(dy[5, 0])
+    assert np.isfinite(np.delete(dy.ravel(), [3 * O + 1, 5 * O])).all()

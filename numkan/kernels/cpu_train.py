@@ -1,7 +1,9 @@
 """Numba CPU training ops, re-exported by ``cpu.py`` (which imports this module;
 this module imports nothing of ``cpu.py``).
 
-    mse_loss_grad, adam_step          elementwise over small arrays: the
+    mse_loss_grad                     one compiled pass (at a thousand samples the
+                                      reference's five NumPy calls cost more than the pass)
+    adam_step                         elementwise over small arrays: the
                                       reference's vectorised NumPy is the kernel
     edge_moments_forward/_backward    the sparsity regulariser's batch sums,
                                       compiled (reference:
@@ -25,7 +27,7 @@ from numba import njit, prange
 from . import _scalar
 from ._parallel import batch_chunks, threads_for
 from ._scalar import BASE_CODES
-from .reference import adam_step, mse_loss_grad  # noqa: F401  (re-exported)
+from .reference import adam_step  # noqa: F401  (re-exported)
 
 _jit = dict(nogil=True, cache=True)
 _base_value = njit(**_jit)(_scalar.base_value)
@@ -216,3 +218,25 @@ def edge_moments_backward(dx, dcoef, dscale_base, dscale_sp, ds1, ds2, dxs1, dxs
                                  dxs2.astype(dt), x, knots, _reciprocals(knots, k), W, scale_base * mask, k,
                                  BASE_CODES[base_fun], nchunk)
         _finish_backward(dcoef, dscale_base, dscale_sp, P, PB, coef, spm, mask)
+
+
+@njit(nogil=True, cache=True)
+def _mse(dy, y, target):
+    """dy = 2 (y - target) / y.size (in y's dtype, as the reference); returns the sum
+    of the squared differences in float64, added in sample order (serial)."""
+    c = dy.dtype.type(2.0 / y.size)
+    acc = 0.0
+    for b in range(y.shape[0]):
+        for o in range(y.shape[1]):
+            d = y[b, o] - target[b, o]
+            dy[b, o] = c * d
+            d64 = np.float64(d)
+            acc += d64 * d64
+    return acc
+
+
+def mse_loss_grad(dy, y, target):
+    """Compiled ``reference.mse_loss_grad``: loss = mean((y - target)**2) (a Python
+    float, summed in float64 in sample order, where the reference sums pairwise:
+    the two agree to rounding), dy = 2 (y - target) / y.size overwritten."""
+    return _mse(dy, y, target) / y.size
