@@ -24,13 +24,13 @@ def uniform_grid(grid_range, G, k, n_inputs, dtype=np.float64):
 _GROUP_ELEMENTS = 1 << 20
 
 
-def basis_matrices(x, t, k):
+def basis_matrices(x, t, k, local_bases=reference.local_bases):
     """Design matrices of several inputs: x (N, I) on knots t (I, n) -> (N, K) for each input.
 
     A generator of (i, A_i), in input order, so that only one matrix at a time
-    need be held. Built from the local bases of ``reference.local_basis``, for a
-    group of inputs at a time: each row of A_i has at most k+1 non-zeros,
-    scattered into their columns.
+    need be held. Built from the local bases of ``local_bases`` (a backend's, the
+    reference's by default: ``numkan.kernels``), for a group of inputs at a time:
+    each row of A_i has at most k+1 non-zeros, scattered into their columns.
     """
     x = np.asarray(x, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
@@ -39,7 +39,7 @@ def basis_matrices(x, t, k):
     rows = np.arange(N)
     group = max(1, _GROUP_ELEMENTS // max(1, N * (k + 1)))
     for g0 in range(0, I, group):
-        span, B, _ = reference.local_basis(x[:, g0:g0 + group], t[g0:g0 + group], k)
+        span, B = local_bases(x[:, g0:g0 + group], t[g0:g0 + group], k)
         for gi in range(span.shape[1]):
             A = np.zeros((N, K))
             j = span[:, gi]
@@ -67,13 +67,14 @@ def fit_coef(x, y, t, k, rcond=None):
     return lstsq_coef(basis_matrix(x, t, k), y, rcond)
 
 
-def refit(x, t_old, coef_old, t_new, k):
+def refit(x, t_old, coef_old, t_new, k, local_bases=reference.local_bases):
     """Move splines to new knots: coefficients (I, K_new, O) on t_new (I, n_new) whose
     splines take, by least squares at the points x (N, I), the values of the splines
-    coef_old (I, K_old, O) on t_old (I, n_old). What grid updates and ``refine`` do."""
+    coef_old (I, K_old, O) on t_old (I, n_old). What grid updates and ``refine`` do
+    (with their model's backend's ``local_bases``)."""
     coef = np.empty((x.shape[1], t_new.shape[1] - k - 1, coef_old.shape[2]))
-    old = basis_matrices(x, t_old, k)
-    for (i, A_new), (_, A_old) in zip(basis_matrices(x, t_new, k), old):
+    old = basis_matrices(x, t_old, k, local_bases)
+    for (i, A_new), (_, A_old) in zip(basis_matrices(x, t_new, k, local_bases), old):
         coef[i] = lstsq_coef(A_new, A_old @ coef_old[i])
     return coef
 
