@@ -799,12 +799,18 @@ def guarded_grid_update(model, obj, lamb, points, margin, s):
 
 def _fit_adam(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
               grid_margin, lr, beta1, beta2, eps):
+    kept = {}  # the whole training set's objective, one for every step (its fixed input is reused)
+
     def step(s):
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
         if grid_step(s):
             _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, grid_margin, s)
-        return Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd), te
+        if tr is not None:  # a new batch at every step
+            return Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd), te
+        if kept.get("x") is not xd:
+            kept.update(x=xd, obj=Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd))
+        return kept["obj"], te
 
     adam_loop(model, steps, step, record, st, lr, beta1, beta2, eps)
 
@@ -865,7 +871,7 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st):
         loss, reg = obj()  # raises _NonFinite before its backward pass
         f = loss + lamb * reg
         g = flat.grad()
-        if not np.all(np.isfinite(g)):
+        if not np.isfinite(g).all():
             raise _NonFinite("the gradient is not finite")
         if "theta" not in cache and np.array_equal(theta, theta0):
             accept(theta)  # the run's start point, now known to be finite (scipy evaluates it first)
