@@ -153,7 +153,7 @@ class _KernelClock:
         self.backend, self.seconds, self.saved = backend, 0.0, {}
 
     def __enter__(self):
-        for name in ("spline_forward", "spline_backward"):
+        for name in ("spline_forward", "spline_backward", "fixed_forward", "fixed_backward"):
             real = self.saved[name] = getattr(self.backend, name)
 
             def timed(*a, _real=real):
@@ -216,7 +216,7 @@ def lag_table(args):
         "",
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {_machine()}. float64, k = 3, "
         "1000 samples. ns/(s,i) = time / (samples x inputs of all layers). kernels = share of the "
-        "time inside the compiled layer kernels (spline_forward/backward). 'objective' = one "
+        "time inside the compiled layer kernels (spline_forward/backward, fixed_forward/backward). 'objective' = one "
         "evaluation of fit's objective (train.Objective), the call L-BFGS repeats. Wall: fastest of "
         f"{args.rounds} rounds (median in brackets); CPU: the fastest round's CPU time of the calling "
         "thread (what the call costs on an idle machine; the kernels run on that thread here). "
