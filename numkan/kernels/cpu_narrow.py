@@ -549,32 +549,40 @@ FIXED_MAX = 1 << 20  # samples x inputs kept at most (41 bytes each); above, the
 @njit(**_jit)
 def fixed_design(JF, INF, UO, perm, start, UF, BXF, x, knots, k, code):
     """For each input i, in sample order: JF[i, b] the span of x[b, i], INF[i, b] 1 if it
-    is inside the knots, UO[i, b] its span variable u, BXF[i, b] = b(x[b, i]) (what
-    ``_tile_spans`` and ``_base_lanes`` give); and sorted by span (stable): perm[i] the
-    samples, those of span j at perm[i, start[i, j]:start[i, j+1]] and those outside the
-    knots at perm[i, start[i, n-1]:], UF[i, q] the u of sample perm[i, q]."""
+    is inside the knots, UO[i, b] its span variable u, BXF[i, b] = b(x[b, i]) (the values
+    ``_tile_spans`` and ``_base_lanes`` give, computed one sample at a time: this runs
+    once per set of knots, and a plain loop compiles in a fraction of their time); and
+    sorted by span (stable): perm[i] the samples, those of span j at
+    perm[i, start[i, j]:start[i, j+1]] and those outside the knots at perm[i, start[i, n-1]:],
+    UF[i, q] the u of sample perm[i, q]."""
     B, I = x.shape
     n = knots.shape[1]
-    dt = UF.dtype
-    XS, TL, TH, U, H = (local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt),
-                        local_array(TILE, dt), local_array(TILE, dt))
-    BX = local_array(TILE, dt)
-    J, IN = local_array(TILE, np.int64), local_array(TILE, np.int64)
+    dt = UF.dtype.type
+    zero = dt(0)
+    one = dt(1)
     js = np.empty(B, np.int64)  # each sample's span, n - 1 outside the knots
-    us = np.empty(B, dt)
     count = np.empty(n, np.int64)
     for i in range(I):
-        for t0 in range(0, B, TILE):
-            nb = min(TILE, B - t0)
-            _tile_spans(J, IN, U, H, XS, TL, TH, x, t0, nb, knots, i)
-            _base_lanes(BX, BX, x, t0, nb, i, code, False)
-            for u in range(nb):
-                js[t0 + u] = J[u] if IN[u] != 0 else n - 1
-                us[t0 + u] = U[u]
-                JF[i, t0 + u] = J[u]
-                INF[i, t0 + u] = IN[u]
-                UO[i, t0 + u] = U[u]
-                BXF[i, t0 + u] = BX[u]
+        for b in range(B):
+            xv = x[b, i]
+            j = _find_span(knots, i, xv)
+            if j >= 0:
+                tl = knots[i, j]
+                UO[i, b] = (xv - tl) / (knots[i, j + 1] - tl)
+                JF[i, b] = j
+                INF[i, b] = 1
+                js[b] = j
+            else:  # outside the knots: a placeholder, never used
+                UO[i, b] = zero
+                JF[i, b] = 0
+                INF[i, b] = 0
+                js[b] = n - 1
+            if code == SILU:
+                BXF[i, b] = xv * (one / (one + vexp(-xv)))
+            elif code == IDENTITY:
+                BXF[i, b] = xv
+            else:
+                BXF[i, b] = zero * xv
         count[:] = 0
         for b in range(B):
             count[js[b]] += 1
@@ -587,7 +595,7 @@ def fixed_design(JF, INF, UO, perm, start, UF, BXF, x, knots, k, code):
             q = count[js[b]]
             count[js[b]] = q + 1
             perm[i, q] = b
-            UF[i, q] = us[b]
+            UF[i, q] = UO[i, b]
 
 
 @serial_part(**_jit)
