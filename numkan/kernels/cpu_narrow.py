@@ -58,6 +58,11 @@ samples) runs in the calling thread, with no thread pool at all. Several
 chunks run in parallel (``prange``), each owning its rows of y and dx and its
 own raw sums, which are then added chunk by chunk in order: the same bits for
 any number of threads.
+
+Two more uses of the power form live here: ``FixedInput``, fit's batch through
+the first layer, whose spans, u and b(x) are kept between grid updates and
+whose raw sums are taken span by span (its section below); and ``local_bases``,
+the bases grid updates fit their least squares on.
 """
 import numpy as np
 from numba import njit, prange
