@@ -36,6 +36,7 @@ factor that is 0 still gets its gradient). ``n_nodes = n_sum + len(mult_arity)``
 is the layer's output width; without product nodes z = y.
 """
 import copy
+import weakref
 
 import numpy as np
 
@@ -98,7 +99,7 @@ class KANLayer:
         self.symbolic_mask = np.zeros((I, O))
         self.symbolic_names = [["0"] * O for _ in range(I)]
         self._x = None
-        self._fixed = None  # the fixed input of the last kept forward (``subnodes``), if any
+        self._fixed = None  # a weak reference to the fixed input of the last kept forward (``subnodes``), if any
         self._y = None  # the subnodes of the last kept forward, when there are product nodes
 
     # -- product nodes ------------------------------------------------------------
@@ -146,7 +147,9 @@ class KANLayer:
         y = self.subnodes(x, out, fixed)
         if keep:
             self._x = x
-            self._fixed = fixed
+            # weakly: the caller owns the fixed input (fit's objective), and what a backend
+            # keeps in it (per sample and input) should go when the caller is done with it
+            self._fixed = None if fixed is None else weakref.ref(fixed)
             self._y = y if self.mult_arity else None
         return self._products(y) if self.mult_arity else y
 
@@ -196,8 +199,9 @@ class KANLayer:
         if tuple(dy.shape) != (x.shape[0], self.out_dim) or dy.dtype != self.dtype:
             raise ValueError(f"dy must have shape ({x.shape[0]}, {self.out_dim}) and dtype {self.dtype}, "
                              f"got shape {tuple(dy.shape)} and dtype {dy.dtype}")
-        if not need_dx and not self.has_symbolic and self._fixed is not None:
-            self.backend.fixed_backward(self.dcoef, self.dscale_base, self.dscale_sp, dy, self._fixed,
+        fixed = None if self._fixed is None else self._fixed()
+        if not need_dx and not self.has_symbolic and fixed is not None:
+            self.backend.fixed_backward(self.dcoef, self.dscale_base, self.dscale_sp, dy, fixed,
                                         self.knots, self.coef, self.scale_base, self.scale_sp,
                                         self.mask, self.k, self.base_fun)
             return None

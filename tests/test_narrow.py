@@ -331,3 +331,32 @@ def test_local_bases_match_reference(kind):
         assert N.dtype == np.float64 and N.shape == N_ref.shape
         np.testing.assert_allclose(N, N_ref, rtol=0, atol=2.0 ** k * 4e-16, err_msg=f"{kind} k={k}")
         assert not N[span < 0].any()
+
+
+def test_fit_runs_its_first_layer_from_a_fixed_input_and_lets_it_go(monkeypatch):
+    """fit's objective passes its batch through the first layer as a fixed input (the
+    kept design serves its evaluations from the third on, and its loss and gradients
+    are those of the per-call kernels); once fit returns, the model does not keep it
+    alive."""
+    import gc
+    import numkan as nk
+    from numkan import train
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (300, 2))
+    y = np.sin(np.pi * x[:, :1]) + x[:, 1:] ** 2
+    model = nk.KAN([2, 3, 1], grid=5, k=3, seed=0)
+    obj = train.Objective(model, x, y, 0.0, None)
+    runs = [obj() for _ in range(4)]
+    assert obj.fixed._design is not None
+    grads = {n: a.copy() for n, a in model.grads.items()}
+    obj.fixed = cpu.fixed_input(obj.x)  # a fresh one: its first calls run the per-call kernels
+    assert abs(obj()[0] - runs[-1][0]) <= 1e-13 * runs[-1][0]
+    for n, a in model.grads.items():  # the same arithmetic: equal but for FMA contraction
+        np.testing.assert_allclose(a, grads[n], rtol=1e-12, atol=1e-14 * np.abs(grads[n]).max(), err_msg=n)
+    calls = []
+    real = cpu_narrow.fixed_backward
+    monkeypatch.setattr(cpu_narrow, "fixed_backward", lambda *a: (calls.append(1), real(*a))[1])
+    model.fit({"train_input": x, "train_label": y, "test_input": x, "test_label": y}, steps=2, log=0)
+    assert len(calls) > 10
+    gc.collect()
+    assert model.layers[0]._fixed is None or model.layers[0]._fixed() is None
