@@ -149,7 +149,7 @@ class KANLayer:
             self._x = x
             # weakly: the caller owns the fixed input (fit's objective), and what a backend
             # keeps in it (per sample and input) should go when the caller is done with it
-            self._fixed = None if fixed is None else weakref.ref(fixed)
+            self._fixed = weakref.ref(fixed) if fixed is not None and fixed.x is x else None
             self._y = y if self.mult_arity else None
         return self._products(y) if self.mult_arity else y
 

@@ -360,3 +360,27 @@ def test_fit_runs_its_first_layer_from_a_fixed_input_and_lets_it_go(monkeypatch)
     assert len(calls) > 10
     gc.collect()
     assert model.layers[0]._fixed is None or model.layers[0]._fixed() is None
+
+
+def test_a_fixed_input_of_another_batch_is_not_used():
+    """Layer.forward given a fixed input whose x is not the x passed runs the per-call
+    kernels, and its backward then gives the gradients of that x, not of the other."""
+    import numkan as nk
+    rng = np.random.default_rng(2)
+    model = nk.KAN([2, 3, 1], grid=5, k=3, seed=1)
+    L = model.layers[0]
+    x, other = rng.uniform(-1, 1, (150, 2)), rng.uniform(-1, 1, (150, 2))
+    F = cpu.fixed_input(other)
+    for _ in range(3):  # F's design is built and kept
+        cpu.fixed_forward(np.empty((150, 3)), F, L.knots, L.coef, L.scale_base, L.scale_sp, L.mask, 3, "silu")
+    assert F._design is not None
+    dy = rng.normal(size=(150, 3))
+    L.zero_grad()
+    y = L.forward(x, keep=True, fixed=F)
+    L.backward(dy, need_dx=False)
+    got = (y.copy(), L.dcoef.copy())
+    L.zero_grad()
+    y = L.forward(x, keep=True)
+    L.backward(dy, need_dx=False)
+    np.testing.assert_array_equal(got[0], y)
+    np.testing.assert_array_equal(got[1], L.dcoef)

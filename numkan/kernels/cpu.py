@@ -807,7 +807,6 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
 
 
 
-
 # ---------------------------------------------------------------------------
 # a fixed input (fit's batch through the first layer): see cpu_narrow's FixedInput
 def fixed_input(x):
@@ -831,7 +830,6 @@ def fixed_backward(dcoef, dscale_base, dscale_sp, dy, F, knots, coef, scale_base
                                       BASE_CODES[base_fun])):
         spline_backward(None, dcoef, dscale_base, dscale_sp, dy, F.x, knots, coef, scale_base, scale_sp, mask, k,
                         base_fun)
-
 
 
 def local_bases(x, knots, k):

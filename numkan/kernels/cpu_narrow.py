@@ -539,15 +539,16 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale
 # L-BFGS evaluates the network hundreds of times on one batch, and between two grid
 # updates the first layer's knots do not move either: every sample's span, its u and
 # b(x) are then the same at every evaluation. ``FixedInput`` computes them once per
-# set of knots and keeps them with the samples of each input sorted by span (a
-# counting sort, stable: within a span the samples keep their order). A pass then
-# walks each span's samples together: the span's coefficients C[i, o, j] are the same
-# for all of them (no gathers), and the backward's raw sums Q[i, j, :, o] are
+# set of knots and keeps them in sample order, and with the samples of each input
+# sorted by span (a counting sort, stable: within a span the samples keep their
+# order). The forward reads them into the lanes instead of computing them. The
+# backward walks each span's samples together: its raw sums Q[i, j, :, o] are
 # accumulated in registers and stored once per span, where the sample-by-sample
 # additions into Q chain through memory (``_add_tile_powers``). The arithmetic is the
 # same as ``forward_rows`` / ``backward_rows`` without dx, in the same order (Horner on
-# C; Q's additions in sample order within each span; b(x) sums lane by lane), so
-# results are the same numbers the per-call kernels give (tests/test_narrow.py).
+# C; Q's additions in sample order within each span; b(x) sums lane by lane), so the
+# results are the per-call kernels' (bit for bit where LLVM contracts the same
+# products into FMAs, as at k = 3 in float64; tests/test_narrow.py).
 FIXED_MAX = 1 << 20  # samples x inputs kept at most (41 bytes each); above, the per-call kernels
 
 
