@@ -394,7 +394,11 @@ def _apply_arrays(arrays, edits):
             with np.errstate(all="ignore"):
                 a = a.astype(args[0])
         elif op == "reshape":
-            a = {"T": a.T, "drop_last": a[..., :-1], "add_axis": a[None], "flat": a.ravel()}[args[0]]
+            if args[0] == "drop_last" and a.ndim == 0:  # no last axis to shorten (a replaced scalar)
+                continue
+            # only the reshape drawn is made: another may not apply to this array
+            a = {"T": lambda: a.T, "drop_last": lambda: a[..., :-1], "add_axis": lambda: a[None],
+                 "flat": a.ravel}[args[0]]()
         elif op == "knots" and a.ndim == 2 and a.size and a.dtype.kind == "f":
             a = a.copy()
             row = args[0] % a.shape[0]
