@@ -78,6 +78,7 @@ MAX_ORDER = 7         # the largest k served here (in u, the power form's coeffi
 MAX_OUTPUTS = 5       # the most outputs served here: above, the wide kernels are faster (RESULTS.md)
 CHUNK_SAMPLES = 8192  # samples per parallel chunk, at least (RESULTS.md: launches cost on a busy machine)
 _OROWS = MAX_OUTPUTS * TILE  # stack scratch of (O, T) rows
+_POWERS = MAX_ORDER + 1       # stack scratch of one span's raw sums, u^0 .. u^k
 
 # 'contract' fuses a*b+c into FMA; no reassociation (the lane loops vectorise without
 # it, and sums keep one order). error_model="numpy": a division by 0 gives inf, not a
@@ -650,47 +651,25 @@ def fixed_forward_rows(y, JF, INF, UO, BXF, M, C, coef, scale_base, scale_sp, ma
 
 @_inline
 def _span_sums(Q, i, j, o, dy, perm, UF, q0, q1, k):
-    """Q[0, i, j, p, o] = sum over span j's samples (sample order) of dy[b, o] u^p, in
-    registers, in dy's dtype (k <= MAX_ORDER; with k a constant the unused ones vanish)."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = dy.dtype.type(0)
+    """Q[0, i, j, p, o] = sum over span j's samples (sample order) of dy[b, o] u^p, in dy's
+    dtype. The sums are a stack array indexed only by loops of constant trip count
+    (k <= MAX_ORDER; with k a constant their guards vanish): unrolled, its entries live
+    in registers, and each is stored once per span."""
+    zero = dy.dtype.type(0)
+    acc = local_array(_POWERS, dy.dtype)
+    for p in range(MAX_ORDER + 1):
+        acc[p] = zero
     for q in range(q0, q1):
         g = dy[perm[q], o]
         w = UF[q]
-        a0 += g
-        g *= w
-        a1 += g
-        if k >= 2:
-            g *= w
-            a2 += g
-        if k >= 3:
-            g *= w
-            a3 += g
-        if k >= 4:
-            g *= w
-            a4 += g
-        if k >= 5:
-            g *= w
-            a5 += g
-        if k >= 6:
-            g *= w
-            a6 += g
-        if k >= 7:
-            g *= w
-            a7 += g
-    Q[0, i, j, 0, o] = a0
-    Q[0, i, j, 1, o] = a1
-    if k >= 2:
-        Q[0, i, j, 2, o] = a2
-    if k >= 3:
-        Q[0, i, j, 3, o] = a3
-    if k >= 4:
-        Q[0, i, j, 4, o] = a4
-    if k >= 5:
-        Q[0, i, j, 5, o] = a5
-    if k >= 6:
-        Q[0, i, j, 6, o] = a6
-    if k >= 7:
-        Q[0, i, j, 7, o] = a7
+        acc[0] += g
+        for p in range(1, MAX_ORDER + 1):
+            if p <= k:
+                g *= w
+                acc[p] += g
+    for p in range(MAX_ORDER + 1):
+        if p <= k:
+            Q[0, i, j, p, o] = acc[p]
 
 
 @serial_part(**_jit)
