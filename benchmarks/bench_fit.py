@@ -153,7 +153,7 @@ class _KernelClock:
         self.backend, self.seconds, self.saved = backend, 0.0, {}
 
     def __enter__(self):
-        for name in ("spline_forward", "spline_backward", "fixed_forward", "fixed_backward"):
+        for name in ("spline_forward", "spline_backward", "fixed_forward", "fixed_backward", "spline_mse"):
             real = self.saved[name] = getattr(self.backend, name)
 
             def timed(*a, _real=real):

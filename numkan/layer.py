@@ -225,6 +225,42 @@ class KANLayer:
             dx = self._branch_backward(x, dy, dx)
         return dx
 
+    def forward_mse_backward(self, x, target, out=None, dx_out=None, need_dx=True):
+        """``forward(x, keep=True, out=out)``, the mean squared error of the outputs against
+        ``target`` (B, n_nodes) and ``backward(dy, out=dx_out, need_dx=need_dx)`` with
+        dy = 2 (outputs - target) / outputs.size, as one backend call (``spline_mse``)
+        where the layer has neither product nodes nor symbolic edges: a network's last
+        layer in training. Returns (outputs, loss, dx). The backward runs whatever the
+        loss: a caller that finds it not finite discards the gradients."""
+        if self.mult_arity or self.has_symbolic:
+            y = self.forward(x, keep=True, out=out)
+            dy = self.backend.zeros(y.shape, self.dtype)
+            loss = self.backend.mse_loss_grad(dy, y, target)
+            return y, loss, self.backward(dy, out=dx_out, need_dx=need_dx)
+        if tuple(x.shape[1:]) != (self.in_dim,) or x.dtype != self.dtype:
+            raise ValueError(f"x must have shape (batch, {self.in_dim}) and dtype {self.dtype}, "
+                             f"got shape {tuple(x.shape)} and dtype {x.dtype}")
+        shape = (x.shape[0], self.out_dim)
+        for name, a in (("target", target), ("out", out)):
+            if a is not None and (tuple(a.shape) != shape or a.dtype != self.dtype):
+                raise ValueError(f"{name} must have shape {shape} and dtype {self.dtype}, "
+                                 f"got shape {tuple(a.shape)} and dtype {a.dtype}")
+        dx = None
+        if need_dx:
+            if dx_out is None:
+                dx = self.backend.zeros(x.shape, self.dtype)
+            elif tuple(dx_out.shape) != tuple(x.shape) or dx_out.dtype != self.dtype:
+                raise ValueError(f"dx_out must have shape {tuple(x.shape)} and dtype {self.dtype}, "
+                                 f"got shape {tuple(dx_out.shape)} and dtype {dx_out.dtype}")
+            else:
+                dx = dx_out
+                self.backend.fill(dx, 0)  # the kernel adds into it
+        y = self.backend.zeros(shape, self.dtype) if out is None else out  # overwritten by the kernel
+        loss = self.backend.spline_mse(y, dx, self.dcoef, self.dscale_base, self.dscale_sp, target, x, self.knots,
+                                       self.coef, self.scale_base, self.scale_sp, self.mask, self.k, self.base_fun)
+        self._x, self._fixed, self._y = x, None, None  # as forward(keep=True)
+        return y, loss, dx
+
     # -- the symbolic branch (host, float64) -------------------------------------
     @property
     def has_symbolic(self):

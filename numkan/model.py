@@ -362,12 +362,14 @@ class KAN:
         x = self._input(x)
         target = be.asarray(self._target(y_true, x.shape[0]), self.dtype)
         self.zero_grad()
-        y = self._run(x, keep=True)
-        g = be.zeros(y.shape, self.dtype)
-        loss = float(be.mse_loss_grad(g, y, target))  # the op fit uses
-        for l in range(len(self.layers) - 1, -1, -1):  # nothing reads the input's gradient
+        for layer in self.layers[:-1]:
+            x = layer.forward(x, keep=True)
+        # the last layer, the loss and its backward in one backend call, as in fit
+        last = len(self.layers) - 1
+        _, loss, g = self.layers[-1].forward_mse_backward(x, target, need_dx=last > 0)
+        for l in range(last - 1, -1, -1):  # nothing reads the input's gradient
             g = self.layers[l].backward(g, need_dx=l > 0)
-        return loss, {n: self.backend.to_host(a) for n, a in self.grads.items()}
+        return float(loss), {n: self.backend.to_host(a) for n, a in self.grads.items()}
 
     # -- interpretability: numkan/symbolic.py ------------------------------------
     fix_symbolic = _symbolic.fix_symbolic

@@ -226,16 +226,24 @@ class Objective:
         m.zero_grad()
         regs, reg, hidden = [], 0.0, []
         h = self.x
-        for L, (ybuf, _) in zip(m.layers, bufs):
+        last = len(m.layers) - 1
+        # the last layer, the mean squared error and that layer's backward in one call (the
+        # backend keeps what both passes need between them); not the first layer, which has
+        # its fixed input
+        fused = self.loss_fn is None and last > 0
+        for l, (L, (ybuf, dxbuf)) in enumerate(zip(m.layers, bufs)):
             if self.lamb > 0:
                 r = LayerReg(L, *self.weights)
                 reg += r.forward(h)
                 regs.append(r)
-            h = L.forward(h, keep=True, out=ybuf, fixed=self.fixed if h is self.x else None)
+            if fused and l == last:
+                h, loss, dy = L.forward_mse_backward(h, self.y, out=ybuf, dx_out=dxbuf)
+            else:
+                h = L.forward(h, keep=True, out=ybuf, fixed=self.fixed if h is self.x else None)
             hidden.append(h)
-        if self.loss_fn is None:
+        if not fused and self.loss_fn is None:
             loss = be.mse_loss_grad(dy, h, self.y)
-        else:
+        elif not fused:
             loss, g = _call_loss_fn(self.loss_fn, be.to_host(h), self.y_host)
             dy = be.asarray(g, m.dtype)
         # checked before the backward pass, which would spread a NaN or inf
@@ -246,15 +254,17 @@ class Objective:
         # only then, to say where it appeared.
         f = loss + self.lamb * reg
         if not np.isfinite(f):
+            if fused:  # its backward ran: the gradients are those of no pass
+                m.zero_grad()
             l = next((l for l, a in enumerate(hidden) if not be.all_finite(a)), None)
             raise _NonFinite(f"the training objective is not finite ({f})" if l is None else
                              f"the outputs of layer {l} are not finite")
-        for l in range(len(m.layers) - 1, -1, -1):
-            # the first layer's input gradient is read only by its regulariser term
-            dx = m.layers[l].backward(dy, out=bufs[l][1], need_dx=l > 0 or self.lamb > 0)
+        for l in range(last, -1, -1):
+            if not (fused and l == last):
+                # the first layer's input gradient is read only by its regulariser term
+                dy = m.layers[l].backward(dy, out=bufs[l][1], need_dx=l > 0 or self.lamb > 0)
             if self.lamb > 0:
-                regs[l].backward(dx, self.lamb)
-            dy = dx
+                regs[l].backward(dy, self.lamb)
         for L in m.layers:
             for n in self.frozen:
                 be.fill(getattr(L, "d" + n), 0)

@@ -141,6 +141,20 @@ def test_training_ops_match_reference(dtype):
     for name, a, b in (("p", pd, p), ("m", md, m), ("v", vd, v)):
         check(name, C.to_host(a), b, dtype)
 
+    # the last layer and its loss in one call: the three launches, the reference's values
+    arrays, target = make_layer(rng, 37, 3, 2, 4, 3, dtype, "nonuniform")
+    x, grid, coef, sb, sp, mask = arrays
+    yr, dxr = np.empty((37, 2), dtype), np.zeros((37, 3), dtype)
+    gr = [np.zeros(a.shape, dtype) for a in (coef, sb, sp)]
+    loss_r = R.spline_mse(yr, dxr, *gr, target, x, grid, coef, sb, sp, mask, 3, "silu")
+    dev = [C.asarray(a, dtype) for a in arrays]
+    yd, dxd = C.zeros((37, 2), dtype), C.zeros((37, 3), dtype)
+    gd = [C.zeros(a.shape, dtype) for a in (coef, sb, sp)]
+    loss_d = C.spline_mse(yd, dxd, *gd, C.asarray(target, dtype), *dev, 3, "silu")
+    assert abs(loss_d - loss_r) <= RTOL[dtype] * loss_r
+    for name, a, b in zip(("y", "dx", "dcoef", "dscale_base", "dscale_sp"), (yd, dxd, *gd), (yr, dxr, *gr)):
+        check(f"spline_mse {name}", C.to_host(a), b, dtype)
+
     assert C.all_finite(C.asarray(y, dtype))
     bad = y.copy()
     bad[7, 2] = np.inf

@@ -384,3 +384,140 @@ def test_a_fixed_input_of_another_batch_is_not_used():
     L.backward(dy, need_dx=False)
     np.testing.assert_array_equal(got[0], y)
     np.testing.assert_array_equal(got[1], L.dcoef)
+
+
+# ---------------------------------------------------------------------------
+# a network's last layer and its loss in one pass: cpu_narrow.mse_rows
+def run_mse(backend, p, target, start, wantdx=True):
+    """``spline_mse`` of one backend, into a buffer of garbage and copies of ``start``:
+    (loss, {y, dx (when wanted), dcoef, dscale_base, dscale_sp})."""
+    B, O = target.shape
+    y = np.full((B, O), np.nan, dtype=target.dtype)
+    g = {n: start[n].copy() for n in ("dx", "dcoef", "dscale_base", "dscale_sp")}
+    loss = backend.spline_mse(y, g["dx"] if wantdx else None, g["dcoef"], g["dscale_base"], g["dscale_sp"],
+                              target, p["x"], p["grid"], p["coef"], p["scale_base"], p["scale_sp"], p["mask"],
+                              p["k"], p["base_fun"])
+    if not wantdx:
+        del g["dx"]
+    return loss, dict(y=y, **g)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, on the NaN and inf meant here
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("O", [1, 2, 5])
+def test_last_layer_and_loss_in_one_pass_match_reference(dtype, O):
+    """``cpu.spline_mse`` where ``mse_rows`` serves it, against ``reference.spline_mse``
+    (forward, mean squared error, backward): orders 1..5, every knot kind and base
+    function, batches around the tile, 1 to FUSED_INPUTS inputs, with and without dx,
+    and NaN, inf and huge inputs: the reference's NaN and inf in y entry by entry, and
+    non-finite gradients where the reference's are (a NaN or inf dy reaches the raw sums,
+    which the power form maps to the bases with coefficients of both signs, so an inf
+    there may come out as NaN)."""
+    tol = TOL[np.dtype(dtype)]
+    for k in (1, 2, 3, 4, 5):
+        for c, (kind, base_fun) in enumerate((kind, b) for kind in ("uniform", "nonuniform", "repeated")
+                                             for b in BASE_FUNS):
+            B = (1, TILE - 1, TILE, TILE + 1, 3 * TILE + 37)[(k + c) % 5]
+            I = (1, 3, 5, cpu_narrow.FUSED_INPUTS)[(k + c) % 4]
+            p, target, start = random_layer(seed=700 * O + 10 * k + c, B=B, I=I, O=O, G=1 + (3 * k + c) % 9,
+                                            k=k, kind=kind, dtype=dtype, base_fun=base_fun)
+            if c % 3 == 0 and B > 8:
+                # huge inputs make a huge dy, whose sums keep few digits in float32: float64 only
+                big = [1e30, -1e30] if dtype == np.float64 else [np.nan, np.nan]
+                p["x"][:7, 0] = [np.nan, np.inf, -np.inf] + big + [p["grid"][0, 0], p["grid"][0, -1]]
+            assert cpu_narrow.fuses(B, I, O, k)
+            label = f"{np.dtype(dtype).name} O={O} I={I} k={k} B={B} {kind} {base_fun}"
+            for wantdx in (True, False):
+                loss_ref, ref = run_mse(reference, p, target, start, wantdx)
+                loss, fast = run_mse(cpu, p, target, start, wantdx)
+                assert isinstance(loss, float)
+                assert (np.isnan(loss) and np.isnan(loss_ref)) or loss == pytest.approx(loss_ref, rel=tol["rtol"]), \
+                    f"{label}: loss {loss} against {loss_ref}"
+                assert ref.keys() == fast.keys()
+                for name, a in fast.items():
+                    assert a.dtype == target.dtype
+                    if name == "y":
+                        assert_same_nonfinite(f"{label} {name}", a, ref[name])
+                    else:
+                        bad = np.argwhere(np.isfinite(a) != np.isfinite(ref[name]))
+                        assert bad.size == 0, f"{label} {name}: finite differs at {tuple(bad[0])}"
+                    both = np.isfinite(ref[name])
+                    scale = max(float(np.max(np.abs(ref[name][both]), initial=0.0)), 1.0)
+                    assert_close(f"{label} {name}", np.where(both, a, 0), np.where(both, ref[name], 0),
+                                 tol["rtol"], tol["floor"] * scale)
+
+
+def test_last_layer_and_loss_in_one_pass_are_the_separate_passes(monkeypatch):
+    """At k = 3 in float64 ``mse_rows`` gives the compiled separate calls' outputs, dx and
+    parameter gradients bit for bit (the same arithmetic in the same order) and their
+    loss to rounding; a layer it does not serve (more inputs than FUSED_INPUTS, more
+    outputs than the narrow kernels take, a batch of several chunks) runs the separate
+    calls and still matches the reference."""
+    for I in (1, 5, cpu_narrow.FUSED_INPUTS):
+        p, target, start = random_layer(seed=90 + I, B=1000, I=I, O=2, G=7, k=3, kind="nonuniform",
+                                        dtype=np.float64, base_fun="silu")
+        loss, fused = run_mse(cpu, p, target, start)
+        y = np.empty_like(target)
+        g = {n: start[n].copy() for n in ("dx", "dcoef", "dscale_base", "dscale_sp")}
+        args = (p["x"], p["grid"], p["coef"], p["scale_base"], p["scale_sp"], p["mask"], 3, "silu")
+        cpu.spline_forward(y, *args)
+        dy = np.empty_like(y)
+        sep_loss = cpu.mse_loss_grad(dy, y, target)
+        cpu.spline_backward(g["dx"], g["dcoef"], g["dscale_base"], g["dscale_sp"], dy, *args)
+        assert loss == pytest.approx(sep_loss, rel=1e-14)
+        for name, a in dict(y=y, **g).items():
+            np.testing.assert_array_equal(fused[name], a, err_msg=f"I={I} {name}")
+    calls = []
+    real = cpu_narrow.mse_rows
+    monkeypatch.setattr(cpu_narrow, "mse_rows", lambda *a: (calls.append(1), real(*a))[1])
+    for B, I, O in ((300, cpu_narrow.FUSED_INPUTS + 1, 1), (300, 2, cpu_narrow.MAX_OUTPUTS + 1),
+                    (2 * cpu_narrow.CHUNK_SAMPLES, 4, 5)):
+        assert not cpu_narrow.fuses(B, I, O, 3)
+        p, target, start = random_layer(seed=B + I + O, B=B, I=I, O=O, G=5, k=3, kind="uniform",
+                                        dtype=np.float64, base_fun="silu")
+        loss, fast = run_mse(cpu, p, target, start)
+        loss_ref, ref = run_mse(reference, p, target, start)
+        assert loss == pytest.approx(loss_ref, rel=1e-12)
+        for name, a in fast.items():
+            scale = max(float(np.max(np.abs(ref[name]))), 1.0)
+            assert_close(f"B={B} I={I} O={O} {name}", a, ref[name], 1e-12, 1e-2 * scale)
+    assert not calls
+    run_mse(cpu, *random_layer(seed=5, B=40, I=2, O=1, G=5, k=3, kind="uniform", dtype=np.float64,
+                               base_fun="silu")[:2], start)  # a layer it serves: the counter counts
+    assert calls == [1]
+
+
+def test_fit_objective_runs_its_last_layer_with_the_loss():
+    """fit's objective with the mean squared error runs its last layer, the loss and that
+    layer's backward as one ``spline_mse`` call: its loss and every gradient are those of
+    the same objective with the loss given as a ``loss_fn`` (the separate passes), with
+    and without the regulariser. A non-finite objective leaves no gradient behind."""
+    import numkan as nk
+    from numkan import train
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (200, 2))
+    y = np.exp(np.sin(np.pi * x[:, :1]) + x[:, 1:] ** 2)
+
+    def mse(pred, target):
+        d = pred - target
+        return float(np.mean(d * d)), 2.0 * d / d.size
+
+    for width in ([2, 3, 1], [2, 4, 2, 1]):
+        model = nk.KAN(width, grid=5, k=3, seed=0)
+        for lamb in (0.0, 1e-2):
+            got, want = [], []
+            for loss_fn, out in ((None, got), (mse, want)):
+                obj = train.Objective(model, x, y, lamb, (1.0, 2.0, 0.0, 0.0), loss_fn)
+                loss, reg = obj()
+                out.append((loss, reg, {n: a.copy() for n, a in model.grads.items()}))
+            (l1, r1, g1), (l2, r2, g2) = got[0], want[0]
+            assert l1 == pytest.approx(l2, rel=1e-13) and r1 == r2
+            for n in g1:
+                np.testing.assert_allclose(g1[n], g2[n], rtol=1e-11, atol=1e-13 * np.abs(g2[n]).max(),
+                                           err_msg=f"{width} lamb={lamb} {n}")
+        model.layers[-1].coef[0, 2, 0] = np.nan
+        obj = train.Objective(model, x, y, 0.0, (1.0, 2.0, 0.0, 0.0))
+        with pytest.raises(train._NonFinite, match=f"layer {len(width) - 2}"):
+            obj()
+        for n, a in model.grads.items():
+            assert not a.any(), f"{width}: {n} kept gradients of a non-finite objective"

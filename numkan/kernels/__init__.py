@@ -37,6 +37,11 @@ spline order, base_fun "silu", "identity" or "zero".
 training ops (numkan.train calls these; see reference.py for the maths):
 
     mse_loss_grad(dy, y, target) -> float   loss = mean((y-target)^2); dy = 2(y-target)/y.size
+    spline_mse(y, dx, dcoef, dscale_base, dscale_sp, target, x, knots, coef, scale_base, scale_sp,
+               mask, k, base_fun) -> float
+        a network's last layer and its loss in one call: spline_forward into y,
+        mse_loss_grad against target, spline_backward with that dy (dx None: not
+        wanted); a backend may keep each sample's span and bases between the passes
     adam_step(p, g, m, v, lr, beta1, beta2, eps, t)      one Adam update of p in place
     edge_moments_forward(s1, s2, xs1, xs2, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
         s1/s2 (I, O) = batch sums of phi and phi^2 per edge, xs1/xs2 (I,) of x and x^2

@@ -807,6 +807,23 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
 
 
 
+def spline_mse(y, dx, dcoef, dscale_base, dscale_sp, target, x, knots, coef, scale_base, scale_sp, mask,
+               k, base_fun):
+    """``reference.spline_mse``: a narrow layer on a batch of one chunk in one pass that
+    keeps each sample's spans and bases between its forward and its backward
+    (``cpu_narrow.mse_rows``, the same values as the three calls); every other layer
+    through ``spline_forward``, ``mse_loss_grad`` and ``spline_backward``."""
+    s = cpu_narrow.spline_mse(y, dx, dcoef, dscale_base, dscale_sp, target, x, knots, coef, scale_base,
+                              scale_sp, mask, k, BASE_CODES[base_fun])
+    if s is not None:
+        return s / y.size
+    spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+    dy = empty(y.shape, y.dtype)
+    loss = mse_loss_grad(dy, y, target)
+    spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+    return loss
+
+
 # ---------------------------------------------------------------------------
 # a fixed input (fit's batch through the first layer): see cpu_narrow's FixedInput
 def fixed_input(x):

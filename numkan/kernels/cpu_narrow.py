@@ -430,6 +430,95 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, 
         finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k)
 
 
+FUSED_INPUTS = 16  # the most inputs of a layer fused with its loss (``mse_rows``)
+_FROWS = FUSED_INPUTS * TILE  # stack scratch of (I, T) rows
+
+
+@serial_part(**_jit)
+def mse_rows(y, dx, dcoef, dscale_base, dscale_sp, Q, PB, target, x, knots, M, C, coef, scale_base,
+             scale_sp, mask, k, code, wantdx):
+    """``forward_rows``, ``cpu_train.mse_loss_grad`` and ``backward_rows`` of one chunk (all
+    B rows) in one pass, for a network's last layer (I <= ``FUSED_INPUTS``): y (B, O)
+    overwritten with the outputs; dy = 2 (y - target) / (B O) taken tile by tile and never
+    stored; dx (when ``wantdx``) and the parameter gradients added into, Q (1, I, n-1, k+1, O)
+    and PB (1, I, O, TILE) the raw sums' room. Returns the sum of the squared differences
+    (float64, in sample order).
+
+    Separate calls compute every sample's span, u and b(x) twice, once per pass; here the
+    tile's values of every input stay on the stack between its forward and its backward.
+    The arithmetic and its order are those of the three separate calls, so the results
+    are theirs bit for bit where LLVM contracts the same products into FMAs."""
+    span_splines(C, M, coef, k)
+    B, I = x.shape
+    O = y.shape[1]
+    dt = y.dtype
+    zero = dt.type(0)
+    c2 = dt.type(2.0 / (B * O))  # as mse_loss_grad: 2 / y.size in y's dtype
+    ACC, GT = local_array(_OROWS, dt), local_array(_OROWS, dt)
+    XS, TL, TH = local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt)
+    TMP, DX = local_array(TILE, dt), local_array(TILE, dt)
+    JJ, INN = local_array(_FROWS, np.int64), local_array(_FROWS, np.int64)
+    UU, HH, BXX, BDD = (local_array(_FROWS, dt), local_array(_FROWS, dt), local_array(_FROWS, dt),
+                        local_array(_FROWS, dt))
+    Q[...] = zero
+    PB[...] = zero
+    acc = 0.0
+    for t0 in range(0, B, TILE):
+        nb = min(TILE, B - t0)
+        # the forward (forward_rows), keeping each input's spans, u and b(x)
+        for u in range(O * TILE):
+            ACC[u] = zero
+        for i in range(I):
+            r0 = i * TILE
+            J, IN, U, H = JJ[r0:r0 + TILE], INN[r0:r0 + TILE], UU[r0:r0 + TILE], HH[r0:r0 + TILE]
+            BX, BD = BXX[r0:r0 + TILE], BDD[r0:r0 + TILE]
+            _tile_spans(J, IN, U, H, XS, TL, TH, x, t0, nb, knots, i)
+            _base_lanes(BX, BD, x, t0, nb, i, code, wantdx)
+            for o in range(O):
+                wb = mask[i, o] * scale_base[i, o]
+                sp = mask[i, o] * scale_sp[i, o]
+                _poly_lanes(TMP, C, i, o, J, IN, U, k, False)
+                for u in range(TILE):
+                    ACC[o * TILE + u] += BX[u] * wb + sp * TMP[u]
+        # the loss and dy, in sample order (cpu_train's _mse); idle lanes get dy = 0
+        for u in range(nb):
+            for o in range(O):
+                v = ACC[o * TILE + u]
+                y[t0 + u, o] = v
+                d = v - target[t0 + u, o]
+                GT[o * TILE + u] = c2 * d
+                d64 = np.float64(d)
+                acc += d64 * d64
+        for u in range(nb, TILE):
+            for o in range(O):
+                GT[o * TILE + u] = zero
+        # the backward (backward_rows) from the kept values
+        for i in range(I):
+            r0 = i * TILE
+            J, IN, U, H = JJ[r0:r0 + TILE], INN[r0:r0 + TILE], UU[r0:r0 + TILE], HH[r0:r0 + TILE]
+            BX, BD = BXX[r0:r0 + TILE], BDD[r0:r0 + TILE]
+            if wantdx:
+                for u in range(TILE):
+                    DX[u] = zero
+                for o in range(O):
+                    wb = mask[i, o] * scale_base[i, o]
+                    sp = mask[i, o] * scale_sp[i, o]
+                    _poly_lanes(TMP, C, i, o, J, IN, U, k, True)
+                    for u in range(TILE):
+                        DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * (TMP[u] / H[u]))
+                for u in range(nb):
+                    dx[t0 + u, i] += DX[u]
+            for o in range(O):
+                for u in range(TILE):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
+                    PB[0, i, o, u] += BX[u] * GT[o * TILE + u] if u < nb else zero
+            if k == 3:
+                _add_tile_powers(Q, 0, i, J, IN, GT, U, nb, O, 3)
+            else:
+                _add_tile_powers(Q, 0, i, J, IN, GT, U, nb, O, k)
+    finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k)
+    return acc
+
+
 # The parallel versions (large batches only, compiled at their first use): a prange over
 # the chunks, each a call of the serial function (a call, not inlined: the parallel
 # function stays a few lines, quick to compile).
@@ -532,6 +621,31 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale
     with threads_for(B * I * O):
         backward_chunks(dx, dcoef, dscale_base, dscale_sp, Q, PB, dy, x, knots, M, C, coef, scale_base, scale_sp,
                         mask, k, code, wantdx)
+
+
+def spline_mse(y, dx, dcoef, dscale_base, dscale_sp, target, x, knots, coef, scale_base, scale_sp, mask, k,
+               code):
+    """``mse_rows`` for a layer and batch it serves (``fuses``); returns the sum of the
+    squared differences, or None (nothing written) where it does not serve them."""
+    B, I = x.shape
+    O = y.shape[1]
+    if not fuses(B, I, O, k):
+        return None
+    wantdx = dx is not None
+    M = _span_bases(knots, k)
+    C = _splines_room(M, coef, k)
+    Q = np.empty((1, I, knots.shape[1] - 1, k + 1, O), coef.dtype)
+    PB = np.empty((1, I, O, TILE), coef.dtype)
+    if not wantdx:  # an array of the same type, never touched: no second compilation
+        dx = np.empty((1, 1), y.dtype)
+    return mse_rows(y, dx, dcoef, dscale_base, dscale_sp, Q, PB, target, x, knots, M, C, coef, scale_base,
+                    scale_sp, mask, k, code, wantdx)
+
+
+def fuses(B, I, O, k):
+    """Whether ``mse_rows`` serves a layer of I inputs and O outputs at order k on B samples:
+    a narrow layer, a batch of one chunk, inputs whose tile fits its stack scratch."""
+    return serves(O, k) and I <= FUSED_INPUTS and chunks(B, I, O) == 1
 
 
 # ---------------------------------------------------------------------------

@@ -854,6 +854,17 @@ def mse_loss_grad(dy, y, target):
     return float(partial.copy_to_host().sum() / n)
 
 
+def spline_mse(y, dx, dcoef, dscale_base, dscale_sp, target, x, knots, coef, scale_base, scale_sp, mask,
+               k, base_fun):
+    """``reference.spline_mse`` as its three launches: ``spline_forward``, ``mse_loss_grad``
+    (dy in a device buffer of y's shape), ``spline_backward``."""
+    spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+    dy = zeros(y.shape, y.dtype)
+    loss = mse_loss_grad(dy, y, target)
+    spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+    return loss
+
+
 @cuda.jit
 def _adam_kernel(p, g, m, v, beta1, omb1, beta2, omb2, step, c2, eps):
     for q in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):

@@ -462,6 +462,20 @@ def mse_loss_grad(dy, y, target):
     return float(np.mean(d64 * d64))
 
 
+def spline_mse(y, dx, dcoef, dscale_base, dscale_sp, target, x, knots, coef, scale_base, scale_sp, mask,
+               k, base_fun):
+    """A network's last layer and its mean squared error in one call: ``spline_forward``
+    into y (B, O), ``mse_loss_grad`` against target (B, O), then ``spline_backward`` with
+    that dy (never returned) into dx (None: not wanted) and the parameter gradients.
+    Returns the loss. (A backend may keep what both passes need between them.)"""
+    spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)
+    dy = np.empty_like(y)
+    loss = mse_loss_grad(dy, y, target)
+    spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef, scale_base, scale_sp, mask, k,
+                    base_fun)
+    return loss
+
+
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
     """One Adam update (Kingma & Ba 2015) of p in place; m, v are its moment buffers.
 
