@@ -328,3 +328,42 @@ def test_basis_matrices_of_many_inputs_equal_one_input_at_a_time(k, monkeypatch)
         np.testing.assert_allclose(A[finite], dense, rtol=0, atol=1e-14)
         assert not A[~finite].any()
         assert np.array_equal(A, spline.basis_matrix(x[:, i], t[i], k))
+
+
+def test_least_squares_by_normal_equations_where_accurate(monkeypatch):
+    """``spline.lstsq_coef`` solves a well-conditioned design matrix's least squares by
+    the normal equations (no SVD), to 1e-12 of numpy's lstsq; a rank-deficient one (a
+    span with no samples), an ill-conditioned one, an underdetermined one, a given
+    rcond and a non-finite right-hand side go to numpy's lstsq and get its answer."""
+    rng = np.random.default_rng(4)
+    real = np.linalg.lstsq
+    svd_calls = []
+    monkeypatch.setattr(np.linalg, "lstsq", lambda *a, **kw: (svd_calls.append(1), real(*a, **kw))[1])
+    t = spline.uniform_grid((-1, 1), 20, 3, 1)[0]
+    A = spline.basis_matrix(rng.uniform(-1, 1, 1000), t, 3)
+    for y in (rng.normal(size=(1000, 4)), rng.normal(size=1000)):
+        c = spline.lstsq_coef(A, y)
+        want = real(A, y, rcond=None)[0]
+        assert c.shape == want.shape
+        np.testing.assert_allclose(c, want, rtol=0, atol=1e-12 * np.abs(want).max())
+    assert not svd_calls
+    gap = np.concatenate([rng.uniform(-1, -0.2, 500), rng.uniform(0.4, 1, 500)])  # empty spans
+    thin = A * np.where(np.arange(A.shape[1]) == 5, 1e-4, 1.0)  # a basis all but absent: cond(A) ~ 1e4
+    y = rng.normal(size=(1000, 2))
+    for label, A_, y_, kw in (("empty spans", spline.basis_matrix(gap, t, 3), y, {}),
+                              ("ill-conditioned", thin, y, {}),
+                              ("underdetermined", A[:10], y[:10], {}),
+                              ("rcond given", A, y, dict(rcond=1e-3)),
+                              ("NaN in y", A, np.where(np.arange(1000)[:, None] == 7, np.nan, y), {})):
+        svd_calls.clear()
+        if label != "NaN in y":
+            np.testing.assert_array_equal(spline.lstsq_coef(A_, y_, **kw), real(A_, y_, **kw)[0], err_msg=label)
+        else:  # numpy's lstsq on a NaN: its answer or its error, as before
+            try:
+                want = real(A_, y_, rcond=None)[0]
+            except np.linalg.LinAlgError:
+                with pytest.raises(np.linalg.LinAlgError):
+                    spline.lstsq_coef(A_, y_)
+            else:
+                np.testing.assert_array_equal(spline.lstsq_coef(A_, y_), want)
+        assert svd_calls, f"{label}: not solved by numpy's lstsq"
