@@ -37,17 +37,18 @@ def basis_matrices(x, t, k, local_bases=reference.local_bases):
     t = np.asarray(t, dtype=np.float64)
     N, I = x.shape
     K = t.shape[1] - k - 1
-    rows = np.arange(N)
+    row_start = np.arange(N)[:, None] * K
+    offsets = np.arange(k + 1) - k  # local basis s of span j is basis j - k + s
     group = max(1, _GROUP_ELEMENTS // max(1, N * (k + 1)))
     for g0 in range(0, I, group):
         span, B = local_bases(x[:, g0:g0 + group], t[g0:g0 + group], k)
         for gi in range(span.shape[1]):
+            j = span[:, gi:gi + 1]
+            cols = j + offsets
+            ok = (j >= 0) & (cols >= 0) & (cols < K)  # the bases that exist, of samples inside the knots
             A = np.zeros((N, K))
-            j = span[:, gi]
-            for s in range(k + 1):
-                a = j - k + s
-                ok = (j >= 0) & (a >= 0) & (a < K)
-                A[rows[ok], a[ok]] += B[ok, gi, s]
+            # one scatter: a row's k+1 columns are distinct, so no two values share a place
+            A.reshape(-1)[(row_start + cols)[ok]] = B[:, gi, :][ok]
             yield g0 + gi, A
 
 
