@@ -455,14 +455,16 @@ def fit_pde(model, x, loss_fn, x_boundary=None, u_boundary=None, bc_weight=1.0, 
 def _pde_lbfgs(model, obj, steps, grid_step, points, margin, record, st):
     flat = _Flat(model)
     no_draw = lambda: (None, None)  # noqa: E731  (whole point set: no test batches to draw)
-    s = 0
+    def update(step):  # the guarded grid update scheduled at step; True when kept
+        return guarded_grid_update(model, obj, 0.0, points, margin, step)[2]
+
+    s, updated = 0, None  # updated: a step whose grid update the last run already made
     while s < steps:
-        if grid_step(s):
-            guarded_grid_update(model, obj, 0.0, points, margin, s)
-        n = 1
-        while s + n < steps and not grid_step(s + n):
-            n += 1
-        s, stop = _lbfgs_run(model, flat, obj, 0.0, s, n, None, no_draw, record, st)
+        if grid_step(s) and updated != s:
+            update(s)
+        # one run, which only a kept grid update ends (``_lbfgs_run``)
+        s, stop, updated = _lbfgs_run(model, flat, obj, 0.0, s, steps - s, None, no_draw, record, st,
+                                      grid_step, update)
         if stop:
             return
 

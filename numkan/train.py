@@ -441,11 +441,18 @@ def fit(model, dataset, opt="LBFGS", steps=100, lr=None, batch=-1, lamb=0.0, lam
         inputs are then those of a network this run has not trained yet, and
         knots that follow them lock the hidden values at their initial, small
         scale (pykan adapts every layer there; that slowed training on the
-        paper's functions, see benchmarks/RESULTS.md). Every later update
-        adapts all layers. An update is kept only when the training objective
-        on the step's batch does not rise (the least-squares refit onto the
-        new knots keeps each spline only up to its error); otherwise the old
-        knots and coefficients are put back, so no update makes the fit worse.
+        paper's functions, see benchmarks/RESULTS.md). Unless some hidden
+        layer has samples outside its grid's interior (beyond its first or
+        last interior knot, where its splines lose bases and fade out): then
+        that update adapts every layer and is kept whatever the objective
+        does (a hidden layer whose inputs have outgrown its grid cannot fit
+        them, and ``refine`` cannot carry its splines over exactly there).
+        Every later update adapts all layers. Other than that first-step
+        case, an update is kept only when the training objective on the
+        step's batch does not rise (the least-squares refit onto the new
+        knots keeps each spline only up to its error); otherwise the old
+        knots and coefficients are put back, and L-BFGS goes on as if the
+        update had not been tried.
     grid_margin : float >= 0
         The ``margin`` of those grid updates (``model.update_grid``): each
         input's grid is widened by this fraction of its samples' range on both
@@ -781,26 +788,52 @@ def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s):
     At the run's first step only the first layer is adapted
     (``update_grid(hidden=False)``): the hidden layers' inputs are then those
     of a network this run has not trained yet, and knots placed on them lock
-    the hidden values at their initial, narrow spread.
+    the hidden values at their initial, narrow spread. Except where a hidden
+    layer's inputs have outgrown its grid (``outside_grids``): then every
+    layer is adapted, and the update is kept even if the objective rises.
+    With only the guarded updates, a hidden layer keeps the grid it was
+    created with: on hellokan's ladder 30-50% of its inputs end beyond it, and
+    ``refine`` then loses much of what the coarser grid had reached
+    (benchmarks/RESULTS.md).
     """
     return guarded_grid_update(model, Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd),
                                lamb, x, margin, s)
 
 
+def outside_grids(model, points):
+    """Whether some hidden layer (any layer but the first) has an input, for the
+    samples ``points`` (host, (N, width[0])), outside its grid's interior: below its
+    knot t[k] or above t[G + k], where its splines have fewer than k + 1 bases."""
+    be = model.backend
+    h = be.asarray(points, model.dtype)
+    for l, L in enumerate(model.layers[:-1]):
+        h = L.forward(h, keep=False)
+        nxt = model.layers[l + 1]
+        x, t = be.to_host(h), be.to_host(nxt.knots)
+        with np.errstate(invalid="ignore"):  # a NaN sample is no evidence either way
+            if ((x < t[:, nxt.k]) | (x > t[:, -nxt.k - 1])).any():
+                return True
+    return False
+
+
 def guarded_grid_update(model, obj, lamb, points, margin, s):
     """``_grid_update``'s rule for any objective: ``update_grid`` on ``points``
     (host, (N, width[0])) at step s, kept only when ``obj()``'s ``loss + lamb * reg``
-    does not rise beyond rounding; returns (before, after, kept)."""
+    does not rise beyond rounding, or when it is a first step's update of every layer
+    because a hidden layer's inputs have outgrown its grid (``outside_grids``; then
+    kept whenever the objective is finite); returns (before, after, kept)."""
     loss, reg = obj()
     before = loss + lamb * reg
     saved = [(L.knots, L.coef) for L in model.layers]  # update_grid installs new arrays
-    _update_grid(model, points, margin, hidden=s > 0)
+    forced = s == 0 and outside_grids(model, points)
+    _update_grid(model, points, margin, hidden=s > 0 or forced)
     try:
         loss, reg = obj()
         after = loss + lamb * reg
     except _NonFinite:
         after = np.inf
-    kept = after <= before + GRID_UPDATE_RTOL * abs(before)  # a loss_fn may be negative
+    # (a loss_fn may be negative)
+    kept = (forced and np.isfinite(after)) or after <= before + GRID_UPDATE_RTOL * abs(before)
     if not kept:
         for L, (g, c) in zip(model.layers, saved):
             L.knots, L.coef = g, c
@@ -855,25 +888,37 @@ def adam_loop(model, steps, step, record, st, lr, beta1, beta2, eps):
 def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, record, st,
                grid_margin):
     flat = _Flat(model)
-    s = 0
+    s, updated = 0, None  # updated: a step whose grid update the last run already made
     while s < steps:
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
-        if grid_step(s):
-            _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, grid_margin, s)
-        # consecutive steps on the same objective share one L-BFGS run
-        n = 1
-        if tr is None:
-            while s + n < steps and not grid_step(s + n):
-                n += 1
+
+        def update(step):  # the guarded grid update scheduled at step; True when kept
+            return _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, grid_margin, step)[2]
+
+        if grid_step(s) and updated != s:
+            update(s)
         obj = Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd)
-        s, stop = _lbfgs_run(model, flat, obj, lamb, s, n, te, draw, record, st)
+        if tr is None:  # the whole training set: one run, which only a kept grid update ends
+            s, stop, updated = _lbfgs_run(model, flat, obj, lamb, s, steps - s, te, draw, record, st,
+                                          grid_step, update)
+        else:  # a new minibatch, a new objective, at every step
+            s, stop, updated = _lbfgs_run(model, flat, obj, lamb, s, 1, te, draw, record, st)
         if stop:
             return
 
 
-def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st):
-    """Up to n steps of 20 L-BFGS iterations on one objective; returns (next step, stop)."""
+def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st, grid_step=None, update=None):
+    """Up to n steps of 20 L-BFGS iterations on one objective; returns (next step, stop,
+    the step whose grid update ended the run or None).
+
+    At the start of each later step s' with ``grid_step(s')`` it calls ``update(s')`` (the
+    guarded grid update, at the run's current point). An update that was kept changed
+    the objective: the run ends there, and the caller starts the next one at s'. One that
+    was put back changed nothing, and the run goes on with its curvature history: ending
+    it would throw away what L-BFGS has learnt of the objective's curvature and restart
+    from a gradient step (torch's LBFGS, which pykan runs, keeps its history across
+    grid updates, kept or not)."""
     cache = {}
 
     def fun(theta):
@@ -894,7 +939,7 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st):
             fun(theta)
         return cache["loss"], cache["reg"]
 
-    state = {"iters": 0, "step": s, "stop": False, "test_ids": test_ids}
+    state = {"iters": 0, "step": s, "stop": False, "test_ids": test_ids, "updated": None}
     theta0 = flat.get()
     snap_grids = [model.backend.to_host(L.knots) for L in model.layers]
 
@@ -902,35 +947,50 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st):
         st.last_finite = (flat, np.array(theta, dtype=np.float64), snap_grids)
 
     def end_step(theta):
+        """Record the step that ends at theta; then the next step's grid update, if one is
+        scheduled; True when the run goes on."""
         loss, reg = at(theta)
         state["step"] += 1
         if record(loss, reg, state["test_ids"]):
             state["stop"] = True
-        if state["step"] - s < n:
-            state["test_ids"] = draw()[1]  # the next step's test batch, as if drawn at its start
+        if state["stop"] or state["step"] - s >= n:
+            return False
+        nxt = state["step"]
+        if grid_step is not None and grid_step(nxt):
+            at(theta)  # the model at the run's point (the last evaluation may be a trial point)
+            if update(nxt):
+                state["updated"] = nxt
+                return False
+            cache.clear()  # the update's evaluations left the model's buffers elsewhere
+            at(theta)
+        state["test_ids"] = draw()[1]  # the next step's test batch, as if drawn at its start
+        return True
 
     def callback(intermediate_result):
         theta = intermediate_result.x
         accept(theta)
         state["iters"] += 1
-        if state["iters"] % LBFGS_ITERS_PER_STEP == 0:
-            end_step(theta)
-            if state["stop"] or state["step"] - s >= n:
-                raise StopIteration
+        if state["iters"] % LBFGS_ITERS_PER_STEP == 0 and not end_step(theta):
+            raise StopIteration
+
+    def running():
+        return state["step"] - s < n and not state["stop"] and state["updated"] is None
 
     # last_finite moves to this run's points only once they are evaluated:
     # until then it stays where it was (the start of fit, or a point of the
     # previous run with that run's knots)
-    while state["step"] - s < n and not state["stop"]:
+    while running():
         remaining = n - (state["step"] - s)
         state["iters"] = 0
         res = minimize(fun, flat.get(), jac=True, method="L-BFGS-B", callback=callback,
                        options=dict(maxiter=LBFGS_ITERS_PER_STEP * remaining, maxcor=LBFGS_HISTORY,
                                     ftol=0.0, gtol=0.0, maxls=20,
                                     maxfun=3 * LBFGS_ITERS_PER_STEP * remaining))
+        if state["updated"] is not None:  # a kept grid update ended the run: the model is its own
+            break
         at(res.x)  # leave the model at scipy's final point
         accept(res.x)
-        if state["step"] - s >= n or state["stop"]:
+        if not running():
             break
         # scipy stopped inside a step (converged, or the line search could make no
         # more progress): close that step; the next run starts a fresh history.
@@ -939,6 +999,6 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st):
         elif state["iters"] == 0:
             # not even one iteration: more runs cannot move either, so the
             # remaining steps repeat the numbers (as torch's LBFGS does)
-            while state["step"] - s < n and not state["stop"]:
-                end_step(res.x)
-    return state["step"], state["stop"]
+            while end_step(res.x):
+                pass
+    return state["step"], state["stop"], state["updated"]

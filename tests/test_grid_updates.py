@@ -8,7 +8,11 @@
   objective just after each scheduled update is at most the one just before
   (on a case where some unguarded updates would raise it);
 - the update at a run's first step adapts only the first layer
-  (``update_grid(hidden=False)``), every later one all layers.
+  (``update_grid(hidden=False)``), every later one all layers; unless a hidden
+  layer's inputs have outgrown its grid, when the first one adapts every layer
+  and is kept;
+- an update put back does not end the L-BFGS run (its history goes on); a
+  kept one does.
 """
 import numpy as np
 import pytest
@@ -106,3 +110,54 @@ def test_update_grid_hidden_false_leaves_later_layers_alone(xy):
         np.testing.assert_array_equal(L.coef, c)
     with pytest.raises(TypeError, match="hidden must be True or False, got 1"):
         model.update_grid(xy["train_input"], hidden=1)
+
+
+def test_a_grid_update_put_back_does_not_end_the_lbfgs_run(monkeypatch, xy):
+    """A scheduled update that is put back changed nothing: L-BFGS goes on with its
+    curvature history, so a fit whose every update is put back is the fit without
+    grid updates, number for number, in one scipy run. A kept update changed the
+    objective: the run ends there and the next starts at that step, each update made
+    once."""
+    runs = []
+    real_min = train.minimize
+    monkeypatch.setattr(train, "minimize", lambda *a, **kw: (runs.append(1), real_min(*a, **kw))[1])
+    monkeypatch.setattr(train, "GRID_UPDATE_RTOL", -np.inf)  # every guarded update put back
+    kw = dict(steps=12, stop_grid_update_step=12, grid_update_num=4, log=0, n_init=1)
+    model = nk.KAN([2, 2, 1], grid=3, k=3, seed=1, dtype=np.float64)
+    assert not train.outside_grids(model, xy["train_input"])  # no forced first-step update here
+    with_updates = model.fit(xy, **kw)
+    assert len(runs) == 1
+    without = nk.KAN([2, 2, 1], grid=3, k=3, seed=1, dtype=np.float64).fit(xy, update_grid=False, **kw)
+    assert with_updates["train_loss"] == without["train_loss"]
+    assert with_updates["test_loss"] == without["test_loss"]
+
+    runs.clear()
+    monkeypatch.setattr(train, "GRID_UPDATE_RTOL", np.inf)  # every update kept
+    made = []
+    real_update = train._update_grid
+    monkeypatch.setattr(train, "_update_grid",
+                        lambda m, x, margin, hidden: (made.append(hidden), real_update(m, x, margin, hidden)))
+    res = nk.KAN([2, 2, 1], grid=3, k=3, seed=1, dtype=np.float64).fit(xy, **kw)
+    assert made == [False, True, True, True]  # steps 0, 3, 6, 9
+    assert len(runs) == 4 and len(res["train_loss"]) == 12
+
+
+def test_a_hidden_layer_outside_its_grid_is_adapted_at_the_first_step(monkeypatch, xy):
+    """``outside_grids`` says whether some hidden layer's inputs leave its grid's
+    interior (NaN samples aside); when they do, the first step's update adapts every
+    layer and is kept even where it raises the objective, and afterwards every hidden
+    input is inside its grid."""
+    model = nk.KAN([2, 3, 1], grid=4, k=3, seed=2, dtype=np.float64)
+    x = xy["train_input"]
+    assert not train.outside_grids(model, x)
+    model.layers[0].scale_base[...] *= 40.0  # hidden values far beyond the hidden grid [-1, 1]
+    assert train.outside_grids(model, x)
+    assert not train.outside_grids(model, np.full((5, 2), np.nan))
+    calls = []
+    real = train._update_grid
+    monkeypatch.setattr(train, "_update_grid",
+                        lambda m, p, margin, hidden: (calls.append(hidden), real(m, p, margin, hidden)))
+    monkeypatch.setattr(train, "GRID_UPDATE_RTOL", -np.inf)  # a guarded update would be put back
+    model.fit(xy, steps=2, stop_grid_update_step=2, grid_update_num=1, log=0, n_init=1)
+    assert calls == [True]
+    assert not train.outside_grids(model, x)
