@@ -210,20 +210,24 @@ class KANLayer:
                                          self.knots, self.coef, self.scale_base, self.scale_sp,
                                          self.mask, self.k, self.base_fun)
             return None
-        if out is None:
-            dx = self.backend.zeros(x.shape, self.dtype)
-        elif tuple(out.shape) != tuple(x.shape) or out.dtype != self.dtype:
-            raise ValueError(f"out must have shape {tuple(x.shape)} and dtype {self.dtype}, "
-                             f"got shape {tuple(out.shape)} and dtype {out.dtype}")
-        else:
-            dx = out
-            self.backend.fill(dx, 0)  # the kernel adds into it
+        dx = self._dx_room(x, out, "out")
         self.backend.spline_backward(dx, self.dcoef, self.dscale_base, self.dscale_sp, dy, x,
                                      self.knots, self.coef, self.scale_base, self.scale_sp,
                                      self.mask, self.k, self.base_fun)
         if self.has_symbolic:
             dx = self._branch_backward(x, dy, dx)
         return dx
+
+    def _dx_room(self, x, out, name):
+        """A zeroed backend array of x's shape for the kernels to add dx into: ``out``
+        (checked; its argument name is ``name``) or a new one."""
+        if out is None:
+            return self.backend.zeros(x.shape, self.dtype)
+        if tuple(out.shape) != tuple(x.shape) or out.dtype != self.dtype:
+            raise ValueError(f"{name} must have shape {tuple(x.shape)} and dtype {self.dtype}, "
+                             f"got shape {tuple(out.shape)} and dtype {out.dtype}")
+        self.backend.fill(out, 0)  # the kernel adds into it
+        return out
 
     def forward_mse_backward(self, x, target, out=None, dx_out=None, need_dx=True):
         """``forward(x, keep=True, out=out)``, the mean squared error of the outputs against
@@ -245,16 +249,7 @@ class KANLayer:
             if a is not None and (tuple(a.shape) != shape or a.dtype != self.dtype):
                 raise ValueError(f"{name} must have shape {shape} and dtype {self.dtype}, "
                                  f"got shape {tuple(a.shape)} and dtype {a.dtype}")
-        dx = None
-        if need_dx:
-            if dx_out is None:
-                dx = self.backend.zeros(x.shape, self.dtype)
-            elif tuple(dx_out.shape) != tuple(x.shape) or dx_out.dtype != self.dtype:
-                raise ValueError(f"dx_out must have shape {tuple(x.shape)} and dtype {self.dtype}, "
-                                 f"got shape {tuple(dx_out.shape)} and dtype {dx_out.dtype}")
-            else:
-                dx = dx_out
-                self.backend.fill(dx, 0)  # the kernel adds into it
+        dx = self._dx_room(x, dx_out, "dx_out") if need_dx else None
         y = self.backend.zeros(shape, self.dtype) if out is None else out  # overwritten by the kernel
         loss = self.backend.spline_mse(y, dx, self.dcoef, self.dscale_base, self.dscale_sp, target, x, self.knots,
                                        self.coef, self.scale_base, self.scale_sp, self.mask, self.k, self.base_fun)

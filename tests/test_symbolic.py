@@ -210,6 +210,27 @@ def test_fit_params_recovers_known_sine(a, b, c, d, sign_c):
     np.testing.assert_allclose(fc * np.sin(fa * wide + fb) + fd, c * np.sin(a * wide + b) + d, atol=1e-5)
 
 
+@given(a=st.floats(0.3, 2.0), b=st.floats(-6.0, 6.0), c=st.floats(0.05, 3.0), d=st.floats(-2, 2),
+       sign_c=st.sampled_from([-1, 1]))
+def test_fit_params_reports_exp_with_b_zero(a, b, c, d, sign_c):
+    """c exp(a x + b) + d is (c e^b) exp(a x) + d: fits of exp are reported with b = 0
+    (a plain parameterisation, which later training of the edge's parameters needs),
+    the same function on the samples; not where exp's clipped domain makes the two
+    differ."""
+    x = np.linspace(-1, 1, 301)
+    c = sign_c * c
+    y = c * np.exp(a * x + b) + d
+    (fa, fb, fc, fd), r2 = fit_params(x, y, "exp")
+    assert r2 > 1 - 1e-10
+    assert fb == 0.0
+    np.testing.assert_allclose(fc * np.exp(fa * x) + fd, y, rtol=1e-7, atol=1e-7 * np.abs(y).max())
+    # where a x + b reaches 50 (exp's domain ends there: the argument is clipped), b stays
+    from numkan.symbolic import _canonical
+    f = nk.functions.lookup("exp", "fun")
+    p = _canonical(f, np.array([10.0, 45.0, 1e-20, 0.0]), x)
+    assert p[1] == 45.0 and p[2] == 1e-20
+
+
 def test_fix_symbolic_recovers_sine_from_a_spline_edge(host_device):
     """An edge whose spline is c*sin(a*x + b) + d (fitted on a fine grid) is recognised and recovered."""
     a, b, c, d = 2.0, 0.5, 1.5, -0.3

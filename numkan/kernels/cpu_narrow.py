@@ -275,6 +275,42 @@ def _base_lanes(BX, BD, x, b0, nb, i, code, deriv):
                 BD[u] = zero * xv
 
 
+@_inline
+def _add_input(ACC, TMP, C, mask, scale_base, scale_sp, i, J, IN, U, BX, O, k):
+    """ACC[o * TILE + u] += phi[i, o] at each lane's x (input i), for every output o:
+    mask * (scale_base * b(x) + scale_sp * s(x)), s by Horner on C (``_poly_lanes``)."""
+    for o in range(O):
+        wb = mask[i, o] * scale_base[i, o]
+        sp = mask[i, o] * scale_sp[i, o]
+        _poly_lanes(TMP, C, i, o, J, IN, U, k, False)
+        for u in range(TILE):
+            ACC[o * TILE + u] += BX[u] * wb + sp * TMP[u]
+
+
+@_inline
+def _input_backward(dx, PB, c, i, J, IN, U, H, BX, BD, GT, TMP, DX, C, mask, scale_base, scale_sp, t0, nb, O,
+                    k, wantdx):
+    """Input i's share of a tile's backward but for the raw sums Q (``_add_tile_powers``,
+    which the caller runs): when ``wantdx``, dx[b, i] += sum_o g * (mask * scale_base * b'(x)
+    + mask * scale_sp * s'(x)) with s'(x) = (ds/du) / h; and PB[c, i, o, u] += b(x) * g lane
+    by lane (a sum over the lanes would be one chain of dependent additions)."""
+    zero = DX.dtype.type(0)
+    if wantdx:
+        for u in range(TILE):
+            DX[u] = zero
+        for o in range(O):
+            wb = mask[i, o] * scale_base[i, o]
+            sp = mask[i, o] * scale_sp[i, o]
+            _poly_lanes(TMP, C, i, o, J, IN, U, k, True)
+            for u in range(TILE):
+                DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * (TMP[u] / H[u]))
+        for u in range(nb):
+            dx[t0 + u, i] += DX[u]
+    for o in range(O):
+        for u in range(TILE):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
+            PB[c, i, o, u] += BX[u] * GT[o * TILE + u] if u < nb else zero
+
+
 @serial_part(**_jit)
 def forward_rows(y, x, knots, M, C, coef, scale_base, scale_sp, mask, k, code, b0, b1, fill):
     """Rows b0:b1 of ``reference.spline_forward``: y[b, o] = sum_i phi[i, o](x[b, i]),
@@ -298,12 +334,7 @@ def forward_rows(y, x, knots, M, C, coef, scale_base, scale_sp, mask, k, code, b
         for i in range(I):
             _tile_spans(J, IN, U, H, XS, TL, TH, x, t0, nb, knots, i)
             _base_lanes(BX, BX, x, t0, nb, i, code, False)
-            for o in range(O):
-                wb = mask[i, o] * scale_base[i, o]
-                sp = mask[i, o] * scale_sp[i, o]
-                _poly_lanes(TMP, C, i, o, J, IN, U, k, False)
-                for u in range(TILE):
-                    ACC[o * TILE + u] += BX[u] * wb + sp * TMP[u]
+            _add_input(ACC, TMP, C, mask, scale_base, scale_sp, i, J, IN, U, BX, O, k)
         for u in range(nb):
             for o in range(O):
                 y[t0 + u, o] = ACC[o * TILE + u]
@@ -386,7 +417,6 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, 
     O = dy.shape[1]
     dt = dy.dtype
     zero = dt.type(0)
-    one = dt.type(1)
     GT = local_array(_OROWS, dt)
     XS, TL, TH, U, H = (local_array(TILE, dt), local_array(TILE, dt), local_array(TILE, dt),
                         local_array(TILE, dt), local_array(TILE, dt))
@@ -404,24 +434,9 @@ def backward_rows(dx, dcoef, dscale_base, dscale_sp, Q, PB, c, dy, x, knots, M, 
         for i in range(I):
             _tile_spans(J, IN, U, H, XS, TL, TH, x, t0, nb, knots, i)
             _base_lanes(BX, BD, x, t0, nb, i, code, wantdx)
-            if wantdx:
-                # dx[b, i] += sum_o g * (mask * scale_base * b'(x) + mask * scale_sp * s'(x)),
-                # s'(x) = (ds/du) / h
-                for u in range(TILE):
-                    DX[u] = zero
-                for o in range(O):
-                    wb = mask[i, o] * scale_base[i, o]
-                    sp = mask[i, o] * scale_sp[i, o]
-                    _poly_lanes(TMP, C, i, o, J, IN, U, k, True)
-                    for u in range(TILE):
-                        DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * (TMP[u] / H[u]))
-                for u in range(nb):
-                    dx[t0 + u, i] += DX[u]
-            # raw sums: PB lane by lane (a sum over the lanes would be one chain of
-            # dependent additions); Q sample by sample (lanes may share a span)
-            for o in range(O):
-                for u in range(TILE):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
-                    PB[c, i, o, u] += BX[u] * GT[o * TILE + u] if u < nb else zero
+            _input_backward(dx, PB, c, i, J, IN, U, H, BX, BD, GT, TMP, DX, C, mask, scale_base, scale_sp, t0,
+                            nb, O, k, wantdx)
+            # Q sample by sample (lanes may share a span)
             if k == 3:  # the common order: a constant, and _add_powers is straight-line code
                 _add_tile_powers(Q, c, i, J, IN, GT, U, nb, O, 3)
             else:
@@ -475,12 +490,7 @@ def mse_rows(y, dx, dcoef, dscale_base, dscale_sp, Q, PB, target, x, knots, M, C
             BX, BD = BXX[r0:r0 + TILE], BDD[r0:r0 + TILE]
             _tile_spans(J, IN, U, H, XS, TL, TH, x, t0, nb, knots, i)
             _base_lanes(BX, BD, x, t0, nb, i, code, wantdx)
-            for o in range(O):
-                wb = mask[i, o] * scale_base[i, o]
-                sp = mask[i, o] * scale_sp[i, o]
-                _poly_lanes(TMP, C, i, o, J, IN, U, k, False)
-                for u in range(TILE):
-                    ACC[o * TILE + u] += BX[u] * wb + sp * TMP[u]
+            _add_input(ACC, TMP, C, mask, scale_base, scale_sp, i, J, IN, U, BX, O, k)
         # the loss and dy, in sample order (cpu_train's _mse); idle lanes get dy = 0
         for u in range(nb):
             for o in range(O):
@@ -498,20 +508,8 @@ def mse_rows(y, dx, dcoef, dscale_base, dscale_sp, Q, PB, target, x, knots, M, C
             r0 = i * TILE
             J, IN, U, H = JJ[r0:r0 + TILE], INN[r0:r0 + TILE], UU[r0:r0 + TILE], HH[r0:r0 + TILE]
             BX, BD = BXX[r0:r0 + TILE], BDD[r0:r0 + TILE]
-            if wantdx:
-                for u in range(TILE):
-                    DX[u] = zero
-                for o in range(O):
-                    wb = mask[i, o] * scale_base[i, o]
-                    sp = mask[i, o] * scale_sp[i, o]
-                    _poly_lanes(TMP, C, i, o, J, IN, U, k, True)
-                    for u in range(TILE):
-                        DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * (TMP[u] / H[u]))
-                for u in range(nb):
-                    dx[t0 + u, i] += DX[u]
-            for o in range(O):
-                for u in range(TILE):  # not the idle lanes: b(x) * 0 is NaN at an infinite x
-                    PB[0, i, o, u] += BX[u] * GT[o * TILE + u] if u < nb else zero
+            _input_backward(dx, PB, 0, i, J, IN, U, H, BX, BD, GT, TMP, DX, C, mask, scale_base, scale_sp, t0,
+                            nb, O, k, wantdx)
             # the general order only: backward_rows' straight-line copy for k = 3 would
             # save 4% of this kernel's time and cost 0.9 s more of its compilation, which a
             # fresh install's first fit waits for
@@ -753,12 +751,7 @@ def fixed_forward_rows(y, JF, INF, UO, BXF, M, C, coef, scale_base, scale_sp, ma
                     IN[u] = INF[i, b]
                     U[u] = UO[i, b]
                     BX[u] = BXF[i, b]
-            for o in range(O):
-                wb = mask[i, o] * scale_base[i, o]
-                sp = mask[i, o] * scale_sp[i, o]
-                _poly_lanes(TMP, C, i, o, J, IN, U, k, False)
-                for u in range(TILE):
-                    ACC[o * TILE + u] += BX[u] * wb + sp * TMP[u]
+            _add_input(ACC, TMP, C, mask, scale_base, scale_sp, i, J, IN, U, BX, O, k)
         for u in range(nb):
             for o in range(O):
                 y[t0 + u, o] = ACC[o * TILE + u]
