@@ -462,8 +462,8 @@ def mse_rows(y, dx, dcoef, dscale_base, dscale_sp, Q, PB, target, x, knots, M, C
     Separate calls compute every sample's span, u and b(x) twice, once per pass; here the
     tile's values of every input stay on the stack between its forward and its backward.
     The arithmetic and its order are those of the three separate calls, so the results
-    are theirs to the last bits (bit for bit where LLVM contracts the same products into
-    FMAs)."""
+    are theirs bit for bit where LLVM contracts the same products into FMAs (as at k = 3
+    in float64: tests/test_narrow.py)."""
     span_splines(C, M, coef, k)
     B, I = x.shape
     O = y.shape[1]
@@ -510,10 +510,10 @@ def mse_rows(y, dx, dcoef, dscale_base, dscale_sp, Q, PB, target, x, knots, M, C
             BX, BD = BXX[r0:r0 + TILE], BDD[r0:r0 + TILE]
             _input_backward(dx, PB, 0, i, J, IN, U, H, BX, BD, GT, TMP, DX, C, mask, scale_base, scale_sp, t0,
                             nb, O, k, wantdx)
-            # the general order only: backward_rows' straight-line copy for k = 3 would
-            # save 4% of this kernel's time and cost 0.9 s more of its compilation, which a
-            # fresh install's first fit waits for
-            _add_tile_powers(Q, 0, i, J, IN, GT, U, nb, O, k)
+            if k == 3:  # as backward_rows (the same sums: its gradients bit for bit)
+                _add_tile_powers(Q, 0, i, J, IN, GT, U, nb, O, 3)
+            else:
+                _add_tile_powers(Q, 0, i, J, IN, GT, U, nb, O, k)
     finish(dcoef, dscale_base, dscale_sp, Q, PB, M, coef, scale_sp, mask, k)
     return acc
 
