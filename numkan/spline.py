@@ -83,7 +83,7 @@ def refit(x, t_old, coef_old, t_new, k, local_bases=reference.local_bases):
 
 # The normal equations serve where their reciprocal condition number (LAPACK's
 # estimate) is at least this: their error, about eps / rcond relative, then stays
-# below 1e-10, where the SVD's is about eps * sqrt(1 / rcond).
+# below about 2e-10, where the SVD's is about eps * sqrt(1 / rcond).
 NORMAL_RCOND = 1e-6
 
 
