@@ -236,22 +236,22 @@ def check_fixed(F, p, dy, start, label, built=True):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, on the NaN and inf meant here
+@pytest.mark.parametrize("dense", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("O", [1, 2, 5])
-def test_fixed_input_matches_reference(dtype, O):
-    """Orders 1..5, every knot kind and base function, batches around the tile, and
-    non-finite inputs (outside the knots: no spline term, b(x) as the reference); at the
-    highest orders served, the per-call narrow kernels' values (their own accuracy there
-    is tested above)."""
+def test_fixed_input_matches_reference(dtype, O, dense, monkeypatch):
+    """Orders 1..7, every knot kind and base function, batches around the tile, and
+    non-finite inputs (outside the knots: no spline term, b(x) as the reference); with
+    the dense design where a layer is small enough for one, and with the power form
+    alone (``DENSE_COLUMNS`` = 0)."""
+    if not dense:
+        monkeypatch.setattr(cpu_narrow, "DENSE_COLUMNS", 0)
     for k in (6, 7):
         p, dy, start = random_layer(seed=40 + k + O, B=2 * TILE + 9, I=3, O=O, G=6, k=k, kind="repeated",
                                     dtype=dtype, base_fun="silu")
-        fast = run_fixed(cpu, cpu.fixed_input(p["x"]), p, dy, start)
-        per_call = run(cpu, p, dy, start)
-        for name, a in fast.items():
-            scale = max(float(np.max(np.abs(per_call[name]))), 1.0)
-            tol = TOL[np.dtype(dtype)]
-            assert_close(f"k={k} {name}", a, per_call[name], tol["rtol"], tol["floor"] * scale)
+        F = cpu.fixed_input(p["x"])
+        check_fixed(F, p, dy, start, f"k={k}")
+        assert (F._dense is not False) == dense
     for k in (1, 2, 3, 4, 5):
         for c, (kind, base_fun) in enumerate((kind, b) for kind in ("uniform", "nonuniform", "repeated")
                                              for b in BASE_FUNS):
@@ -262,6 +262,36 @@ def test_fixed_input_matches_reference(dtype, O):
                 p["x"][:7, 0] = [np.nan, np.inf, -np.inf, 1e30, -1e30, p["grid"][0, 0], p["grid"][0, -1]]
             check_fixed(cpu.fixed_input(p["x"]), p, dy, start, f"{np.dtype(dtype).name} O={O} k={k} B={B} "
                                                               f"{kind} {base_fun}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's numpy, on the NaN and inf meant here
+def test_fixed_input_dense_design_leaves_nonfinite_values_to_the_power_form():
+    """The dense design's products would spread a NaN in coef or dy to every sample:
+    those calls (and a batch with a non-finite x) run the power-form passes and
+    give the reference's values, NaN and inf where it has them and nowhere else; the
+    dense path is used, and correct, on the finite values around them."""
+    p, dy, start = random_layer(seed=12, B=3 * TILE + 5, I=2, O=3, G=5, k=3, kind="nonuniform",
+                                dtype=np.float64, base_fun="silu")
+    F = cpu.fixed_input(p["x"])
+    check_fixed(F, p, dy, start, "finite")
+    assert isinstance(F._dense, np.ndarray) and F._dense.shape == (p["x"].shape[0], 2 * 8 + 2)
+    calls = []
+    real = np.matmul
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(np, "matmul", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+        run_fixed(cpu, F, p, dy, start, calls=1)
+    assert len(calls) == 2  # the forward and the backward, both dense
+    coef = p["coef"].copy()
+    p["coef"][0, 2, 1] = np.nan
+    check_fixed(F, p, dy, start, "NaN in coef")
+    p["coef"][:] = coef
+    dy[7, 1] = np.nan
+    dy[9, 0] = np.nan
+    check_fixed(F, p, dy, start, "NaN in dy")  # (an inf may give NaN for inf in the power form's sums)
+    p["x"][3, 1] = np.nan
+    F = cpu.fixed_input(p["x"])
+    check_fixed(F, p, dy, start, "NaN in x")
+    assert F._dense is False
 
 
 def test_fixed_input_follows_its_arguments():
