@@ -141,15 +141,18 @@ class _Kept:
 class _Flat:
     """The trainable arrays of a model as one flat float64 vector (host).
 
-    ``set`` writes into the model's arrays in place (one upload of the whole
-    vector, then a ``copy_into`` per array): L-BFGS calls it at every evaluation,
-    and a new array per parameter costs more than the copy on small models."""
+    ``set`` writes into the model's arrays in place (an ``upload_into`` per array,
+    from slices of the vector): L-BFGS calls it at every evaluation, and a new
+    array per parameter costs more than the copy on small models."""
 
     def __init__(self, model):
         self.model = model
         self.slots = [(L, n) for L in model.layers for n in trainable_names(model, L)]
         self.shapes = [getattr(L, n).shape for L, n in self.slots]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
+        ends = np.cumsum([0] + self.sizes).tolist()
+        # what set copies: (layer, name, start, stop, shape) of each array
+        self.plan = [(L, n, a, b, shape) for (L, n), a, b, shape in zip(self.slots, ends, ends[1:], self.shapes)]
 
     def get(self):
         be = self.model.backend
@@ -169,11 +172,9 @@ class _Flat:
                 cast = theta.astype(dt)
         if not np.isfinite(cast).all():
             raise _NonFinite(f"the L-BFGS iterate has a parameter that is not finite in {dt.name}")
-        be, pos = self.model.backend, 0
-        flat = be.asarray(cast, dt)
-        for (L, n), shape, size in zip(self.slots, self.shapes, self.sizes):
-            be.copy_into(getattr(L, n), flat[pos:pos + size].reshape(shape))
-            pos += size
+        upload = self.model.backend.upload_into
+        for L, n, a, b, shape in self.plan:
+            upload(getattr(L, n), cast[a:b].reshape(shape))
 
     def grad(self):
         be = self.model.backend

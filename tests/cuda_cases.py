@@ -169,6 +169,13 @@ def test_device_arrays_cast_and_copy():
     f = C.asarray(d, np.float64)           # a copy, never the caller's memory
     C.fill(f, 0)
     assert np.array_equal(C.to_host(d), a)
+    h = np.arange(12.0)[::-1].copy()
+    C.upload_into(f, h.reshape(3, 4))  # host -> the existing device array, in place
+    assert np.array_equal(C.to_host(f), h.reshape(3, 4))
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        C.upload_into(f, h.reshape(4, 3))
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        C.upload_into(f, h.reshape(3, 4).astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

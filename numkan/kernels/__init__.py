@@ -7,6 +7,8 @@ A backend is a module with the same functions and signatures:
     zeros(shape, dtype), fill(a, value)   allocation and in-place fill
     copy_into(dst, src)                   dst[...] = src for backend arrays of one shape and
                                           dtype, on the backend (a device-to-device copy on cuda)
+    upload_into(dst, src)                 dst[...] = src for a host ndarray src of dst's shape and
+                                          dtype (one upload on cuda; no staging copy)
     all_finite(*arrays) -> bool           no NaN/inf in any of the backend arrays; one
                                           boolean comes back however many arrays are checked
     spline_forward(y, x, knots, coef, scale_base, scale_sp, mask, k, base_fun)

@@ -47,6 +47,12 @@ def copy_into(dst, src):
     dst[...] = src
 
 
+def upload_into(dst, src):
+    """Copy the host ndarray ``src`` into the existing ``dst`` (same shape and dtype), in
+    place: on host storage, ``copy_into``."""
+    copy_into(dst, src)
+
+
 def all_finite(*arrays):
     """True when no entry of any of ``arrays`` is NaN or inf (the boundary check for backend arrays)."""
     return all(bool(np.isfinite(a).all()) for a in arrays)

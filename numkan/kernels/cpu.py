@@ -88,7 +88,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _host, _scalar, cpu_narrow, reference
-from ._host import all_finite, copy_into, fill, to_host  # noqa: F401  (host storage, shared with the reference)
+from ._host import all_finite, copy_into, fill, to_host, upload_into  # noqa: F401  (host storage, shared with the reference)
 from ._numba import cache_key, local_array, serial_part, with_globals
 from ._parallel import TASKS, batch_chunks, input_block, threads_for
 from ._scalar import BASE_CODES, IDENTITY, SILU

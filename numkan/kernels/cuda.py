@@ -217,6 +217,17 @@ def copy_into(dst, src):
         dst.copy_to_device(src)
 
 
+def upload_into(dst, src):
+    """Copy the host ndarray ``src`` into the existing device array ``dst`` (same shape and
+    dtype): one host-to-device copy."""
+    src = np.ascontiguousarray(src)
+    if tuple(dst.shape) != tuple(src.shape) or dst.dtype != src.dtype:
+        raise ValueError(f"upload_into needs arrays of one shape and dtype, got {tuple(dst.shape)} "
+                         f"{dst.dtype} and {tuple(src.shape)} {src.dtype}")
+    if dst.size:
+        dst.copy_to_device(src)
+
+
 def zeros(shape, dtype):
     out = cuda.device_array(shape, dtype=np.dtype(dtype))
     fill(out, 0)

@@ -62,7 +62,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._host import all_finite, asarray, copy_into, fill, to_host, zeros  # noqa: F401  (storage)
+from ._host import all_finite, asarray, copy_into, fill, to_host, upload_into, zeros  # noqa: F401  (storage)
 
 name = "numpy"
 
