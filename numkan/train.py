@@ -31,9 +31,9 @@ from .layer import ARRAY_NAMES
 from .regularization import LayerReg, check_weights
 
 try:  # BLAS threads only add synchronisation to the optimiser's small vector ops
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-    threadpool_limits = None
+    ThreadpoolController = None
 
 LBFGS_ITERS_PER_STEP = 20   # pykan: torch.optim.LBFGS(max_iter=20) per step
 LBFGS_HISTORY = 10          # pykan: history_size=10
@@ -721,9 +721,18 @@ def _single_thread_blas():
     extra BLAS threads only add synchronisation, which costs 20x on a busy
     2-core machine (measured: 1.8 ms against 0.08 ms per L-BFGS-B iteration).
     """
-    if threadpool_limits is None:
+    global _BLAS
+    if ThreadpoolController is None:
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    if _BLAS is None:
+        # finding the loaded libraries reads the process's memory map (2 ms, as long as
+        # a 1-step fit of a small model): once, at the first fit; numpy's and scipy's
+        # BLAS are loaded by then (numkan imports both)
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
+_BLAS = None  # the ThreadpoolController of _single_thread_blas
 
 
 class _State:

@@ -333,3 +333,22 @@ def test_history_names_say_rmse(data):
     custom = model.fit(data, steps=2, log=0,
                        loss_fn=lambda p, t: (float(np.mean(np.abs(p - t))), np.sign(p - t) / p.size))
     assert "train_rmse" not in custom and len(custom["train_loss"]) == 2
+
+
+def test_fit_runs_blas_on_one_thread_and_puts_it_back(data):
+    """Inside fit (seen from its callback) every BLAS library runs one thread, in every
+    fit of a process (the libraries are found once); after it, each has its threads back."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+    assert before
+    inside = []
+
+    def callback(step, results):
+        inside.append({i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
+                       if i["user_api"] == "blas"})
+
+    for _ in range(2):
+        nk.KAN([2, 3, 1], grid=4, seed=0).fit(data, steps=2, log=0, callback=callback)
+    assert len(inside) == 4 and all(d == {p: 1 for p in before} for d in inside)
+    after = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+    assert after == before
