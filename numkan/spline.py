@@ -37,19 +37,21 @@ def basis_matrices(x, t, k, local_bases=reference.local_bases):
     t = np.asarray(t, dtype=np.float64)
     N, I = x.shape
     K = t.shape[1] - k - 1
-    row_start = np.arange(N)[:, None] * K
-    offsets = np.arange(k + 1) - k  # local basis s of span j is basis j - k + s
+    # The scatter goes into a matrix with k columns more on each side, where local basis
+    # s of span j (basis j - k + s) is column j + s: in range for every span, so no mask
+    # is needed. A basis that does not exist (j - k + s < 0 or >= K) has the value 0 in
+    # local_bases and lands in the margins; a sample outside the knots (span -1, all its
+    # values 0) writes its zeros into columns 0..k of its own row. A is the middle.
+    W = K + 2 * k
+    first = np.arange(N)[:, None] * W + np.arange(k + 1)  # row b's column j + s is first[b, s] + j
     group = max(1, _GROUP_ELEMENTS // max(1, N * (k + 1)))
     for g0 in range(0, I, group):
         span, B = local_bases(x[:, g0:g0 + group], t[g0:g0 + group], k)
         for gi in range(span.shape[1]):
-            j = span[:, gi:gi + 1]
-            cols = j + offsets
-            ok = (j >= 0) & (cols >= 0) & (cols < K)  # the bases that exist, of samples inside the knots
-            A = np.zeros((N, K))
+            P = np.zeros((N, W))
             # one scatter: a row's k+1 columns are distinct, so no two values share a place
-            A.reshape(-1)[(row_start + cols)[ok]] = B[:, gi, :][ok]
-            yield g0 + gi, A
+            P.reshape(-1)[first + np.maximum(span[:, gi:gi + 1], 0)] = B[:, gi, :]
+            yield g0 + gi, P[:, k:k + K]
 
 
 def basis_matrix(x, t, k):
