@@ -554,3 +554,33 @@ def test_fit_objective_runs_its_last_layer_with_the_loss():
             obj()
         for n, a in model.grads.items():
             assert not a.any(), f"{width}: {n} kept gradients of a non-finite objective"
+
+
+def test_span_table_gives_each_bin_its_span_and_marks_uniform_knots():
+    """span_table: the span of each bin's left end (the last j <= n-2 with t[j] <= that
+    end), for uniform, non-uniform and repeated knots; the last column 1 exactly for the
+    uniform rows; indices that stay in 0..n-2 for knots with NaN or inf (never read out
+    of bounds), whose results the kernels' checks then discard."""
+    rng = np.random.default_rng(5)
+    n = 14
+    rows = [np.linspace(-1, 1, n), np.sort(rng.uniform(-2, 3, n)),
+            np.repeat(np.sort(rng.uniform(0, 1, n // 2)), 2), np.linspace(0, 1e-3, n) + 1e3]
+    knots = np.array(rows)
+    NB = cpu_narrow.SPAN_BINS * (n - 1)
+    TAB = np.empty((len(rows), NB + 1), np.int64)
+    cpu_narrow.span_table(TAB, knots)
+    for i, t in enumerate(knots):
+        edges = t[0] + np.arange(NB) * ((t[-1] - t[0]) / NB)
+        expected = np.clip(np.searchsorted(t[:n - 1], edges, side="right") - 1, 0, n - 2)
+        # (the kernel's bin ends may round the other way where one falls on a knot)
+        tie = np.abs(edges[:, None] - t[None, :]).min(axis=1) <= 1e-12 * (t[-1] - t[0])
+        off = TAB[i, :NB] != expected
+        assert not (off & ~tie).any(), f"row {i}: bins {np.flatnonzero(off & ~tie)}"
+        assert (np.abs(TAB[i, :NB] - expected) <= 1).all()
+    np.testing.assert_array_equal(TAB[:, NB], [1, 0, 0, 1])
+    bad = knots.copy()
+    bad[0, 3], bad[1, :] = np.nan, np.inf
+    bad[2, -1] = np.nan
+    cpu_narrow.span_table(TAB, bad)
+    assert TAB[:, :NB].min() >= 0 and TAB[:, :NB].max() <= n - 2
+    assert not TAB[:3, NB].any()
