@@ -16,8 +16,8 @@ order k is a polynomial of degree k, so with the span variable
 local basis s of span j (B[j-k+s, k]) is sum_p M[j, s, p] u^p, and the spline
 of edge (i, o) is sum_p C[j, p] u^p with C[j, p] = sum_s coef[j-k+s] M[j, s, p].
 M depends on the knots alone: ``span_bases`` runs Cox-de Boor once per span on
-polynomials in u, and it is kept while the knots keep their values
-(``_span_bases``). C is formed at every call (O(I O G k^2), ``span_splines``).
+polynomials in u, and it is kept, with the span table, while the knots keep
+their values (``_spans``). C is formed at every call (O(I O G k^2), ``span_splines``).
 A sample then costs a span search, one division (u), and per output k+1
 coefficient gathers in a Horner loop: no triangle, no knot gathers, no
 divisions by knot differences. The backward needs no bases either: it sums the
@@ -45,10 +45,12 @@ The order k is a run-time argument (its loops are outside the lane loops, so
 nothing needs unrolling): each function compiles once per dtype. The scratch
 is on the stack, sized for ``MAX_OUTPUTS``.
 
-The span: the guess uniform knots give, int((x - t[0]) (n-1) / (t[-1] - t[0])),
-clamped as a float (a NaN or inf never becomes an index), checked against the
-knots in the lanes; the lanes where it missed (non-uniform knots, outside the
-knots, non-finite x) get a binary search (``_scalar.find_span``), one by one.
+The span: on uniform knots the guess int((x - t[0]) (n-1) / (t[-1] - t[0])), on
+others the span of x's bin in a table of 8 bins per span (``span_table``), the
+bin clamped as a float (a NaN or inf never becomes an index); checked against
+the knots in the lanes; the lanes where it missed (a knot inside the bin,
+outside the knots, non-finite x) get a binary search (``_scalar.find_span``),
+one by one.
 An x outside the knots gets no spline term (a select, not a multiplication by
 0: a NaN or inf in coef or dy reaches no such term), and adds nothing to Q.
 
