@@ -981,12 +981,10 @@ class FixedInput:
         return self._design
 
 
-    def dense(self, knots, k, code):
-        """The dense design D (``DENSE_COLUMNS``) for these knots, order and base function,
-        or None where the layer has too many columns or x a non-finite value."""
-        d = self.design(knots, k, code)
-        if d is None:
-            return None
+    def dense(self, d, knots, k):
+        """The dense design D (``DENSE_COLUMNS``) that goes with the design d ``design``
+        just returned for these knots, or None where the layer has too many columns or x
+        a non-finite value."""
         if self._dense is None:
             B, I = self.x.shape
             K = knots.shape[1] - k - 1
@@ -1006,7 +1004,7 @@ def fixed_forward(y, F, knots, coef, scale_base, scale_sp, mask, k, code):
     d = F.design(knots, k, code) if chunks(B, I, y.shape[1]) == 1 else None
     if d is None:
         return False
-    D = F.dense(knots, k, code)
+    D = F.dense(d, knots, k)
     if D is not None:
         W = np.empty((D.shape[1], y.shape[1]), y.dtype)
         if dense_weights(W, coef, scale_base, scale_sp, mask):
@@ -1024,7 +1022,7 @@ def fixed_backward(dcoef, dscale_base, dscale_sp, dy, F, knots, coef, scale_sp, 
     d = F.design(knots, k, code) if chunks(B, I, O) == 1 else None
     if d is None:
         return False
-    D = F.dense(knots, k, code)
+    D = F.dense(d, knots, k)
     if D is not None and _finite(dy.reshape(-1)) and _finite(coef.reshape(-1)):
         R = np.empty((D.shape[1], O), dy.dtype)
         np.matmul(D.T, dy, out=R)
