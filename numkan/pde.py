@@ -455,8 +455,8 @@ def fit_pde(model, x, loss_fn, x_boundary=None, u_boundary=None, bc_weight=1.0, 
 def _pde_lbfgs(model, obj, steps, grid_step, points, margin, record, st):
     flat = _Flat(model)
     no_draw = lambda: (None, None)  # noqa: E731  (whole point set: no test batches to draw)
-    def update(step):  # the guarded grid update scheduled at step; True when kept
-        return guarded_grid_update(model, obj, 0.0, points, margin, step)[2]
+    def update(step, before=None):  # the guarded grid update scheduled at step; True when kept
+        return guarded_grid_update(model, obj, 0.0, points, margin, step, before)[2]
 
     s, updated = 0, None  # updated: a step whose grid update the last run already made
     while s < steps:

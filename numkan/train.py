@@ -784,8 +784,9 @@ class _State:
             self.last_finite.restore(model)
 
 
-def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s):
+def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s, before=None):
     """The grid update scheduled at step s; returns (objective before, after, kept).
+    ``before``: the objective at the model's parameters, when the caller has it.
 
     Moving knots re-fits every spline by least squares on the step's samples,
     which keeps the network's function only up to that fit's error; where the
@@ -807,7 +808,7 @@ def _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, margin, s):
     (benchmarks/RESULTS.md).
     """
     return guarded_grid_update(model, Objective(model, x, y, lamb, weights, loss_fn, xd=xd, yd=yd),
-                               lamb, x, margin, s)
+                               lamb, x, margin, s, before)
 
 
 def outside_grids(model, points):
@@ -826,14 +827,17 @@ def outside_grids(model, points):
     return False
 
 
-def guarded_grid_update(model, obj, lamb, points, margin, s):
+def guarded_grid_update(model, obj, lamb, points, margin, s, before=None):
     """``_grid_update``'s rule for any objective: ``update_grid`` on ``points``
     (host, (N, width[0])) at step s, kept only when ``obj()``'s ``loss + lamb * reg``
     does not rise beyond rounding, or when it is a first step's update of every layer
     because a hidden layer's inputs have outgrown its grid (``outside_grids``; then
-    kept whenever the objective is finite); returns (before, after, kept)."""
-    loss, reg = obj()
-    before = loss + lamb * reg
+    kept whenever the objective is finite); returns (before, after, kept). ``before``:
+    that objective at the model's current parameters, when the caller has just
+    evaluated it (L-BFGS has), else evaluated here."""
+    if before is None:
+        loss, reg = obj()
+        before = loss + lamb * reg
     saved = [(L.knots, L.coef) for L in model.layers]  # update_grid installs new arrays
     forced = s == 0 and outside_grids(model, points)
     _update_grid(model, points, margin, hidden=s > 0 or forced)
@@ -903,8 +907,8 @@ def _fit_lbfgs(model, steps, draw, take, grid_step, lamb, weights, loss_fn, reco
         tr, te = draw()
         x, y, xd, yd = take("train", tr)
 
-        def update(step):  # the guarded grid update scheduled at step; True when kept
-            return _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, grid_margin, step)[2]
+        def update(step, before=None):  # the guarded grid update scheduled at step; True when kept
+            return _grid_update(model, x, y, xd, yd, lamb, weights, loss_fn, grid_margin, step, before)[2]
 
         if grid_step(s) and updated != s:
             update(s)
@@ -922,8 +926,8 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st, grid_st
     """Up to n steps of 20 L-BFGS iterations on one objective; returns (next step, stop,
     the step whose grid update ended the run or None).
 
-    At the start of each later step s' with ``grid_step(s')`` it calls ``update(s')`` (the
-    guarded grid update, at the run's current point). An update that was kept changed
+    At the start of each later step s' with ``grid_step(s')`` it calls ``update(s', f)`` (the
+    guarded grid update, at the run's current point, where the objective is f). An update that was kept changed
     the objective: the run ends there, and the caller starts the next one at s'. One that
     was put back changed nothing, and the run goes on with its curvature history: ending
     it would throw away what L-BFGS has learnt of the objective's curvature and restart
@@ -967,8 +971,8 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st, grid_st
             return False
         nxt = state["step"]
         if grid_step is not None and grid_step(nxt):
-            at(theta)  # the model at the run's point (the last evaluation may be a trial point)
-            if update(nxt):
+            loss, reg = at(theta)  # the model at the run's point (the last evaluation may be a trial point)
+            if update(nxt, loss + lamb * reg):
                 state["updated"] = nxt
                 return False
             cache.clear()  # the update's evaluations left the model's buffers elsewhere
