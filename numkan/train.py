@@ -944,8 +944,19 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st, grid_st
             raise _NonFinite("the gradient is not finite")
         if "theta" not in cache and np.array_equal(theta, theta0):
             accept(theta)  # the run's start point, now known to be finite (scipy evaluates it first)
-        cache.update(theta=theta.copy(), loss=loss, reg=reg)
+        cache.update(theta=theta.copy(), loss=loss, reg=reg, f=f, g=g)
         return f, g
+
+    # scipy's objective and its gradient as two functions over the one evaluation: scipy
+    # asks for the gradient at the point it has just evaluated (with jac=True its own
+    # memoisation compares and copies the point twice per evaluation: 5 us of 150)
+    def value(theta):
+        return fun(theta)[0]
+
+    def gradient(theta):
+        if "theta" not in cache or not np.array_equal(cache["theta"], theta):
+            fun(theta)
+        return cache["g"]
 
     def at(theta):
         """(loss, reg) at theta, with the model's parameters set to theta."""
@@ -996,7 +1007,7 @@ def _lbfgs_run(model, flat, obj, lamb, s, n, test_ids, draw, record, st, grid_st
     while running():
         remaining = n - (state["step"] - s)
         state["iters"] = 0
-        res = minimize(fun, flat.get(), jac=True, method="L-BFGS-B", callback=callback,
+        res = minimize(value, flat.get(), jac=gradient, method="L-BFGS-B", callback=callback,
                        options=dict(maxiter=LBFGS_ITERS_PER_STEP * remaining, maxcor=LBFGS_HISTORY,
                                     ftol=0.0, gtol=0.0, maxls=20,
                                     maxfun=3 * LBFGS_ITERS_PER_STEP * remaining))
