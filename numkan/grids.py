@@ -110,8 +110,7 @@ def update_grid(model, x, margin=0.0, hidden=True):
         # before any fit on them; the message names x (and margin) as their source
         v.check_knots(f"x (margin={margin}) for layer {l}", t_new, L.k, L.dtype)
         if moved:  # each moved spline keeps its values at the samples
-            c_new[moved] = spline.refit(xl[:, moved], t_old[moved], c_old[moved], t_new[moved], L.k,
-                                        be.local_bases)
+            c_new[moved] = spline.refit(xl[:, moved], t_old[moved], c_old[moved], t_new[moved], L.k, be)
         if not np.all(np.isfinite(c_new)):
             raise ValueError("update_grid produced non-finite coefficients; the model is unchanged")
         new.append((t_new, c_new))
@@ -188,7 +187,7 @@ def refine(model, new_grid, x=None):
         p = np.stack([refine_points(t_new[i], k) for i in range(L_old.in_dim)], axis=1)
         if xl is not None:
             p = np.concatenate([p, xl])
-        c_new = spline.refit(p, t_old, c_old, t_new, k, be.local_bases)
+        c_new = spline.refit(p, t_old, c_old, t_new, k, be)
         layers.append(L_old.derive(knots=t_new, coef=c_new))  # scales, masks, symbolic edges carry over
         if h is not None:
             h = L_old.forward(h, keep=False)

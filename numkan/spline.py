@@ -37,21 +37,11 @@ def basis_matrices(x, t, k, local_bases=reference.local_bases):
     t = np.asarray(t, dtype=np.float64)
     N, I = x.shape
     K = t.shape[1] - k - 1
-    # The scatter goes into a matrix with k columns more on each side, where local basis
-    # s of span j (basis j - k + s) is column j + s: in range for every span, so no mask
-    # is needed. A basis that does not exist (j - k + s < 0 or >= K) has the value 0 in
-    # local_bases and lands in the margins; a sample outside the knots (span -1, all its
-    # values 0) writes its zeros into columns 0..k of its own row. A is the middle.
-    W = K + 2 * k
-    first = np.arange(N)[:, None] * W + np.arange(k + 1)  # row b's column j + s is first[b, s] + j
     group = max(1, _GROUP_ELEMENTS // max(1, N * (k + 1)))
     for g0 in range(0, I, group):
         span, B = local_bases(x[:, g0:g0 + group], t[g0:g0 + group], k)
         for gi in range(span.shape[1]):
-            P = np.zeros((N, W))
-            # one scatter: a row's k+1 columns are distinct, so no two values share a place
-            P.reshape(-1)[first + np.maximum(span[:, gi:gi + 1], 0)] = B[:, gi, :]
-            yield g0 + gi, P[:, k:k + K]
+            yield g0 + gi, reference.design_matrix(span[:, gi], B[:, gi, :], K, k)
 
 
 def basis_matrix(x, t, k):
@@ -71,15 +61,28 @@ def fit_coef(x, y, t, k, rcond=None):
     return lstsq_coef(basis_matrix(x, t, k), y, rcond)
 
 
-def refit(x, t_old, coef_old, t_new, k, local_bases=reference.local_bases):
+def refit(x, t_old, coef_old, t_new, k, backend=reference):
     """Move splines to new knots: coefficients (I, K_new, O) on t_new (I, n_new) whose
     splines take, by least squares at the points x (N, I), the values of the splines
-    coef_old (I, K_old, O) on t_old (I, n_old). What grid updates and ``refine`` do
-    (with their model's backend's ``local_bases``)."""
-    coef = np.empty((x.shape[1], t_new.shape[1] - k - 1, coef_old.shape[2]))
-    old = basis_matrices(x, t_old, k, local_bases)
-    for (i, A_new), (_, A_old) in zip(basis_matrices(x, t_new, k, local_bases), old):
-        coef[i] = lstsq_coef(A_new, A_old @ coef_old[i])
+    coef_old (I, K_old, O) on t_old (I, n_old). What grid updates and ``refine`` do,
+    with their model's backend's ``normal_sums`` (the normal equations, without the
+    design matrices) and, where those are not accurate enough (``lstsq_coef``), its
+    ``local_bases`` for the SVD."""
+    x = np.asarray(x, dtype=np.float64)
+    t_old = np.asarray(t_old, dtype=np.float64)
+    t_new = np.asarray(t_new, dtype=np.float64)
+    coef_old = np.asarray(coef_old, dtype=np.float64)
+    K = t_new.shape[1] - k - 1
+    coef = np.empty((x.shape[1], K, coef_old.shape[2]))
+    if x.shape[0] >= K > 0:
+        gram, rhs = backend.normal_sums(x, t_old, coef_old, t_new, k)
+    for i in range(x.shape[1]):
+        c = _solve_normal(gram[i], rhs[i]) if x.shape[0] >= K > 0 else None
+        if c is None:
+            A_new = next(basis_matrices(x[:, i:i + 1], t_new[i:i + 1], k, backend.local_bases))[1]
+            A_old = next(basis_matrices(x[:, i:i + 1], t_old[i:i + 1], k, backend.local_bases))[1]
+            c, *_ = np.linalg.lstsq(A_new, A_old @ coef_old[i], rcond=None)
+        coef[i] = c
     return coef
 
 
@@ -112,8 +115,14 @@ def lstsq_coef(A, y, rcond=None):
 def _normal_equations(A, y):
     """The least-squares solution of A c = y by Cholesky on A^T A, or None where it would
     not be accurate (see ``lstsq_coef``)."""
-    gram = A.T @ A
-    rhs = A.T @ y.reshape(y.shape[0], -1)
+    coef = _solve_normal(A.T @ A, A.T @ y.reshape(y.shape[0], -1))
+    return None if coef is None else coef.reshape((A.shape[1],) + y.shape[1:])
+
+
+def _solve_normal(gram, rhs):
+    """c (K, O) with gram c = rhs by Cholesky (gram = A^T A, rhs = A^T y), or None where it
+    would not be accurate: gram or rhs not finite, not positive definite, or a
+    reciprocal condition estimate below ``NORMAL_RCOND``."""
     if not (np.isfinite(gram).all() and np.isfinite(rhs).all()):
         return None
     chol, info = lapack.dpotrf(gram, lower=0, clean=1)
@@ -123,4 +132,4 @@ def _normal_equations(A, y):
     if info != 0 or not rc >= NORMAL_RCOND:
         return None
     coef, info = lapack.dpotrs(chol, rhs, lower=0)
-    return coef.reshape((A.shape[1],) + y.shape[1:]) if info == 0 else None
+    return coef if info == 0 else None

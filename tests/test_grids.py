@@ -367,3 +367,67 @@ def test_least_squares_by_normal_equations_where_accurate(monkeypatch):
             else:
                 np.testing.assert_array_equal(spline.lstsq_coef(A_, y_), want)
         assert svd_calls, f"{label}: not solved by numpy's lstsq"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's numpy, on the NaN meant here
+@pytest.mark.parametrize("kind", ["uniform", "nonuniform", "repeated"])
+def test_normal_sums_of_the_compiled_backend_match_the_reference(kind):
+    """cpu.normal_sums (sample by sample, no design matrix) gives reference.normal_sums'
+    A_new^T A_new and A_new^T A_old coef_old to rounding, for every order served (and
+    the reference's own above them), with samples outside either grid, on a knot, NaN."""
+    from numkan.kernels import cpu, cpu_narrow
+    rng = np.random.default_rng(len(kind))
+    for k in list(range(1, cpu_narrow.MAX_ORDER + 1)) + [cpu_narrow.MAX_ORDER + 1]:
+        I, G_old, G_new = 3, 4 + k % 3, 7
+        if kind == "uniform":
+            t_old = spline.uniform_grid((-1, 1), G_old, k, I)
+            t_new = spline.uniform_grid((-0.9, 1.1), G_new, k, I)
+        else:
+            t_old = np.sort(rng.uniform(-1.2, 1.2, (I, G_old + 2 * k + 1)), axis=1)
+            t_new = np.sort(rng.uniform(-1.2, 1.2, (I, G_new + 2 * k + 1)), axis=1)
+            if kind == "repeated":
+                t_new[:, 5] = t_new[:, 4]
+                t_old[:, 3] = t_old[:, 4]
+        x = rng.uniform(-1.4, 1.4, (300, I))
+        x[:4, 0] = [np.nan, t_new[0, 0], t_new[0, -1], t_old[0, 2]]
+        coef = rng.normal(size=(I, t_old.shape[1] - k - 1, 2))
+        gram, rhs = cpu.normal_sums(x, t_old, coef, t_new, k)
+        g_ref, r_ref = reference.normal_sums(x, t_old, coef, t_new, k)
+        assert gram.shape == g_ref.shape and rhs.shape == r_ref.shape
+        np.testing.assert_allclose(gram, g_ref, rtol=0, atol=2.0 ** k * 1e-13 * np.abs(g_ref).max(),
+                                   err_msg=f"{kind} k={k}")
+        np.testing.assert_allclose(rhs, r_ref, rtol=0, atol=2.0 ** k * 1e-13 * np.abs(r_ref).max(),
+                                   err_msg=f"{kind} k={k}")
+        # and they are the design matrices' products
+        for i in range(I):
+            A_new = spline.basis_matrix(np.nan_to_num(x[:, i], nan=5.0), t_new[i], k)
+            A_old = spline.basis_matrix(np.nan_to_num(x[:, i], nan=5.0), t_old[i], k)
+            np.testing.assert_allclose(g_ref[i], A_new.T @ A_new, rtol=0, atol=1e-12 * np.abs(g_ref[i]).max())
+            np.testing.assert_allclose(r_ref[i], A_new.T @ (A_old @ coef[i]), rtol=0,
+                                       atol=1e-12 * max(np.abs(r_ref[i]).max(), 1.0))
+
+
+def test_refit_solves_the_normal_equations_or_falls_back_to_the_svd(monkeypatch):
+    """spline.refit: the least-squares coefficients, from the backend's normal sums where
+    they are well conditioned, and from numpy's SVD on the design matrices where they
+    are not (new bases with no samples under them), for each input separately."""
+    from numkan.kernels import cpu
+    rng = np.random.default_rng(9)
+    t_old = spline.uniform_grid((-1, 1), 5, 3, 2)
+    t_new = spline.uniform_grid((-1, 1), 12, 3, 2)
+    x = rng.uniform(-1, 1, (400, 2))
+    x[:, 1] = np.where(x[:, 1] > 0.1, x[:, 1], -0.95)  # input 1: spans with no samples
+    coef_old = rng.normal(size=(2, 8, 3))
+    real = np.linalg.lstsq
+    svd_calls = []
+    monkeypatch.setattr(np.linalg, "lstsq", lambda *a, **kw: (svd_calls.append(1), real(*a, **kw))[1])
+    for backend in (reference, cpu):
+        svd_calls.clear()
+        got = spline.refit(x, t_old, coef_old, t_new, 3, backend)
+        assert len(svd_calls) == 1  # input 1 only
+        for i in range(2):
+            A_new = spline.basis_matrix(x[:, i], t_new[i], 3)
+            y = spline.basis_matrix(x[:, i], t_old[i], 3) @ coef_old[i]
+            want = real(A_new, y, rcond=None)[0]
+            np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-9 * np.abs(want).max(),
+                                       err_msg=f"{backend.name} input {i}")

@@ -28,6 +28,11 @@ A backend is a module with the same functions and signatures:
     local_bases(x, knots, k) -> (span, N) reference.local_basis's span (B, I) and bases
                                           (B, I, k+1) without derivatives, for host float64 x
                                           and knots: what grid updates fit on (spline.py)
+    normal_sums(x, t_old, coef_old, t_new, k) -> (gram, rhs)
+                                          the normal equations of moving splines to new knots
+                                          (spline.refit: grid updates, refine), host float64:
+                                          gram (I, K, K) = A_new^T A_new, rhs (I, K, O) =
+                                          A_new^T A_old coef_old, A the design matrices of x
 
     group_product_forward(z, y, offsets)       z[b, n] = product of y[b, offsets[n]:offsets[n+1]]
     group_product_backward(dy, dz, y, offsets) dy[b, s] = dz[b, n] * the other factors of s's group

@@ -865,6 +865,28 @@ def local_bases(x, knots, k):
     return span, N
 
 
+def normal_sums(x, t_old, coef_old, t_new, k):
+    """Compiled ``reference.normal_sums`` (host float64; from the bases in power form, as
+    ``local_bases``, accumulated sample by sample without the design matrices; above
+    ``cpu_narrow.MAX_ORDER``, the reference)."""
+    if k > cpu_narrow.MAX_ORDER:
+        return reference.normal_sums(x, t_old, coef_old, t_new, k)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    t_old = np.ascontiguousarray(t_old, dtype=np.float64)
+    t_new = np.ascontiguousarray(t_new, dtype=np.float64)
+    coef_old = np.ascontiguousarray(coef_old, dtype=np.float64)
+    I = x.shape[1]
+    M_old = np.empty((I, t_old.shape[1] - 1, k + 1, k + 1))
+    M_new = np.empty((I, t_new.shape[1] - 1, k + 1, k + 1))
+    cpu_narrow.span_bases(M_old, t_old, k)
+    cpu_narrow.span_bases(M_new, t_new, k)
+    K = t_new.shape[1] - k - 1
+    gram = np.empty((I, K, K))
+    rhs = np.empty((I, K, coef_old.shape[2]))
+    cpu_narrow.normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, k)
+    return gram, rhs
+
+
 # ---------------------------------------------------------------------------
 # multiplication nodes: reference.group_product_*, the same products in the same order
 _group_product = njit(inline="always")(_scalar.group_product)  # no fastmath: the reference's order

@@ -1059,3 +1059,66 @@ def local_bases(span, N, x, knots, M, k):
                 for p in range(k - 1, -1, -1):
                     v = v * u + M[i, j, s, p]
                 N[b, i, s] = v
+
+
+@_inline
+def _bases_at(Nv, knots, M, i, x, k):
+    """The span j of x on input i's knots (-1 outside) and Nv[s] = B[j-k+s, k](x), 0 for
+    a basis that does not exist (``local_bases``' values)."""
+    K = knots.shape[1] - k - 1
+    for s in range(k + 1):
+        Nv[s] = 0.0
+    j = _find_span(knots, i, x)
+    if j >= 0:
+        u = (x - knots[i, j]) / (knots[i, j + 1] - knots[i, j])
+        for s in range(max(0, k - j), min(k + 1, K + k - j)):
+            v = M[i, j, s, k]
+            for p in range(k - 1, -1, -1):
+                v = v * u + M[i, j, s, p]
+            Nv[s] = v
+    return j
+
+
+@njit(**_jit)
+def normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, k):
+    """``reference.normal_sums`` sample by sample: for each sample, the old splines' values
+    from its k+1 old bases, then its k+1 new bases' products added into the band of
+    gram and their products with those values into rhs; no design matrix (a grid
+    update's were most of its time). gram (I, K, K) and rhs (I, K, O) overwritten."""
+    gram[...] = 0.0
+    rhs[...] = 0.0
+    if k == 3:  # the common order, a constant: the loops over bases unroll
+        _normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, 3)
+    else:
+        _normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, k)
+
+
+@_inline
+def _normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, k):
+    B, I = x.shape
+    O = coef_old.shape[2]
+    K_old = t_old.shape[1] - k - 1
+    K = gram.shape[1]
+    No = np.empty(k + 1)
+    Nn = np.empty(k + 1)
+    yv = np.empty(O)
+    for i in range(I):
+        for b in range(B):
+            xv = x[b, i]
+            jn = _bases_at(Nn, t_new, M_new, i, xv, k)
+            if jn < 0:  # outside the new knots: a row of zeros
+                continue
+            for o in range(O):
+                yv[o] = 0.0
+            jo = _bases_at(No, t_old, M_old, i, xv, k)
+            if jo >= 0:
+                for s in range(max(0, k - jo), min(k + 1, K_old + k - jo)):
+                    for o in range(O):
+                        yv[o] += No[s] * coef_old[i, jo - k + s, o]
+            # the bases that do not exist (rows m outside 0..K-1) are skipped
+            for s in range(max(0, k - jn), min(k + 1, K + k - jn)):
+                m = jn - k + s
+                for s2 in range(max(0, k - jn), min(k + 1, K + k - jn)):
+                    gram[i, m, jn - k + s2] += Nn[s] * Nn[s2]
+                for o in range(O):
+                    rhs[i, m, o] += Nn[s] * yv[o]

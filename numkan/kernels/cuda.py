@@ -748,6 +748,7 @@ def spline_backward(dx, dcoef, dscale_base, dscale_sp, dy, x, knots, coef,
 
 # the grid updates' bases are computed on the host
 local_bases = reference.local_bases
+normal_sums = reference.normal_sums
 
 
 # a fixed input: nothing kept beyond x on the device (the generic passes of ``reference``)

@@ -277,6 +277,44 @@ def local_bases(x, knots, k):
     return span, N
 
 
+def design_matrix(span, N, K, k):
+    """The design matrix A (B, K) of one input, A[b, m] = B[m, k](x[b]), from its local
+    bases (``local_bases``' span (B,) and N (B, k+1)).
+
+    The scatter goes into a matrix with k columns more on each side, where local basis
+    s of span j (basis j - k + s) is column j + s: in range for every span, so no mask
+    is needed. A basis that does not exist (j - k + s < 0 or >= K) has the value 0 and
+    lands in the margins; a sample outside the knots (span -1, all its values 0) writes
+    its zeros into columns 0..k of its own row. A is the middle (a view)."""
+    B = span.shape[0]
+    W = K + 2 * k
+    P = np.zeros((B, W))
+    first = np.arange(B)[:, None] * W + np.arange(k + 1)  # row b's column j + s is first[b, s] + j
+    # one scatter: a row's k+1 columns are distinct, so no two values share a place
+    P.reshape(-1)[first + np.maximum(span, 0)[:, None]] = N
+    return P[:, k:k + K]
+
+
+def normal_sums(x, t_old, coef_old, t_new, k):
+    """The normal equations of moving splines to new knots (``spline.refit``): for each
+    input i, with A_old, A_new the design matrices of x[:, i] on t_old[i] and t_new[i],
+    gram[i] = A_new^T A_new (K_new, K_new) and rhs[i] = A_new^T A_old coef_old[i]
+    (K_new, O). Host float64 arrays in and out."""
+    x = np.asarray(x, dtype=np.float64)
+    I = x.shape[1]
+    K_old, K_new = t_old.shape[1] - k - 1, t_new.shape[1] - k - 1
+    span_o, N_o = local_bases(x, t_old, k)
+    span_n, N_n = local_bases(x, t_new, k)
+    gram = np.empty((I, K_new, K_new))
+    rhs = np.empty((I, K_new, coef_old.shape[2]))
+    for i in range(I):
+        A_new = design_matrix(span_n[:, i], N_n[:, i], K_new, k)
+        values = design_matrix(span_o[:, i], N_o[:, i], K_old, k) @ np.asarray(coef_old[i], dtype=np.float64)
+        gram[i] = A_new.T @ A_new
+        rhs[i] = A_new.T @ values
+    return gram, rhs
+
+
 # ---------------------------------------------------------------------------
 # one input at a time: the contraction with coef, and its transpose
 class _Column(NamedTuple):
