@@ -1085,16 +1085,6 @@ def normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, k):
     from its k+1 old bases, then its k+1 new bases' products added into the band of
     gram and their products with those values into rhs; no design matrix (a grid
     update's were most of its time). gram (I, K, K) and rhs (I, K, O) overwritten."""
-    gram[...] = 0.0
-    rhs[...] = 0.0
-    if k == 3:  # the common order, a constant: the loops over bases unroll
-        _normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, 3)
-    else:
-        _normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, k)
-
-
-@_inline
-def _normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, k):
     B, I = x.shape
     O = coef_old.shape[2]
     K_old = t_old.shape[1] - k - 1
@@ -1102,6 +1092,8 @@ def _normal_sums(gram, rhs, x, t_old, M_old, coef_old, t_new, M_new, k):
     No = np.empty(k + 1)
     Nn = np.empty(k + 1)
     yv = np.empty(O)
+    gram[...] = 0.0
+    rhs[...] = 0.0
     for i in range(I):
         for b in range(B):
             xv = x[b, i]
