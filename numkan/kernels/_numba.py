@@ -196,7 +196,7 @@ def with_globals(f, names, cache_key=()):
 # compiled. Set NUMKAN_QUIET=1 to silence it.
 COMPILE_NOTICE = (
     "numkan: compiling the {what} kernels ({kernel} first; first use of this kind of layer "
-    "since install or upgrade: once, about 7 s for a narrow model and up to half a minute for "
+    "since install or upgrade: once, about 8 s for a narrow model and up to half a minute for "
     "wide layers on a 2-core machine; later runs load them from Numba's cache in well under a second). Run `python -m numkan.warmup` after "
     "installing to do this ahead of time.\n")
 
