@@ -148,11 +148,10 @@ class _Flat:
     def __init__(self, model):
         self.model = model
         self.slots = [(L, n) for L in model.layers for n in trainable_names(model, L)]
-        self.shapes = [getattr(L, n).shape for L, n in self.slots]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-        ends = np.cumsum([0] + self.sizes).tolist()
+        shapes = [getattr(L, n).shape for L, n in self.slots]
+        ends = np.cumsum([0] + [int(np.prod(s)) for s in shapes]).tolist()
         # what set copies: (layer, name, start, stop, shape) of each array
-        self.plan = [(L, n, a, b, shape) for (L, n), a, b, shape in zip(self.slots, ends, ends[1:], self.shapes)]
+        self.plan = [(L, n, a, b, shape) for (L, n), a, b, shape in zip(self.slots, ends, ends[1:], shapes)]
 
     def get(self):
         be = self.model.backend
