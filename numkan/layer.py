@@ -42,6 +42,7 @@ import numpy as np
 
 from . import _validate, spline
 from .functions import SYMBOLIC_LIB
+from .kernels import get_backend
 
 PARAM_NAMES = ("coef", "scale_base", "scale_sp")
 # every backend array a layer holds: what ``to`` moves between devices
@@ -393,6 +394,33 @@ class KANLayer:
             setattr(self, n, a)
         self.backend, self._x, self._fixed, self._y = backend, None, None, None
         return self
+
+    # -- pickling (multiprocessing and joblib send layers and models between processes) --
+    def __getstate__(self):
+        """The layer's state with host copies of its arrays and its backend by name (a
+        module does not pickle). What a forward kept for ``backward`` is not sent: a
+        forward comes first after unpickling, as after ``copy``."""
+        state = dict(self.__dict__)
+        be = state.pop("backend")
+        for n in ARRAY_NAMES:
+            state[n] = be.to_host(state[n])
+        state["backend"] = be.name
+        state["_x"] = state["_fixed"] = state["_y"] = None
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        backend = get_backend(state.pop("backend"))
+        for n in ARRAY_NAMES:
+            state[n] = backend.asarray(state[n], state["dtype"])
+        self.__dict__.update(state)
+        self.backend = backend
+
+    def __copy__(self):
+        """A shallow copy sharing the arrays (``derive`` replaces them), not a pickle's."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     def param_names(self):
         """Names of the trained arrays: PARAM_NAMES, plus "symbolic_affine" when some edge is symbolic."""

@@ -211,6 +211,32 @@ class KAN:
     def __deepcopy__(self, memo):
         return self.copy()
 
+    # pickling: what multiprocessing and joblib need to send models between processes
+    # (``save`` / ``load`` are the file format: no pickle is ever loaded from a file)
+    def __getstate__(self):
+        """Everything, with host arrays and the backend by device name (a module does
+        not pickle; the layers pickle their own arrays). Unpickling asks for the same
+        device (``get_backend``: a cuda model needs a GPU there)."""
+        state = dict(self.__dict__)
+        state.pop("backend")
+        if v.is_device_array(state["cache_data"]):
+            state["cache_data"] = self.backend.to_host(state["cache_data"])
+        return state
+
+    def __setstate__(self, state):
+        backend = get_backend(state["device"])
+        self.__dict__.update(state)
+        self.backend = backend
+        for L in self.layers:  # the layers resolved theirs by name: the model's device decides
+            if L.backend is not backend:
+                L.__setstate__(dict(L.__getstate__(), backend=backend.name))
+
+    def __copy__(self):
+        """A shallow copy sharing the layers and arrays (``_with_layers`` replaces the layers)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def saveckpt(self, name=None, path=None):
         """Keep an in-memory copy of the model under ``name`` (default: "0", "1", ...
         in order); returns the name. With ``path``, also ``save`` it to that file.

@@ -1,5 +1,6 @@
 """model.copy(), copy.deepcopy and the in-memory checkpoints (saveckpt / loadckpt / rewind)."""
 import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -127,3 +128,59 @@ def test_the_models_data_rule():
     assert np.array_equal(model.cache_data, x_test)
     assert model.refine(6).cache_data is model.cache_data
     assert model.prune_input(active_inputs=[1]).cache_data.shape == (32, 1)
+
+
+# pickling: multiprocessing and joblib send models between processes that way
+@pytest.mark.parametrize("device,dtype", [("cpu", np.float64), ("numpy", np.float32)])
+def test_a_pickled_model_comes_back_bit_identical_and_trains_on(device, dtype):
+    model = nk.KAN([2, [2, 1], 1], grid=4, seed=2, device=device, dtype=dtype)
+    model.fit(dataset(), steps=2, log=0)
+    model.fix_symbolic(0, 1, 0, "sin", fit_params=False)
+    model.attribute()
+    model.saveckpt("a")
+    x, y = data(10, seed=5)
+    model.loss_and_grad(x, y)
+    twin = pickle.loads(pickle.dumps(model))
+    assert type(twin) is type(model) and twin.device == device and twin.dtype == dtype
+    assert twin.backend is model.backend and all(L.backend is model.backend for L in twin.layers)
+    assert_same(state(twin), state(model))
+    assert np.array_equal(twin(x), model(x))
+    for n, g in model.grads.items():  # the gradients travel too
+        assert np.array_equal(twin.grads[n], g), n
+    assert all(np.array_equal(a, b) for a, b in zip(twin.node_scores, model.node_scores))
+    assert np.array_equal(twin.cache_data, model.cache_data)
+    assert_same(state(twin.loadckpt("a")), state(model.loadckpt("a")))
+    # independent, and it trains on
+    twin.layers[0].coef[...] += 1.0
+    assert not np.array_equal(twin(x), model(x))
+    before = model(x)
+    twin.fit(dataset(), steps=2, log=0)
+    assert np.array_equal(model(x), before)
+
+
+def test_a_pickled_layer_needs_a_forward_before_backward():
+    model = nk.KAN([2, 3, 1], grid=4, seed=3)
+    x, _ = data(8)
+    model(x)
+    layer = pickle.loads(pickle.dumps(model.layers[0]))
+    assert layer.backend is model.backend
+    with pytest.raises(RuntimeError, match="forward"):
+        layer.backward(np.zeros((8, 3)))
+    assert np.array_equal(layer.forward(x), model.layers[0].forward(x))
+
+
+def _fit_seed(seed):  # a worker: models go to and come back from another process by pickle
+    model = nk.KAN([2, 3, 1], grid=4, seed=seed)
+    model.fit(dataset(), steps=2, log=0)
+    return model
+
+
+def test_models_fitted_in_worker_processes_come_back_whole():
+    import concurrent.futures
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        models = list(pool.map(_fit_seed, [0, 1]))
+    x, _ = data(10, seed=5)
+    for seed, m in zip([0, 1], models):
+        assert np.array_equal(m(x), _fit_seed(seed)(x))
