@@ -294,6 +294,21 @@ def test_fixed_input_dense_design_leaves_nonfinite_values_to_the_power_form():
     assert F._dense is False
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_check_finds_every_non_finite_value(dtype):
+    """The dense path's check (a vectorised OR without an early exit) at every position of
+    arrays whose length is not a multiple of the lanes, and for NaN, inf and -inf."""
+    for n in (1, 7, 8, 9, 67):
+        a = np.linspace(-3e38, 3e38, n).astype(dtype)
+        assert cpu_narrow._finite(a)
+        for pos in range(n):
+            for bad in (np.nan, np.inf, -np.inf):
+                b = a.copy()
+                b[pos] = bad
+                assert not cpu_narrow._finite(b), (n, pos, bad)
+    assert cpu_narrow._finite(np.empty(0, dtype))
+
+
 def test_fixed_input_follows_its_arguments():
     """The kept design is used only for the knots, order and base function it was built
     for: knots written in place, another base function or another knot array give the

