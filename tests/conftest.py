@@ -12,6 +12,9 @@ Hypothesis profiles (choose with ``HYPOTHESIS_PROFILE=<name>``):
 which would otherwise count against the example's time limit.
 """
 import os
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,3 +61,65 @@ def assert_close(name, actual, expected, rtol, floor=0.0):
 @pytest.fixture(params=HOST_DEVICES)
 def host_device(request):
     return request.param
+
+
+# ---------------------------------------------------------------------------
+# Suites that run in processes of their own (the CUDA simulator's checks, test_cuda.py;
+# the PTX/SASS compiles of every CUDA kernel variant, test_cuda_compile.py) take about 8
+# of the suite's 18 minutes on a 2-core machine with an empty kernel cache. They start
+# as soon as collection is done, when one of their tests is selected, and run beside the
+# in-process tests (on the other core) instead of after them; a test then waits for its
+# suite's output (``background_output``). A module offers its suite with
+# ``start_in_background(selected_test_names)``.
+ROOT = Path(__file__).resolve().parent.parent
+_BACKGROUND = {}  # key -> [(Popen, stdout file, stderr file)], or the finished outputs
+
+
+def start_background(key, commands):
+    """Start ``commands`` (a list of (argv, env)) under ``key`` unless already started.
+    Output goes to temporary files, not pipes: a child never waits for a reader."""
+    if key in _BACKGROUND:
+        return
+    runs = []
+    for argv, env in commands:
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        runs.append((subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, text=True), out, err))
+    _BACKGROUND[key] = runs
+
+
+def background_output(key, commands, timeout):
+    """[(returncode, stdout, stderr)] of ``commands`` under ``key``, started now if they were
+    not at collection; waits for them (``subprocess.TimeoutExpired`` after ``timeout``
+    seconds of waiting)."""
+    start_background(key, commands)
+    runs = _BACKGROUND[key]
+    if runs and isinstance(runs[0][0], subprocess.Popen):  # still running: wait, then keep the outputs
+        done = []
+        for proc, out, err in runs:
+            proc.wait(timeout=timeout)
+            out.seek(0)
+            err.seek(0)
+            done.append((proc.returncode, out.read(), err.read()))
+            out.close()
+            err.close()
+        _BACKGROUND[key] = runs = done
+    return runs
+
+
+def pytest_collection_finish(session):
+    by_module = {}
+    for item in session.items:
+        mod = getattr(item, "module", None)
+        if mod is not None and hasattr(mod, "start_in_background"):
+            by_module.setdefault(mod, []).append(item.originalname)
+    for mod, names in by_module.items():
+        mod.start_in_background(names)
+
+
+def pytest_sessionfinish(session):
+    """A run that stops early (-x, Ctrl-C) leaves no background suite running."""
+    for runs in _BACKGROUND.values():
+        for run in runs:
+            if isinstance(run[0], subprocess.Popen) and run[0].poll() is None:
+                run[0].kill()
+                run[0].wait()

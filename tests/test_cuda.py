@@ -6,12 +6,15 @@ in a fresh Python process: with ``NUMBA_ENABLE_CUDASIM=1`` everywhere (CI), and
 once more on the real device when there is one (``-m gpu``). This process
 never imports ``numba.cuda`` itself, so the other tests are not disturbed.
 """
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import background_output, start_background
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -30,12 +33,26 @@ def _python(code, sim, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _cases_command(sim):
+    return [([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "cuda_cases.py")],
+             _env(sim))]
+
+
 def _run_cases(sim):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "cuda_cases.py")],
-        cwd=ROOT, env=_env(sim), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"CUDA checks failed (simulator={sim}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
-    assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-2000:]
+    if sim:  # started at collection (conftest's background suites), or now
+        [(code, stdout, stderr)] = background_output("cuda simulator", _cases_command(True), timeout=1800)
+    else:
+        proc = subprocess.run(_cases_command(False)[0][0], cwd=ROOT, env=_env(False), capture_output=True,
+                              text=True, timeout=900)
+        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    assert code == 0, f"CUDA checks failed (simulator={sim}):\n{stdout[-6000:]}\n{stderr[-3000:]}"
+    assert " passed" in stdout and "failed" not in stdout, stdout[-2000:]
+
+
+def start_in_background(selected):
+    """conftest's hook: the simulator's checks start at collection when their test is selected."""
+    if "test_cuda_kernels_under_simulator" in selected and importlib.util.find_spec("numba.cuda") is not None:
+        start_background("cuda simulator", _cases_command(True))
 
 
 def _has_gpu():

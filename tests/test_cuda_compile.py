@@ -9,13 +9,15 @@ launch bounds promise and, for the layer kernels, add with no atomics (their
 sums have a fixed order, so results are bit-identical from run to run).
 """
 import ast
+import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import background_output, start_background
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -24,19 +26,36 @@ STATIC_SHARED_LIMIT = 48 * 1024  # static + dynamic shared memory without an opt
 LAYER_KERNELS = ("forward", "backward", "moments_forward", "moments_backward")
 
 
-def _compile_results():
+def _shard_commands():
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     n = max(1, min(4, os.cpu_count() or 1))
-    procs = [subprocess.Popen([sys.executable, str(HERE / "cuda_ptx.py"), "--shard", f"{s}/{n}"],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for s in range(n)]
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=1500)
-        assert p.returncode == 0, f"cuda_ptx.py failed:\n{out[-3000:]}\n{err[-3000:]}"
+    return [([sys.executable, str(HERE / "cuda_ptx.py"), "--shard", f"{s}/{n}"], env) for s in range(n)]
+
+
+def _compile_results():
+    results = []  # the shards started at collection (conftest's background suites), or now
+    for code, out, err in background_output("cuda ptx", _shard_commands(), timeout=1800):
+        assert code == 0, f"cuda_ptx.py failed:\n{out[-3000:]}\n{err[-3000:]}"
         results += [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
     return results
+
+
+def _ptxas_available():
+    sys.path.insert(0, str(HERE))
+    try:
+        import cuda_ptx
+    finally:
+        sys.path.remove(str(HERE))
+    return cuda_ptx.ptxas_path() is not None
+
+
+def start_in_background(selected):
+    """conftest's hook: the shards start at collection when a test that reads them is selected."""
+    reads = {"test_every_variant_compiles_for_both_targets_without_spills",
+             "test_shared_memory_and_occupancy_within_the_launchers_budget", "test_layer_kernels_add_without_atomics"}
+    if reads & set(selected) and importlib.util.find_spec("numba.cuda") is not None and _ptxas_available():
+        start_background("cuda ptx", _shard_commands())
 
 
 @pytest.fixture(scope="module")
