@@ -69,8 +69,8 @@ def host_device(request):
 # of the suite's 18 minutes on a 2-core machine with an empty kernel cache. They start
 # as soon as collection is done, when one of their tests is selected, and run beside the
 # in-process tests (on the other core) instead of after them; a test then waits for its
-# suite's output (``background_output``). A module offers its suite with
-# ``start_in_background(selected_test_names)``.
+# suite's output (``background_output``); the tests of those modules run last. A module
+# offers its suite with ``start_in_background(selected_test_names)``.
 ROOT = Path(__file__).resolve().parent.parent
 _BACKGROUND = {}  # key -> [(Popen, stdout file, stderr file)], or the finished outputs
 
@@ -104,6 +104,14 @@ def background_output(key, commands, timeout):
             err.close()
         _BACKGROUND[key] = runs = done
     return runs
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The tests of modules with a background suite run last (in their order), so that the
+    in-process tests run while the suites do rather than wait for them."""
+    offers = [getattr(item, "module", None) is not None and hasattr(item.module, "start_in_background")
+              for item in items]
+    items[:] = [it for it, o in zip(items, offers) if not o] + [it for it, o in zip(items, offers) if o]
 
 
 def pytest_collection_finish(session):
