@@ -252,6 +252,15 @@ def test_model_device_io_and_to():
     assert not isinstance(model.params["layers.0.coef"], np.ndarray)
     assert np.array_equal(model(x), host)
 
+    # pickled (multiprocessing, joblib): host copies travel, and device arrays come back
+    import pickle
+    twin = pickle.loads(pickle.dumps(model))
+    assert twin.device == "cuda" and twin.backend is C and all(L.backend is C for L in twin.layers)
+    assert not isinstance(twin.params["layers.0.coef"], np.ndarray)
+    for n, p in model.params.items():
+        assert np.array_equal(C.to_host(twin.params[n]), C.to_host(p)), n
+    assert np.array_equal(twin(x), host)
+
 
 # ---------------------------------------------------------------------------
 # regulariser moments (edge_moments_forward / _backward) and the training loop
