@@ -92,6 +92,45 @@ def test_narrow_non_finite_inputs_one_output(dtype, kind):
                          np.where(both, ref[name], 0), tol["rtol"], tol["floor"] * scale)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, on the inf * 0 meant here
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.parametrize("O", [1, 3])
+def test_a_non_finite_scale_sp_reaches_no_sample_outside_the_knots(O, bad):
+    """scale_sp written by hand as inf or NaN: the spline term of a sample outside the
+    knots is dropped, not multiplied by 0, so outputs and dx there are the reference's
+    finite values, in the per-call passes, the fused last layer and a fixed input (whose
+    dense design hands such weights to the power form). The parameter gradients of that
+    edge are non-finite in both; which of NaN and inf depends on the order of the sums
+    (the reference multiplies per sample, the kernels once per basis), so only
+    finiteness is compared there."""
+    p, dy, start = random_layer(seed=31, B=TILE + 9, I=2, O=O, G=5, k=3, kind="nonuniform", dtype=np.float64,
+                                base_fun="silu")
+    t = p["grid"]
+    p["x"][:4, 0] = [t[0, 0] - 1.0, t[0, -1] + 2.0, t[0, 0] - 1e-9, 1e6]  # outside input 0's knots
+    p["scale_sp"][0, 0] = bad
+    ref = run(reference, p, dy, start)
+    fast = run(cpu, p, dy, start)
+    B = dy.shape[0]
+    y, dx = np.zeros((B, O)), start["dx"].copy()
+    g = {n: start[n].copy() for n in ("dcoef", "dscale_base", "dscale_sp")}
+    target = np.zeros((B, O))
+    cpu.spline_mse(y, dx, g["dcoef"], g["dscale_base"], g["dscale_sp"], target, p["x"], p["grid"], p["coef"],
+                   p["scale_base"], p["scale_sp"], p["mask"], 3, "silu")
+    ref_dy = 2 * ref["y"] / ref["y"].size  # the fused pass's own dy (finite only where y is)
+    ref_mse = run(reference, p, ref_dy, start)
+    fixed = run_fixed(cpu, cpu.fixed_input(p["x"]), p, dy, start)
+    assert np.isfinite(ref["y"][:4]).all() and np.isfinite(ref["dx"][:4]).all()  # the case is meant
+    for label, got, want in (("per-call", fast, ref), ("fixed", fixed, ref),
+                             ("fused", dict(y=y, dx=dx, **g), ref_mse)):
+        for name in ("y", "dx") if label != "fixed" else ("y",):
+            assert_same_nonfinite(f"{label} {name}", got[name], want[name])
+            both = np.isfinite(want[name])
+            assert_close(f"{label} {name}", np.where(both, got[name], 0), np.where(both, want[name], 0),
+                         TOL[np.dtype(np.float64)]["rtol"], TOL[np.dtype(np.float64)]["floor"])
+        for name in ("dcoef", "dscale_base", "dscale_sp"):
+            assert np.array_equal(np.isfinite(got[name]), np.isfinite(want[name])), (label, name)
+
+
 def test_chunked_path_is_bit_identical_across_thread_counts():
     """A batch large enough for several chunks: the same bits with 1 and with all
     threads, and the reference's values."""

@@ -51,8 +51,9 @@ bin clamped as a float (a NaN or inf never becomes an index); checked against
 the knots in the lanes; the lanes where it missed (a knot inside the bin,
 outside the knots, non-finite x) get a binary search (``_scalar.find_span``),
 one by one.
-An x outside the knots gets no spline term (a select, not a multiplication by
-0: a NaN or inf in coef or dy reaches no such term), and adds nothing to Q.
+An x outside the knots gets no spline term (a select after the product with
+scale_sp, not a multiplication by 0: a NaN or inf in coef, scale_sp or dy
+reaches no such term), and adds nothing to Q.
 
 Threads and determinism: a batch is cut into chunks whose number depends on
 the shape only (``chunks``); one chunk (every batch up to a few thousand
@@ -271,9 +272,10 @@ def _tile_spans(J, IN, U, H, XS, TL, TH, x, b0, nb, knots, TAB, i):
 @_inline
 def _poly_lanes(TMP, C, i, o, J, IN, U, k, deriv):
     """TMP[u] = s(x) on each lane's span (Horner on C[i, o, J[u]], ``span_splines``), or,
-    when ``deriv``, ds/du; 0 where x is outside the knots (a select, never a product with 0)."""
+    when ``deriv``, ds/du. Where x is outside the knots a placeholder: the callers drop the
+    term there with a select after the product with scale_sp (an inf or NaN written into
+    scale_sp must not reach such a sample, as in the reference)."""
     dt = TMP.dtype.type
-    zero = dt(0)
     if deriv:
         for u in range(TILE):
             TMP[u] = dt(k) * C[i, o, J[u], k]
@@ -286,8 +288,6 @@ def _poly_lanes(TMP, C, i, o, J, IN, U, k, deriv):
         for p in range(k - 1, -1, -1):
             for u in range(TILE):
                 TMP[u] = TMP[u] * U[u] + C[i, o, J[u], p]
-    for u in range(TILE):
-        TMP[u] = TMP[u] if IN[u] != 0 else zero
 
 
 @_inline
@@ -321,13 +321,15 @@ def _base_lanes(BX, BD, x, b0, nb, i, code, deriv):
 @_inline
 def _add_input(ACC, TMP, C, mask, scale_base, scale_sp, i, J, IN, U, BX, O, k):
     """ACC[o * TILE + u] += phi[i, o] at each lane's x (input i), for every output o:
-    mask * (scale_base * b(x) + scale_sp * s(x)), s by Horner on C (``_poly_lanes``)."""
+    mask * (scale_base * b(x) + scale_sp * s(x)), s by Horner on C (``_poly_lanes``); no
+    spline term where x is outside the knots."""
+    zero = TMP.dtype.type(0)
     for o in range(O):
         wb = mask[i, o] * scale_base[i, o]
         sp = mask[i, o] * scale_sp[i, o]
         _poly_lanes(TMP, C, i, o, J, IN, U, k, False)
         for u in range(TILE):
-            ACC[o * TILE + u] += BX[u] * wb + sp * TMP[u]
+            ACC[o * TILE + u] += BX[u] * wb + (sp * TMP[u] if IN[u] != 0 else zero)
 
 
 @_inline
@@ -346,7 +348,7 @@ def _input_backward(dx, PB, c, i, J, IN, U, H, BX, BD, GT, TMP, DX, C, mask, sca
             sp = mask[i, o] * scale_sp[i, o]
             _poly_lanes(TMP, C, i, o, J, IN, U, k, True)
             for u in range(TILE):
-                DX[u] += GT[o * TILE + u] * (BD[u] * wb + sp * (TMP[u] / H[u]))
+                DX[u] += GT[o * TILE + u] * (BD[u] * wb + (sp * (TMP[u] / H[u]) if IN[u] != 0 else zero))
         for u in range(nb):
             dx[t0 + u, i] += DX[u]
     for o in range(O):
