@@ -41,31 +41,28 @@ def _compile_results():
     return results
 
 
-def _ptxas_available():
+def _cuda_ptx():
+    """tests/cuda_ptx.py as a module (it never imports numba.cuda at the top)."""
     sys.path.insert(0, str(HERE))
     try:
         import cuda_ptx
     finally:
         sys.path.remove(str(HERE))
-    return cuda_ptx.ptxas_path() is not None
+    return cuda_ptx
 
 
 def start_in_background(selected):
     """conftest's hook: the shards start at collection when a test that reads them is selected."""
     reads = {"test_every_variant_compiles_for_both_targets_without_spills",
              "test_shared_memory_and_occupancy_within_the_launchers_budget", "test_layer_kernels_add_without_atomics"}
-    if reads & set(selected) and importlib.util.find_spec("numba.cuda") is not None and _ptxas_available():
+    if reads & set(selected) and importlib.util.find_spec("numba.cuda") is not None and _cuda_ptx().ptxas_path():
         start_background("cuda ptx", _shard_commands())
 
 
 @pytest.fixture(scope="module")
 def compiled():
     pytest.importorskip("numba.cuda")
-    sys.path.insert(0, str(HERE))
-    try:
-        import cuda_ptx
-    finally:
-        sys.path.remove(str(HERE))
+    cuda_ptx = _cuda_ptx()
     if cuda_ptx.ptxas_path() is None:
         pytest.skip("ptxas not installed (pip install 'numkan[cuda]' brings it)")
     results = _compile_results()

@@ -920,8 +920,8 @@ def dense_weights(W, coef, scale_base, scale_sp, mask):
 def _finite(a):
     """Whether the 1-D array a has only finite values: v - v is 0 for a finite v and NaN
     for a NaN or inf. An integer OR over every value, with no early exit, so LLVM
-    vectorises the loop (a loop that returns at the first non-finite value stays
-    scalar: 5000 values of dy cost 2.5 us, now 0.5)."""
+    vectorises the loop (one that returns at the first non-finite value stays scalar,
+    and this runs on the whole of dy at every dense backward)."""
     bad = 0
     for i in range(a.shape[0]):
         bad |= np.int64(not (a[i] - a[i]) == 0.0)
