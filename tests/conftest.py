@@ -115,6 +115,8 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
     by_module = {}
     for item in session.items:
         mod = getattr(item, "module", None)
