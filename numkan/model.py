@@ -227,9 +227,9 @@ class KAN:
         backend = get_backend(state["device"])
         self.__dict__.update(state)
         self.backend = backend
-        for L in self.layers:  # the layers resolved theirs by name: the model's device decides
+        for L in self.layers:  # the layers resolved theirs by name: the model's device decides (as ``to``)
             if L.backend is not backend:
-                L.__setstate__(dict(L.__getstate__(), backend=backend.name))
+                L._install(backend, L._copies(backend))
 
     def __copy__(self):
         """A shallow copy sharing the layers and arrays (``_with_layers`` replaces the layers)."""
