@@ -40,6 +40,7 @@ import time
 
 import numba
 import numpy as np
+from numba import njit
 
 import numkan as nk
 from numkan import train
@@ -49,6 +50,29 @@ from numkan.kernels._vexp import vexp
 T = 64        # samples per tile (lanes)
 COPIES = 4    # copies of the coefficient gradient, by lane mod 4
 _T4 = 4 * T
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _span_bases(xv, lo, inv_h, nspan):
+    """x's span j on the uniform knots, u = w in [0, 1), 1.0 if x is inside the knots
+    (else 0.0), and the 4 cubic local bases (times that flag)."""
+    g = (xv - lo) * inv_h
+    inside = np.float64((g >= 0.0) & (g < nspan))
+    j = np.int64(min(max(g, 0.0), nspan - 1.0))
+    w = max(g, 0.0) - j
+    v = 1.0 - w
+    w2 = w * w
+    w3 = w2 * w
+    return (j, w, inside, inside * (v * v * v / 6.0), inside * ((3.0 * w3 - 6.0 * w2 + 4.0) / 6.0),
+            inside * ((-3.0 * w3 + 3.0 * w2 + 3.0 * w + 1.0) / 6.0), inside * (w3 / 6.0))
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _slope(w, inside, inv_h, c0, c1, c2, c3):
+    """ds/dx of the spline with local coefficients c0..c3 at span variable w."""
+    v = 1.0 - w
+    return inside * inv_h * (-0.5 * v * v * c0 + (1.5 * w * w - 2.0 * w) * c1 + (-1.5 * w * w + w + 0.5) * c2
+                             + 0.5 * w * w * c3)
 
 
 @serial_part(fastmath={"contract"}, error_model="numpy", cache=True)
@@ -82,18 +106,7 @@ def skeleton(x, target, coefs, grads, offs, lo, inv_h, nspan, A, D, J, IN, BB, W
                 if O == 1 and l > 0:  # one output: the whole edge in one pass over the lanes
                     for u in range(T):
                         xv = A[r, u]
-                        g = (xv - lo) * inv_h
-                        inside = np.float64((g >= 0.0) & (g < nspan))
-                        j = np.int64(min(max(g, 0.0), nspan - 1.0))
-                        g = max(g, 0.0)
-                        w = g - j
-                        v = 1.0 - w
-                        w2 = w * w
-                        w3 = w2 * w
-                        b0 = inside * (v * v * v / 6.0)
-                        b1 = inside * ((3.0 * w3 - 6.0 * w2 + 4.0) / 6.0)
-                        b2 = inside * ((-3.0 * w3 + 3.0 * w2 + 3.0 * w + 1.0) / 6.0)
-                        b3 = inside * (w3 / 6.0)
+                        j, w, inside, b0, b1, b2, b3 = _span_bases(xv, lo, inv_h, nspan)
                         J[r, u] = j
                         BB[r, 0, u] = b0
                         BB[r, 1, u] = b1
@@ -103,26 +116,18 @@ def skeleton(x, target, coefs, grads, offs, lo, inv_h, nspan, A, D, J, IN, BB, W
                         SG[r, u] = sg * (1.0 + xv * (1.0 - sg))
                         c0, c1, c2, c3 = c[i, j, 0], c[i, j + 1, 0], c[i, j + 2, 0], c[i, j + 3, 0]
                         A[a1, u] += xv * sg + c0 * b0 + c1 * b1 + c2 * b2 + c3 * b3
-                        SD[r, 0, u] = inside * inv_h * (-0.5 * v * v * c0 + (1.5 * w2 - 2.0 * w) * c1
-                                                        + (-1.5 * w2 + w + 0.5) * c2 + 0.5 * w2 * c3)
+                        SD[r, 0, u] = _slope(w, inside, inv_h, c0, c1, c2, c3)
                     continue
                 for u in range(T):
                     xv = A[r, u]
-                    g = (xv - lo) * inv_h
-                    inside = np.float64((g >= 0.0) & (g < nspan))
-                    j = np.int64(min(max(g, 0.0), nspan - 1.0))
-                    g = max(g, 0.0)
-                    w = g - j
-                    v = 1.0 - w
-                    w2 = w * w
-                    w3 = w2 * w
+                    j, w, inside, b0, b1, b2, b3 = _span_bases(xv, lo, inv_h, nspan)
                     J[r, u] = j
                     IN[r, u] = inside
                     W[r, u] = w
-                    BB[r, 0, u] = inside * (v * v * v / 6.0)
-                    BB[r, 1, u] = inside * ((3.0 * w3 - 6.0 * w2 + 4.0) / 6.0)
-                    BB[r, 2, u] = inside * ((-3.0 * w3 + 3.0 * w2 + 3.0 * w + 1.0) / 6.0)
-                    BB[r, 3, u] = inside * (w3 / 6.0)
+                    BB[r, 0, u] = b0
+                    BB[r, 1, u] = b1
+                    BB[r, 2, u] = b2
+                    BB[r, 3, u] = b3
                     sg = 1.0 / (1.0 + vexp(-xv))
                     SL[r, u] = xv * sg
                     SG[r, u] = sg * (1.0 + xv * (1.0 - sg))
@@ -138,11 +143,7 @@ def skeleton(x, target, coefs, grads, offs, lo, inv_h, nspan, A, D, J, IN, BB, W
                         c0, c1, c2, c3 = c[i, j, o], c[i, j + 1, o], c[i, j + 2, o], c[i, j + 3, o]
                         A[a1 + o, u] += (SL[r, u] + c0 * BB[r, 0, u] + c1 * BB[r, 1, u] + c2 * BB[r, 2, u]
                                          + c3 * BB[r, 3, u])
-                        # s'(x), from the same gathers
-                        w = W[r, u]
-                        v = 1.0 - w
-                        SD[r, o, u] = IN[r, u] * inv_h * (-0.5 * v * v * c0 + (1.5 * w * w - 2.0 * w) * c1
-                                                        + (-1.5 * w * w + w + 0.5) * c2 + 0.5 * w * w * c3)
+                        SD[r, o, u] = _slope(W[r, u], IN[r, u], inv_h, c0, c1, c2, c3)  # s'(x), same gathers
         # the loss and dy
         a = offs[L]
         for o in range(nout):
@@ -202,18 +203,12 @@ def skeleton_251(x, target, c1, c2, g1, g2, lo, inv_h, nspan):
         for i in range(2):
             for u in range(T):
                 xv = x[t0 + min(u, nb - 1), i]
-                g = (xv - lo) * inv_h
-                inside = np.float64((g >= 0.0) & (g < nspan))
-                j = np.int64(min(max(g, 0.0), nspan - 1.0))
-                w = max(g, 0.0) - j
-                v = 1.0 - w
-                w2 = w * w
-                w3 = w2 * w
+                j, w, inside, b0, b1, b2, b3 = _span_bases(xv, lo, inv_h, nspan)
                 J1[i * T + u] = j
-                BB1[(4 * i) * T + u] = inside * (v * v * v / 6.0)
-                BB1[(4 * i + 1) * T + u] = inside * ((3.0 * w3 - 6.0 * w2 + 4.0) / 6.0)
-                BB1[(4 * i + 2) * T + u] = inside * ((-3.0 * w3 + 3.0 * w2 + 3.0 * w + 1.0) / 6.0)
-                BB1[(4 * i + 3) * T + u] = inside * (w3 / 6.0)
+                BB1[(4 * i) * T + u] = b0
+                BB1[(4 * i + 1) * T + u] = b1
+                BB1[(4 * i + 2) * T + u] = b2
+                BB1[(4 * i + 3) * T + u] = b3
                 SL[u] = xv / (1.0 + vexp(-xv))
             for o in range(5):
                 for u in range(T):
@@ -226,18 +221,8 @@ def skeleton_251(x, target, c1, c2, g1, g2, lo, inv_h, nspan):
         for i in range(5):
             for u in range(T):
                 xv = H[i * T + u]
-                g = (xv - lo) * inv_h
-                inside = np.float64((g >= 0.0) & (g < nspan))
-                j = np.int64(min(max(g, 0.0), nspan - 1.0))
-                w = max(g, 0.0) - j
-                v = 1.0 - w
-                w2 = w * w
-                w3 = w2 * w
+                j, w, inside, b0, b1, b2, b3 = _span_bases(xv, lo, inv_h, nspan)
                 J2[i * T + u] = j
-                b0 = inside * (v * v * v / 6.0)
-                b1 = inside * ((3.0 * w3 - 6.0 * w2 + 4.0) / 6.0)
-                b2 = inside * ((-3.0 * w3 + 3.0 * w2 + 3.0 * w + 1.0) / 6.0)
-                b3 = inside * (w3 / 6.0)
                 BB2[(4 * i) * T + u] = b0
                 BB2[(4 * i + 1) * T + u] = b1
                 BB2[(4 * i + 2) * T + u] = b2
@@ -246,8 +231,7 @@ def skeleton_251(x, target, c1, c2, g1, g2, lo, inv_h, nspan):
                 SG[i * T + u] = sg * (1.0 + xv * (1.0 - sg))
                 a0, a1, a2, a3 = c2[i, j, 0], c2[i, j + 1, 0], c2[i, j + 2, 0], c2[i, j + 3, 0]
                 Y[u] += xv * sg + a0 * b0 + a1 * b1 + a2 * b2 + a3 * b3
-                SD[i * T + u] = inside * inv_h * (-0.5 * v * v * a0 + (1.5 * w2 - 2.0 * w) * a1
-                                                  + (-1.5 * w2 + w + 0.5) * a2 + 0.5 * w2 * a3)
+                SD[i * T + u] = _slope(w, inside, inv_h, a0, a1, a2, a3)
         for u in range(T):
             d = Y[u] - target[t0 + min(u, nb - 1), 0]
             loss += d * d if u < nb else 0.0
