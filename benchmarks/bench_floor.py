@@ -186,7 +186,8 @@ _T2, _T5, _T8, _T20 = 2 * T, 5 * T, 8 * T, 20 * T
 def skeleton_251(x, target, c1, c2, g1, g2, lo, inv_h, nspan):
     """``skeleton`` written out by hand for [2, 5, 1] alone: every loop's trip count a
     constant, the scratch on the stack, the last layer's edge in one pass. g1 and g2
-    (COPIES, I, n-1+k, O) as skeleton's grads."""
+    (COPIES, I, n-1+k, O) as skeleton's grads; only the last layer's additions use the
+    copies (the first layer's five outputs already interleave theirs), so g1[1:] stay 0."""
     B = x.shape[0]
     g1[...] = 0.0
     g2[...] = 0.0
